@@ -1,0 +1,209 @@
+//! The inode table: FUSE node ids, lookup counts, and the real entries behind each node.
+//!
+//! A node id is handed to the kernel by `lookup` (and `readdirplus`, `create`, ...) and lives
+//! until the kernel forgets it as many times as it was looked up. The node id of an object is
+//! the `st_ino` the mount reports for it (the root aside), so the same object always maps to the
+//! same node, and hard links share one kernel inode. Kernel counterpart: `struct ovl_inode` and
+//! `struct ovl_entry` (`fs/overlayfs/ovl_entry.h`).
+//!
+//! Locking: the table's shard lock of a node id serializes the node's creation, lookup-count
+//! increment and removal, so a lookup racing with a forget never hands out a dead node. Each
+//! node's mutable state sits behind its own `RwLock` (see `docs/DESIGN.md` for the lock order).
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+
+use crate::error::{ENOENT, Result};
+
+/// FUSE's fixed node id for the root directory.
+pub const ROOT_ID: u64 = 1;
+
+/// The type of a merged object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Regular,
+    Directory,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl Kind {
+    pub fn from_mode(mode: u32) -> Option<Kind> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::Regular,
+            libc::S_IFDIR => Kind::Directory,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDevice,
+            libc::S_IFBLK => Kind::BlockDevice,
+            _ => return None,
+        })
+    }
+
+    pub fn from_dtype(d_type: u8) -> Option<Kind> {
+        Some(match d_type {
+            libc::DT_REG => Kind::Regular,
+            libc::DT_DIR => Kind::Directory,
+            libc::DT_LNK => Kind::Symlink,
+            libc::DT_FIFO => Kind::Fifo,
+            libc::DT_SOCK => Kind::Socket,
+            libc::DT_CHR => Kind::CharDevice,
+            libc::DT_BLK => Kind::BlockDevice,
+            _ => return None,
+        })
+    }
+}
+
+/// One real entry behind a merged object: an `O_PATH` fd in one layer.
+#[derive(Debug)]
+pub struct RealEntry {
+    pub layer: usize,
+    pub fd: OwnedFd,
+}
+
+impl RealEntry {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// The real entries of an object, top-down. For a directory: every real directory that takes
+/// part in the merge (cut at an opaque one). For anything else: exactly one.
+pub type Reals = Arc<Vec<RealEntry>>;
+
+/// Mutable per-node state, behind the node's lock.
+#[derive(Debug)]
+pub struct NodeState {
+    /// Node id of the parent through which the node was last reached, and its name there.
+    pub parent: u64,
+    pub name: OsString,
+    pub reals: Reals,
+}
+
+#[derive(Debug)]
+pub struct Inode {
+    pub id: u64,
+    /// The `st_ino` reported for this object; fixed for the node's life.
+    pub ino: u64,
+    pub kind: Kind,
+    lookups: AtomicU64,
+    pub state: RwLock<NodeState>,
+}
+
+impl Inode {
+    /// A snapshot of the real entries, usable without holding the node lock.
+    pub fn reals(&self) -> Reals {
+        self.state.read().reals.clone()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct InodeTable {
+    /// Live nodes by node id. A node id is the `st_ino` the mount reports for the object (fuser
+    /// sends `attr.ino` as the node id of an entry), except for the root, which is node 1.
+    nodes: DashMap<u64, Arc<Inode>>,
+}
+
+impl InodeTable {
+    pub fn new() -> Self {
+        InodeTable {
+            nodes: DashMap::new(),
+        }
+    }
+
+    /// Installs the root node, which is never forgotten.
+    pub fn insert_root(&self, ino: u64, reals: Vec<RealEntry>) {
+        let node = Arc::new(Inode {
+            id: ROOT_ID,
+            ino,
+            kind: Kind::Directory,
+            lookups: AtomicU64::new(1),
+            state: RwLock::new(NodeState {
+                parent: ROOT_ID,
+                name: OsString::new(),
+                reals: Arc::new(reals),
+            }),
+        });
+        self.nodes.insert(ROOT_ID, node);
+    }
+
+    pub fn get(&self, id: u64) -> Result<Arc<Inode>> {
+        self.nodes.get(&id).map(|n| n.clone()).ok_or(ENOENT)
+    }
+
+    /// Finds the live node for `ino`, or creates it with the entries `reals` makes, and counts
+    /// one lookup. Real inode numbers are unique among live objects (a node's `O_PATH` fd keeps
+    /// its object alive), so a live node with this number is this object.
+    pub fn lookup_or_insert(
+        &self,
+        ino: u64,
+        kind: Kind,
+        parent: u64,
+        name: &OsStr,
+        reals: impl FnOnce() -> Vec<RealEntry>,
+    ) -> Result<Arc<Inode>> {
+        let mut slot = self.nodes.entry(ino);
+        if let dashmap::Entry::Occupied(o) = &mut slot {
+            let node = o.get().clone();
+            if node.kind != kind || node.id == ROOT_ID {
+                log::error!(
+                    "inode number {ino} reused by a {kind:?} while a {:?} holds it",
+                    node.kind
+                );
+                return Err(crate::error::EIO);
+            }
+            node.lookups.fetch_add(1, Ordering::AcqRel);
+            let mut st = node.state.write();
+            st.parent = parent;
+            st.name = name.to_os_string();
+            drop(st);
+            return Ok(node);
+        }
+        let node = Arc::new(Inode {
+            id: ino,
+            ino,
+            kind,
+            lookups: AtomicU64::new(1),
+            state: RwLock::new(NodeState {
+                parent,
+                name: name.to_os_string(),
+                reals: Arc::new(reals()),
+            }),
+        });
+        slot.insert(node.clone());
+        Ok(node)
+    }
+
+    /// Drops `n` lookups of node `id`; removes the node when none remain.
+    pub fn forget(&self, id: u64, n: u64) {
+        if id == ROOT_ID {
+            return;
+        }
+        match self.nodes.entry(id) {
+            dashmap::Entry::Occupied(o) => {
+                let prev = o.get().lookups.fetch_sub(n, Ordering::AcqRel);
+                if prev <= n {
+                    o.remove();
+                }
+            }
+            dashmap::Entry::Vacant(_) => log::warn!("forget of unknown node {id}"),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}

@@ -1,0 +1,20 @@
+//! ufs: a union (overlay) filesystem in userspace.
+//!
+//! The crate is a library so that `tests/` and `benches/` can drive it; `src/main.rs` is only the
+//! command line. Dependencies point one way:
+//! `main -> fs (FUSE glue) -> overlay (core) -> lookup / readdir / xattr / inode / layer -> sys`.
+
+pub mod error;
+pub mod fs;
+pub mod inode;
+pub mod layer;
+pub mod lookup;
+pub mod mount;
+pub mod options;
+pub mod overlay;
+pub mod readdir;
+pub mod sys;
+pub mod xattr;
+
+pub use fs::serve;
+pub use options::Options;

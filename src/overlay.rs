@@ -1,0 +1,346 @@
+//! The core: one method per filesystem operation, each returning [`Result`].
+//!
+//! `fs.rs` decodes FUSE requests, calls these methods and encodes the replies; nothing here knows
+//! about FUSE. Attributes are returned as `libc::stat` with `st_ino` (and `st_nlink` for merged
+//! directories) already set to what the mount reports.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+use crate::error::{EBADF, EISDIR, ENOTDIR, ENODATA, EROFS, Result};
+use crate::inode::{Inode, InodeTable, Kind, ROOT_ID, RealEntry};
+use crate::layer::LayerStack;
+use crate::options::Options;
+use crate::readdir::{self, DirEntry};
+use crate::{lookup, sys, xattr};
+
+/// An entry handed to the kernel: a node id (one lookup counted) and its attributes.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub node: u64,
+    pub attr: libc::stat,
+}
+
+/// An open directory: its listing, fixed when it was opened.
+#[derive(Debug)]
+pub struct DirHandle {
+    pub node: u64,
+    /// `.` and `..` first, then the merged entries.
+    pub entries: Vec<DirEntry>,
+}
+
+/// An open file.
+#[derive(Debug)]
+pub struct FileHandle {
+    pub node: u64,
+    pub file: OwnedFd,
+}
+
+/// What `open` answers besides the handle.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    /// The data cannot change behind the kernel's back (a lower file), so its page cache may
+    /// be kept across opens.
+    pub keep_cache: bool,
+}
+
+/// The caller of a request, for permission checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+pub struct Overlay {
+    layers: LayerStack,
+    inodes: InodeTable,
+    dirs: DashMap<u64, Arc<DirHandle>>,
+    files: DashMap<u64, Arc<FileHandle>>,
+    next_fh: AtomicU64,
+    read_only: bool,
+}
+
+impl Overlay {
+    /// Opens the layers of `opts` and builds the root node.
+    pub fn new(opts: &Options) -> std::io::Result<Overlay> {
+        let layers = LayerStack::open(opts.upperdir.as_deref(), &opts.lowerdirs)?;
+        let mut reals = Vec::with_capacity(layers.len());
+        for (i, layer) in layers.iter() {
+            reals.push(RealEntry {
+                layer: i,
+                fd: layer.root.try_clone()?,
+            });
+        }
+        let st = sys::fstat(reals[0].fd()).map_err(std::io::Error::from)?;
+        let root_ino = layers.map_ino(0, st.st_ino);
+        let inodes = InodeTable::new();
+        inodes.insert_root(root_ino, reals);
+        Ok(Overlay {
+            read_only: opts.read_only || layers.upper().is_none(),
+            layers,
+            inodes,
+            dirs: DashMap::new(),
+            files: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn layers(&self) -> &LayerStack {
+        &self.layers
+    }
+
+    /// Attributes of a node as the mount reports them.
+    fn attr(&self, node: &Inode) -> Result<libc::stat> {
+        let reals = node.reals();
+        let top = reals.first().ok_or(crate::error::EIO)?;
+        let mut st = sys::fstat(top.fd())?;
+        st.st_ino = node.ino;
+        if node.kind == Kind::Directory && reals.len() > 1 {
+            // Like the kernel: the link count of a merged directory cannot be known cheaply.
+            st.st_nlink = 1;
+        }
+        Ok(st)
+    }
+
+    fn dir_node(&self, id: u64) -> Result<Arc<Inode>> {
+        let node = self.inodes.get(id)?;
+        if node.kind != Kind::Directory {
+            return Err(ENOTDIR);
+        }
+        Ok(node)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry> {
+        let dir = self.dir_node(parent)?;
+        let parents = dir.reals();
+        let resolved = lookup::lookup(&self.layers, &parents, name)?;
+        let top_layer = resolved.reals[0].layer;
+        let ino = self.layers.map_ino(top_layer, resolved.stat.st_ino);
+        let kind = resolved.kind;
+        let node = self.inodes.lookup_or_insert(
+            ino,
+            kind,
+            parent,
+            name,
+            || resolved.reals,
+        )?;
+        match self.attr(&node) {
+            Ok(attr) => Ok(Entry {
+                node: node.id,
+                attr,
+            }),
+            Err(e) => {
+                self.inodes.forget(node.id, 1);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn forget(&self, node: u64, n: u64) {
+        self.inodes.forget(node, n);
+    }
+
+    pub fn getattr(&self, node: u64) -> Result<libc::stat> {
+        let node = self.inodes.get(node)?;
+        self.attr(&node)
+    }
+
+    pub fn readlink(&self, node: u64) -> Result<Vec<u8>> {
+        let node = self.inodes.get(node)?;
+        if node.kind != Kind::Symlink {
+            return Err(crate::error::EINVAL);
+        }
+        let reals = node.reals();
+        let top = reals.first().ok_or(crate::error::EIO)?;
+        sys::readlink(top.fd())
+    }
+
+    pub fn open(&self, node: u64, flags: i32) -> Result<Opened> {
+        let node = self.inodes.get(node)?;
+        match node.kind {
+            Kind::Directory => return Err(EISDIR),
+            Kind::Regular => {}
+            // FUSE sends opens of special files to the kernel's own drivers, never here.
+            _ => return Err(crate::error::EINVAL),
+        }
+        let writes = (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if writes {
+            if self.read_only {
+                return Err(EROFS);
+            }
+            return Err(EROFS);
+        }
+        let reals = node.reals();
+        let top = reals.first().ok_or(crate::error::EIO)?;
+        let keep_cache = Some(top.layer) != self.layers.upper();
+        let pass = flags & (libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME);
+        let file = sys::reopen(top.fd(), libc::O_RDONLY | pass)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.insert(
+            fh,
+            Arc::new(FileHandle {
+                node: node.id,
+                file,
+            }),
+        );
+        Ok(Opened { fh, keep_cache })
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.files.get(&fh).map(|h| h.clone()).ok_or(EBADF)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0usize;
+        // The kernel expects a full buffer unless the file ends first.
+        while done < buf.len() {
+            let n = sys::pread(h.file.as_fd(), &mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.remove(&fh);
+    }
+
+    pub fn opendir(&self, node: u64) -> Result<u64> {
+        let dir = self.dir_node(node)?;
+        let reals = dir.reals();
+        let parent_ino = {
+            let parent = dir.state.read().parent;
+            self.inodes.get(parent).map(|p| p.ino).unwrap_or(dir.ino)
+        };
+        let merged = readdir::merged_listing(&self.layers, &reals)?;
+        let mut entries = Vec::with_capacity(merged.len() + 2);
+        entries.push(DirEntry {
+            name: OsString::from("."),
+            kind: Kind::Directory,
+            ino: dir.ino,
+        });
+        entries.push(DirEntry {
+            name: OsString::from(".."),
+            kind: Kind::Directory,
+            ino: if dir.id == ROOT_ID { dir.ino } else { parent_ino },
+        });
+        entries.extend(merged);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.insert(
+            fh,
+            Arc::new(DirHandle {
+                node: dir.id,
+                entries,
+            }),
+        );
+        Ok(fh)
+    }
+
+    /// The listing of an open directory handle.
+    pub fn dir_handle(&self, fh: u64) -> Result<Arc<DirHandle>> {
+        self.dirs.get(&fh).map(|h| h.clone()).ok_or(EBADF)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.remove(&fh);
+    }
+
+    pub fn statfs(&self) -> Result<libc::statvfs> {
+        self.layers.statfs()
+    }
+
+    pub fn getxattr(&self, node: u64, name: &OsStr) -> Result<Vec<u8>> {
+        if xattr::is_private(name) {
+            return Err(ENODATA);
+        }
+        let node = self.inodes.get(node)?;
+        let reals = node.reals();
+        let top = reals.first().ok_or(crate::error::EIO)?;
+        sys::getxattr(top.fd(), &sys::cstr(name)?)
+    }
+
+    /// The NUL-separated list of visible xattr names.
+    pub fn listxattr(&self, node: u64) -> Result<Vec<u8>> {
+        let node = self.inodes.get(node)?;
+        let reals = node.reals();
+        let top = reals.first().ok_or(crate::error::EIO)?;
+        match sys::listxattr(top.fd()) {
+            Ok(names) => Ok(xattr::visible_list(&names)),
+            // A filesystem without xattrs has an empty list.
+            Err(e) if e.errno() == libc::EOPNOTSUPP => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `access(2)`: the permission bits checked for `caller`, as the kernel's
+    /// `generic_permission()` does, plus `EROFS` for write access on a read-only mount.
+    pub fn access(&self, node: u64, mask: i32, caller: Caller) -> Result<()> {
+        let node = self.inodes.get(node)?;
+        let st = self.attr(&node)?;
+        if mask & libc::W_OK != 0 && self.read_only {
+            return Err(EROFS);
+        }
+        check_permission(&st, mask, caller)
+    }
+}
+
+/// The mode-bit check of `generic_permission()`.
+pub fn check_permission(st: &libc::stat, mask: i32, caller: Caller) -> Result<()> {
+    let mask = mask & (libc::R_OK | libc::W_OK | libc::X_OK);
+    if mask == 0 {
+        return Ok(());
+    }
+    let mode = st.st_mode;
+    if caller.uid == 0 {
+        // root may do anything, but execute needs at least one execute bit (directories aside).
+        let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
+        if mask & libc::X_OK != 0 && !is_dir && mode & 0o111 == 0 {
+            return Err(crate::error::EACCES);
+        }
+        return Ok(());
+    }
+    let bits = if caller.uid == st.st_uid {
+        (mode >> 6) & 7
+    } else if caller.gid == st.st_gid || in_groups(caller.pid, st.st_gid) {
+        (mode >> 3) & 7
+    } else {
+        mode & 7
+    };
+    if (bits as i32) & mask == mask {
+        Ok(())
+    } else {
+        Err(crate::error::EACCES)
+    }
+}
+
+/// Whether process `pid` has `gid` among its supplementary groups.
+fn in_groups(pid: u32, gid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+}
+
+impl std::fmt::Debug for Overlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overlay")
+            .field("layers", &self.layers.len())
+            .field("nodes", &self.inodes.len())
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}

@@ -1,0 +1,345 @@
+//! Thin, safe wrappers over the `*at` system calls ufs uses. This module (with its children) is
+//! the only place in the crate with `unsafe`.
+//!
+//! Every path argument is a single name (`&CStr`) relative to a directory fd, and every open adds
+//! `O_NOFOLLOW | O_CLOEXEC`: ufs itself never resolves a symlink inside a layer. Objects are held
+//! as `O_PATH` fds; calls that need a "real" fd or a path (xattrs, `chmod`, reopening for I/O) go
+//! through the `/proc/self/fd/N` magic link, which names the object the fd holds without
+//! following a symlink stored in the layer.
+
+pub mod process;
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use crate::error::{Error, Result};
+
+fn cvt(ret: libc::c_int) -> Result<libc::c_int> {
+    if ret < 0 { Err(Error::last()) } else { Ok(ret) }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> Result<usize> {
+    if ret < 0 {
+        Err(Error::last())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Converts a name to a `CString`; a name with a NUL byte cannot exist on disk.
+pub fn cstr(name: &OsStr) -> Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| crate::error::EINVAL)
+}
+
+/// The `/proc/self/fd/N` path naming the object behind `fd`.
+pub fn proc_path(fd: BorrowedFd<'_>) -> CString {
+    // A formatted integer never contains a NUL byte.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
+pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> Result<OwnedFd> {
+    // SAFETY: `name` is a valid NUL-terminated string and `dir` a live fd for the call.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    let fd = cvt(fd)?;
+    // SAFETY: `fd` was just returned by a successful openat and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An `O_PATH` handle on the entry `name` in `dir`, never following a symlink.
+pub fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
+    openat(dir, name, libc::O_PATH, 0)
+}
+
+/// Opens a path (used only for layer roots at mount time, given by the user).
+pub fn open_dir_path(path: &std::path::Path) -> Result<OwnedFd> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let fd = cvt(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by a successful open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reopens the object behind an `O_PATH` fd for real I/O with `flags`.
+///
+/// The magic link resolves to exactly the object the fd holds; callers only reopen regular
+/// files and directories, never symlinks, so no symlink stored in a layer is followed.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> Result<OwnedFd> {
+    let path = proc_path(fd);
+    // SAFETY: `path` is a valid NUL-terminated string.
+    let ret = unsafe {
+        libc::open(
+            path.as_ptr(),
+            (flags | libc::O_CLOEXEC) & !libc::O_NOFOLLOW & !libc::O_CREAT,
+        )
+    };
+    let ret = cvt(ret)?;
+    // SAFETY: `ret` was just returned by a successful open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` points to writable memory of the right size, `name` is NUL-terminated.
+    cvt(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat succeeded, so it filled in `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstat` of any fd, `O_PATH` ones included.
+pub fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` points to writable memory of the right size; the empty path is NUL-terminated.
+    cvt(unsafe {
+        libc::fstatat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat succeeded, so it filled in `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// The target of the symlink held by an `O_PATH` fd.
+pub fn readlink(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `buf` is writable for `buf.len()` bytes; the empty path is NUL-terminated.
+    let n = cvt_size(unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// `fstatvfs` of the filesystem holding `fd`.
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs> {
+    let path = proc_path(fd);
+    let mut st = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `st` points to writable memory of the right size, `path` is NUL-terminated.
+    cvt(unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statvfs succeeded, so it filled in `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// One entry as `getdents64` reports it.
+#[derive(Debug, Clone)]
+pub struct RawDirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub d_type: u8,
+}
+
+/// Reads every entry of the directory held by `dir` (an `O_PATH` fd), `.` and `..` excluded.
+pub fn read_dir(dir: BorrowedFd<'_>) -> Result<Vec<RawDirEntry>> {
+    use std::os::fd::AsFd;
+    let fd = openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: `buf` is writable for `buf.len()` bytes and `fd` is an open directory.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_fd().as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(Error::last());
+        }
+        if n == 0 {
+            break;
+        }
+        parse_dirents(&buf[..n as usize], &mut out);
+    }
+    Ok(out)
+}
+
+/// Parses a `getdents64` buffer: `d_ino: u64, d_off: i64, d_reclen: u16, d_type: u8, d_name`.
+fn parse_dirents(buf: &[u8], out: &mut Vec<RawDirEntry>) {
+    let mut pos = 0usize;
+    while pos + 19 <= buf.len() {
+        let rec = &buf[pos..];
+        let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or([0; 8]));
+        let reclen = u16::from_ne_bytes(rec[16..18].try_into().unwrap_or([0; 2])) as usize;
+        let d_type = rec[18];
+        if reclen < 19 || reclen > rec.len() {
+            break;
+        }
+        let name_bytes = &rec[19..reclen];
+        let end = name_bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(name_bytes.len());
+        let name = &name_bytes[..end];
+        if name != b"." && name != b".." {
+            out.push(RawDirEntry {
+                name: OsString::from_vec(name.to_vec()),
+                ino,
+                d_type,
+            });
+        }
+        pos += reclen;
+    }
+}
+
+/// The value of xattr `name` on the object behind `fd`.
+pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>> {
+    let path = proc_path(fd);
+    loop {
+        // SAFETY: a NULL buffer of size 0 asks only for the size.
+        let size = cvt_size(unsafe {
+            libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0)
+        })?;
+        let mut buf = vec![0u8; size];
+        if size == 0 {
+            return Ok(buf);
+        }
+        // SAFETY: `buf` is writable for `buf.len()` bytes.
+        match cvt_size(unsafe {
+            libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        }) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            // The value grew between the two calls: ask again.
+            Err(e) if e.errno() == libc::ERANGE => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The names of the xattrs on the object behind `fd`.
+pub fn listxattr(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
+    let path = proc_path(fd);
+    loop {
+        // SAFETY: a NULL buffer of size 0 asks only for the size.
+        let size =
+            cvt_size(unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) })?;
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; size];
+        // SAFETY: `buf` is writable for `buf.len()` bytes.
+        match cvt_size(unsafe {
+            libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        }) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf
+                    .split(|&b| b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| OsString::from_vec(s.to_vec()))
+                    .collect());
+            }
+            Err(e) if e.errno() == libc::ERANGE => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `pread` into `buf`, retrying on `EINTR`; returns the number of bytes read.
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> Result<usize> {
+    loop {
+        // SAFETY: `buf` is writable for `buf.len()` bytes.
+        let n = unsafe {
+            libc::pread64(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                offset as libc::off64_t,
+            )
+        };
+        match cvt_size(n) {
+            Err(e) if e.errno() == libc::EINTR => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit: ufs holds one `O_PATH` fd per real
+/// object the kernel has looked up.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: `lim` is a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Whether `st` describes a whiteout: a character device with device number 0/0.
+pub fn is_whiteout(st: &libc::stat) -> bool {
+    (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == 0
+}
+
+/// The raw fd number, for log lines only.
+pub fn raw(fd: BorrowedFd<'_>) -> RawFd {
+    fd.as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_getdents_records() {
+        let mut buf = Vec::new();
+        for (ino, name) in [(5u64, "."), (7, "abc"), (9, "..")] {
+            let reclen = (19 + name.len() + 1).next_multiple_of(8);
+            let start = buf.len();
+            buf.extend_from_slice(&ino.to_ne_bytes());
+            buf.extend_from_slice(&0i64.to_ne_bytes());
+            buf.extend_from_slice(&(reclen as u16).to_ne_bytes());
+            buf.push(libc::DT_REG);
+            buf.extend_from_slice(name.as_bytes());
+            buf.resize(start + reclen, 0);
+        }
+        let mut out = Vec::new();
+        parse_dirents(&buf, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].name, "abc");
+        assert_eq!(out[0].ino, 7);
+        assert_eq!(out[0].d_type, libc::DT_REG);
+    }
+}
