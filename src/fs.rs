@@ -10,17 +10,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, MountOption, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request, SessionACL,
+    AccessFlags, BsdFileFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use log::debug;
 
 use crate::error::Error;
 use crate::inode::Kind;
 use crate::options::Options;
-use crate::overlay::{Caller, Overlay};
+use crate::dir::NewEntry;
+use crate::overlay::{Caller, Entry, Overlay, SetAttr, SetTime};
 
 /// Mounts `opts` at `mountpoint`, calls `on_ready` once the mount is live, and serves requests
 /// until the filesystem is unmounted.
@@ -29,6 +31,7 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
         Ok(n) => debug!("open file limit: {n}"),
         Err(e) => log::warn!("cannot raise the open file limit: {e}"),
     }
+    crate::sys::clear_umask();
     let overlay = Overlay::new(opts)?;
     let mut mount_options = vec![
         MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| "ufs".into())),
@@ -129,11 +132,61 @@ pub fn to_attr(st: &libc::stat) -> FileAttr {
     }
 }
 
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut ns) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
+                if ns < 0 {
+                    s -= 1;
+                    ns += 1_000_000_000;
+                }
+                SetTime::At(s, ns)
+            }
+        },
+    })
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+    }
+}
+
+impl UfsFs {
+    fn reply_entry(&self, res: crate::error::Result<Entry>, reply: ReplyEntry) {
+        match res {
+            Ok(e) => reply.entry(&self.ttl, &to_attr(&e.attr), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn new_entry(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        what: NewEntry<'_>,
+        reply: ReplyEntry,
+    ) {
+        let res = self
+            .ov
+            .create_entry(parent.0, name, mode, caller(req), what)
+            .map(|(e, _)| e);
+        self.reply_entry(res, reply);
+    }
+}
+
+fn reply_empty(res: crate::error::Result<()>, reply: ReplyEmpty) {
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
     }
 }
 
@@ -153,10 +206,7 @@ impl Filesystem for UfsFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!("lookup(parent={parent}, name={name:?})");
-        match self.ov.lookup(parent.0, name) {
-            Ok(e) => reply.entry(&self.ttl, &to_attr(&e.attr), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.reply_entry(self.ov.lookup(parent.0, name), reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -203,7 +253,7 @@ impl Filesystem for UfsFs {
         offset: u64,
         size: u32,
         _flags: OpenFlags,
-        _lock_owner: Option<fuser::LockOwner>,
+        _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         debug!("read(ino={ino}, fh={fh}, offset={offset}, size={size})");
@@ -219,7 +269,7 @@ impl Filesystem for UfsFs {
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<fuser::LockOwner>,
+        _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
@@ -345,6 +395,292 @@ impl Filesystem for UfsFs {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         debug!("listxattr(ino={ino}, size={size})");
         reply_xattr(self.ov.listxattr(ino.0), size, reply);
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        debug!(
+            "setattr(ino={ino}, mode={mode:?}, uid={uid:?}, gid={gid:?}, size={size:?}, \
+             atime={atime:?}, mtime={mtime:?}, fh={fh:?})"
+        );
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+            fh: fh.map(|f| f.0),
+        };
+        match self.ov.setattr(ino.0, change) {
+            Ok(st) => reply.attr(&self.ttl, &to_attr(&st)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        debug!("mknod(parent={parent}, name={name:?}, mode={mode:#o}, rdev={rdev})");
+        let what = if mode & libc::S_IFMT == libc::S_IFREG {
+            NewEntry::File {
+                flags: libc::O_WRONLY,
+            }
+        } else {
+            NewEntry::Node {
+                file_type: mode & libc::S_IFMT,
+                rdev: rdev as u64,
+            }
+        };
+        self.new_entry(req, parent, name, mode, what, reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        debug!("mkdir(parent={parent}, name={name:?}, mode={mode:#o})");
+        self.new_entry(req, parent, name, mode, NewEntry::Directory, reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        debug!("unlink(parent={parent}, name={name:?})");
+        reply_empty(self.ov.unlink(parent.0, name), reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        debug!("rmdir(parent={parent}, name={name:?})");
+        reply_empty(self.ov.rmdir(parent.0, name), reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        debug!("symlink(parent={parent}, name={link_name:?}, target={target:?})");
+        let target = match crate::sys::cstr(target.as_os_str()) {
+            Ok(t) => t,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let what = NewEntry::Symlink { target: &target };
+        self.new_entry(req, parent, link_name, 0o777, what, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        debug!("rename(parent={parent}, name={name:?}, newparent={newparent}, newname={newname:?}, flags={flags:?})");
+        reply_empty(
+            self.ov
+                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+            reply,
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        debug!("link(ino={ino}, newparent={newparent}, newname={newname:?})");
+        self.reply_entry(self.ov.link(ino.0, newparent.0, newname), reply);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        debug!("create(parent={parent}, name={name:?}, mode={mode:#o}, flags={flags:#o})");
+        match self.ov.create(parent.0, name, mode, flags, caller(req)) {
+            Ok((e, fh)) => reply.created(
+                &self.ttl,
+                &to_attr(&e.attr),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        debug!("write(ino={ino}, fh={fh}, offset={offset}, len={})", data.len());
+        match self.ov.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(2) on an overlay file does not sync either; the data is already in the upper
+        // file's page cache.
+        debug!("flush(ino={ino}, fh={fh})");
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        debug!("fsync(ino={ino}, fh={fh}, datasync={datasync})");
+        reply_empty(self.ov.fsync(fh.0, datasync), reply);
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        debug!("fsyncdir(ino={ino}, fh={fh}, datasync={datasync})");
+        reply_empty(self.ov.fsyncdir(ino.0), reply);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        debug!("setxattr(ino={ino}, name={name:?}, len={}, flags={flags})", value.len());
+        reply_empty(self.ov.setxattr(ino.0, name, value, flags), reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        debug!("removexattr(ino={ino}, name={name:?})");
+        reply_empty(self.ov.removexattr(ino.0, name), reply);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        debug!("fallocate(ino={ino}, fh={fh}, offset={offset}, length={length}, mode={mode})");
+        reply_empty(self.ov.fallocate(fh.0, offset, length, mode), reply);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        debug!("lseek(ino={ino}, fh={fh}, offset={offset}, whence={whence})");
+        match self.ov.lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        debug!(
+            "copy_file_range(ino_in={ino_in}, fh_in={fh_in}, off_in={offset_in}, \
+             ino_out={ino_out}, fh_out={fh_out}, off_out={offset_out}, len={len})"
+        );
+        match self
+            .ov
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

@@ -7,8 +7,9 @@
 //! `struct ovl_entry` (`fs/overlayfs/ovl_entry.h`).
 //!
 //! Locking: the table's shard lock of a node id serializes the node's creation, lookup-count
-//! increment and removal, so a lookup racing with a forget never hands out a dead node. Each
-//! node's mutable state sits behind its own `RwLock` (see `docs/DESIGN.md` for the lock order).
+//! increment and removal, so a lookup racing with a forget never hands out a dead node. Under a
+//! shard lock only a node's `location` mutex may be taken, never its `state` lock, so a long
+//! copy-up (which holds `state`) cannot stall lookups of other nodes. See `docs/DESIGN.md`.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::{ENOENT, Result};
 
@@ -64,10 +65,19 @@ impl Kind {
 }
 
 /// One real entry behind a merged object: an `O_PATH` fd in one layer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RealEntry {
     pub layer: usize,
-    pub fd: OwnedFd,
+    pub fd: Arc<OwnedFd>,
+}
+
+impl RealEntry {
+    pub fn new(layer: usize, fd: OwnedFd) -> Self {
+        RealEntry {
+            layer,
+            fd: Arc::new(fd),
+        }
+    }
 }
 
 impl RealEntry {
@@ -80,13 +90,19 @@ impl RealEntry {
 /// part in the merge (cut at an opaque one). For anything else: exactly one.
 pub type Reals = Arc<Vec<RealEntry>>;
 
-/// Mutable per-node state, behind the node's lock.
+/// The real entries of a node, behind the node's lock. Copy-up holds it for writing while it
+/// builds the upper copy, so that one object is copied once.
 #[derive(Debug)]
 pub struct NodeState {
-    /// Node id of the parent through which the node was last reached, and its name there.
+    pub reals: Reals,
+}
+
+/// Where a node was last reached: its parent's node id and its name there. Kept apart from
+/// [`NodeState`] so that lookups never wait for a copy-up in progress.
+#[derive(Debug, Clone)]
+pub struct Location {
     pub parent: u64,
     pub name: OsString,
-    pub reals: Reals,
 }
 
 #[derive(Debug)]
@@ -97,12 +113,23 @@ pub struct Inode {
     pub kind: Kind,
     lookups: AtomicU64,
     pub state: RwLock<NodeState>,
+    pub location: Mutex<Location>,
 }
 
 impl Inode {
     /// A snapshot of the real entries, usable without holding the node lock.
     pub fn reals(&self) -> Reals {
         self.state.read().reals.clone()
+    }
+
+    pub fn location(&self) -> Location {
+        self.location.lock().clone()
+    }
+
+    pub fn set_location(&self, parent: u64, name: &OsStr) {
+        let mut l = self.location.lock();
+        l.parent = parent;
+        l.name = name.to_os_string();
     }
 }
 
@@ -128,9 +155,11 @@ impl InodeTable {
             kind: Kind::Directory,
             lookups: AtomicU64::new(1),
             state: RwLock::new(NodeState {
+                reals: Arc::new(reals),
+            }),
+            location: Mutex::new(Location {
                 parent: ROOT_ID,
                 name: OsString::new(),
-                reals: Arc::new(reals),
             }),
         });
         self.nodes.insert(ROOT_ID, node);
@@ -162,10 +191,7 @@ impl InodeTable {
                 return Err(crate::error::EIO);
             }
             node.lookups.fetch_add(1, Ordering::AcqRel);
-            let mut st = node.state.write();
-            st.parent = parent;
-            st.name = name.to_os_string();
-            drop(st);
+            node.set_location(parent, name);
             return Ok(node);
         }
         let node = Arc::new(Inode {
@@ -174,9 +200,11 @@ impl InodeTable {
             kind,
             lookups: AtomicU64::new(1),
             state: RwLock::new(NodeState {
+                reals: Arc::new(reals()),
+            }),
+            location: Mutex::new(Location {
                 parent,
                 name: name.to_os_string(),
-                reals: Arc::new(reals()),
             }),
         });
         slot.insert(node.clone());

@@ -58,6 +58,9 @@ pub struct LayerStack {
     /// Numbers given to real inodes too large for `ino_bits`, keyed by (dev, real ino).
     overflow: DashMap<(u64, u64), u64>,
     next_overflow: AtomicU64,
+    /// Upper real inode number -> the number its object had before copy-up, so an object keeps
+    /// its `st_ino` (in `stat` and in `readdir`) for the life of the mount.
+    copied_up: DashMap<u64, u64>,
 }
 
 impl LayerStack {
@@ -105,6 +108,7 @@ impl LayerStack {
             ino_bits,
             overflow: DashMap::new(),
             next_overflow: AtomicU64::new(1),
+            copied_up: DashMap::new(),
         })
     }
 
@@ -133,6 +137,12 @@ impl LayerStack {
     ///
     /// 0 and 1 are never returned: FUSE reserves them (no entry, and the root's node id).
     pub fn map_ino(&self, layer: usize, ino: u64) -> u64 {
+        if self.has_upper
+            && layer == 0
+            && let Some(ino) = self.copied_up.get(&ino)
+        {
+            return *ino;
+        }
         let l = &self.layers[layer];
         let mapped = if self.ino_bits == 64 {
             ino
@@ -149,6 +159,16 @@ impl LayerStack {
             .overflow
             .entry((l.dev, ino))
             .or_insert_with(|| reserved | self.next_overflow.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Records that upper real inode `real` keeps reporting `st_ino` (copied up from it).
+    pub fn remember_copy_up(&self, real: u64, st_ino: u64) {
+        self.copied_up.insert(real, st_ino);
+    }
+
+    /// Forgets the record of upper real inode `real`, whose object is gone.
+    pub fn forget_copy_up(&self, real: u64) {
+        self.copied_up.remove(&real);
     }
 
     /// `statvfs` of the filesystem the mount reports: the upper's, else the top lower's.

@@ -4,6 +4,8 @@
 //! command line. Dependencies point one way:
 //! `main -> fs (FUSE glue) -> overlay (core) -> lookup / readdir / xattr / inode / layer -> sys`.
 
+pub mod copy_up;
+pub mod dir;
 pub mod error;
 pub mod fs;
 pub mod inode;

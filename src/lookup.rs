@@ -100,10 +100,7 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
         let Some(kind) = Kind::from_mode(st.st_mode) else {
             return Err(crate::error::EIO);
         };
-        let entry = RealEntry {
-            layer: parent.layer,
-            fd,
-        };
+        let entry = RealEntry::new(parent.layer, fd);
         match (&mut found, kind) {
             (None, Kind::Directory) => {
                 let opaque = parent.layer + 1 < layers.len() && is_opaque(entry.fd())?;

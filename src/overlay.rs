@@ -13,6 +13,7 @@ use dashmap::DashMap;
 
 use crate::error::{EBADF, EISDIR, ENOTDIR, ENODATA, EROFS, Result};
 use crate::inode::{Inode, InodeTable, Kind, ROOT_ID, RealEntry};
+use crate::copy_up::{CopyData, Workdir};
 use crate::layer::LayerStack;
 use crate::options::Options;
 use crate::readdir::{self, DirEntry};
@@ -38,6 +39,8 @@ pub struct DirHandle {
 pub struct FileHandle {
     pub node: u64,
     pub file: OwnedFd,
+    /// Opened for writing (so on the upper copy).
+    pub writable: bool,
 }
 
 /// What `open` answers besides the handle.
@@ -58,12 +61,14 @@ pub struct Caller {
 }
 
 pub struct Overlay {
-    layers: LayerStack,
-    inodes: InodeTable,
+    pub(crate) layers: LayerStack,
+    pub(crate) inodes: InodeTable,
     dirs: DashMap<u64, Arc<DirHandle>>,
-    files: DashMap<u64, Arc<FileHandle>>,
-    next_fh: AtomicU64,
+    pub(crate) files: DashMap<u64, Arc<FileHandle>>,
+    pub(crate) next_fh: AtomicU64,
     read_only: bool,
+    /// The work directory; present exactly when the mount is writable.
+    pub(crate) work: Option<Workdir>,
 }
 
 impl Overlay {
@@ -72,17 +77,20 @@ impl Overlay {
         let layers = LayerStack::open(opts.upperdir.as_deref(), &opts.lowerdirs)?;
         let mut reals = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter() {
-            reals.push(RealEntry {
-                layer: i,
-                fd: layer.root.try_clone()?,
-            });
+            reals.push(RealEntry::new(i, layer.root.try_clone()?));
         }
         let st = sys::fstat(reals[0].fd()).map_err(std::io::Error::from)?;
         let root_ino = layers.map_ino(0, st.st_ino);
         let inodes = InodeTable::new();
         inodes.insert_root(root_ino, reals);
+        let read_only = opts.read_only || layers.upper().is_none();
+        let work = match (&opts.workdir, read_only) {
+            (Some(w), false) => Some(Workdir::open(w, opts.fsync)?),
+            _ => None,
+        };
         Ok(Overlay {
-            read_only: opts.read_only || layers.upper().is_none(),
+            work,
+            read_only,
             layers,
             inodes,
             dirs: DashMap::new(),
@@ -100,7 +108,7 @@ impl Overlay {
     }
 
     /// Attributes of a node as the mount reports them.
-    fn attr(&self, node: &Inode) -> Result<libc::stat> {
+    pub(crate) fn attr(&self, node: &Inode) -> Result<libc::stat> {
         let reals = node.reals();
         let top = reals.first().ok_or(crate::error::EIO)?;
         let mut st = sys::fstat(top.fd())?;
@@ -112,7 +120,7 @@ impl Overlay {
         Ok(st)
     }
 
-    fn dir_node(&self, id: u64) -> Result<Arc<Inode>> {
+    pub(crate) fn dir_node(&self, id: u64) -> Result<Arc<Inode>> {
         let node = self.inodes.get(id)?;
         if node.kind != Kind::Directory {
             return Err(ENOTDIR);
@@ -174,30 +182,53 @@ impl Overlay {
             _ => return Err(crate::error::EINVAL),
         }
         let writes = (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        if writes {
-            if self.read_only {
-                return Err(EROFS);
-            }
-            return Err(EROFS);
-        }
-        let reals = node.reals();
+        let reals = if writes {
+            let data = if flags & libc::O_TRUNC != 0 {
+                CopyData::None
+            } else {
+                CopyData::All
+            };
+            self.ensure_upper(&node, data)?
+        } else {
+            node.reals()
+        };
         let top = reals.first().ok_or(crate::error::EIO)?;
         let keep_cache = Some(top.layer) != self.layers.upper();
-        let pass = flags & (libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME);
-        let file = sys::reopen(top.fd(), libc::O_RDONLY | pass)?;
+        let pass = flags
+            & (libc::O_ACCMODE
+                | libc::O_APPEND
+                | libc::O_TRUNC
+                | libc::O_NONBLOCK
+                | libc::O_DIRECT
+                | libc::O_NOATIME
+                | libc::O_SYNC
+                | libc::O_DSYNC);
+        let file = sys::reopen(top.fd(), pass)?;
+        Ok(Opened {
+            fh: self.add_file(node.id, file, writes),
+            keep_cache,
+        })
+    }
+
+    pub(crate) fn add_file(&self, node: u64, file: OwnedFd, writable: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.insert(
             fh,
             Arc::new(FileHandle {
-                node: node.id,
+                node,
                 file,
+                writable,
             }),
         );
-        Ok(Opened { fh, keep_cache })
+        fh
+    }
+
+    pub(crate) fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {
+        self.files.get(&fh).map(|h| h.clone()).ok_or(EBADF)
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let h = self.files.get(&fh).map(|h| h.clone()).ok_or(EBADF)?;
+        let h = self.file(fh)?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0usize;
         // The kernel expects a full buffer unless the file ends first.
@@ -220,7 +251,7 @@ impl Overlay {
         let dir = self.dir_node(node)?;
         let reals = dir.reals();
         let parent_ino = {
-            let parent = dir.state.read().parent;
+            let parent = dir.location().parent;
             self.inodes.get(parent).map(|p| p.ino).unwrap_or(dir.ino)
         };
         let merged = readdir::merged_listing(&self.layers, &reals)?;
@@ -292,6 +323,171 @@ impl Overlay {
             return Err(EROFS);
         }
         check_permission(&st, mask, caller)
+    }
+}
+
+/// A time to set: `None` leaves it, `Some(Now)` is the current time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    Now,
+    At(i64, i64),
+}
+
+/// The changes of one `setattr` request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    /// The open file the request came through (`ftruncate`, `futimens`).
+    pub fh: Option<u64>,
+}
+
+fn timespec(t: Option<SetTime>) -> (i64, i64) {
+    match t {
+        None => (0, libc::UTIME_OMIT),
+        Some(SetTime::Now) => (0, libc::UTIME_NOW),
+        Some(SetTime::At(s, ns)) => (s, ns),
+    }
+}
+
+impl Overlay {
+    pub fn setattr(&self, node: u64, change: SetAttr) -> Result<libc::stat> {
+        let node = self.inodes.get(node)?;
+        if change.size.is_some() && node.kind == Kind::Directory {
+            return Err(EISDIR);
+        }
+        // Truncating to zero needs none of the old data.
+        let data = if change.size == Some(0) {
+            CopyData::None
+        } else {
+            CopyData::All
+        };
+        let reals = self.ensure_upper(&node, data)?;
+        let top = reals.first().ok_or(crate::error::EIO)?;
+        if change.uid.is_some() || change.gid.is_some() {
+            sys::fchown(top.fd(), change.uid, change.gid)?;
+        }
+        if let Some(mode) = change.mode
+            && node.kind != Kind::Symlink
+        {
+            sys::fchmod(top.fd(), mode & 0o7777)?;
+        }
+        if let Some(size) = change.size {
+            match change.fh.map(|fh| self.file(fh)) {
+                Some(Ok(h)) if h.writable => sys::ftruncate(h.file.as_fd(), size)?,
+                _ => {
+                    let f = sys::reopen(top.fd(), libc::O_WRONLY)?;
+                    sys::ftruncate(f.as_fd(), size)?;
+                }
+            }
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            sys::futimens(top.fd(), timespec(change.atime), timespec(change.mtime))?;
+        }
+        self.attr(&node)
+    }
+
+    /// `create(2)` with `O_CREAT`: makes and opens a regular file.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> Result<(Entry, u64)> {
+        let (entry, file) = self.create_entry(
+            parent,
+            name,
+            mode,
+            caller,
+            crate::dir::NewEntry::File { flags },
+        )?;
+        let file = file.ok_or(crate::error::EIO)?;
+        Ok((entry, self.add_file(entry.node, file, true)))
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.file(fh)?;
+        if !h.writable {
+            return Err(EBADF);
+        }
+        let n = sys::pwrite(h.file.as_fd(), data, offset)?;
+        Ok(n as u32)
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        let h = self.file(fh)?;
+        sys::fsync(h.file.as_fd(), datasync)
+    }
+
+    /// `fsync` of a directory: its upper part, if it has one.
+    pub fn fsyncdir(&self, node: u64) -> Result<()> {
+        let node = self.inodes.get(node)?;
+        let reals = node.reals();
+        match reals.first() {
+            Some(top) if Some(top.layer) == self.layers.upper() => {
+                crate::copy_up::sync_dir(top.fd())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let h = self.file(fh)?;
+        if !h.writable {
+            return Err(EBADF);
+        }
+        sys::fallocate(h.file.as_fd(), mode, offset, len)
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let h = self.file(fh)?;
+        sys::lseek(h.file.as_fd(), offset, whence)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u32> {
+        let (a, b) = (self.file(fh_in)?, self.file(fh_out)?);
+        if !b.writable {
+            return Err(EBADF);
+        }
+        let len = len.min(u32::MAX as u64 & !0xfff) as usize;
+        let n = sys::copy_file_range(a.file.as_fd(), off_in, b.file.as_fd(), off_out, len)?;
+        Ok(n as u32)
+    }
+
+    pub fn setxattr(&self, node: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        if xattr::is_private(name) {
+            return Err(crate::error::EPERM);
+        }
+        let node = self.inodes.get(node)?;
+        let reals = self.ensure_upper(&node, CopyData::All)?;
+        let top = reals.first().ok_or(crate::error::EIO)?;
+        sys::setxattr(top.fd(), &sys::cstr(name)?, value, flags)
+    }
+
+    pub fn removexattr(&self, node: u64, name: &OsStr) -> Result<()> {
+        if xattr::is_private(name) {
+            return Err(ENODATA);
+        }
+        let node = self.inodes.get(node)?;
+        // Nothing to copy up for an xattr that is not there.
+        let top_fd = node.reals();
+        sys::getxattr(top_fd.first().ok_or(crate::error::EIO)?.fd(), &sys::cstr(name)?)?;
+        let reals = self.ensure_upper(&node, CopyData::All)?;
+        let top = reals.first().ok_or(crate::error::EIO)?;
+        sys::removexattr(top.fd(), &sys::cstr(name)?)
     }
 }
 

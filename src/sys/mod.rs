@@ -308,6 +308,255 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// `mkdirat(dir, name, mode)`.
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<()> {
+    // SAFETY: `name` is NUL-terminated and `dir` is live for the call.
+    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+/// `mknodat(dir, name, mode, rdev)`.
+pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> Result<()> {
+    // SAFETY: `name` is NUL-terminated and `dir` is live for the call.
+    cvt(unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            mode as libc::mode_t,
+            rdev as libc::dev_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// `symlinkat(target, dir, name)`.
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    // SAFETY: both strings are NUL-terminated and `dir` is live for the call.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })?;
+    Ok(())
+}
+
+/// Makes a new name `name` in `dir` for the object behind the `O_PATH` fd `fd`.
+pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    let path = proc_path(fd);
+    // SAFETY: both strings are NUL-terminated and `dir` is live for the call. Following the
+    // magic link resolves to the object itself, never to a symlink's target.
+    cvt(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// `unlinkat(dir, name, flags)`; `flags` is 0 or `AT_REMOVEDIR`.
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<()> {
+    // SAFETY: `name` is NUL-terminated and `dir` is live for the call.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// `renameat2(olddir, old, newdir, new, flags)`.
+pub fn renameat2(
+    olddir: BorrowedFd<'_>,
+    old: &CStr,
+    newdir: BorrowedFd<'_>,
+    new: &CStr,
+    flags: u32,
+) -> Result<()> {
+    // SAFETY: both names are NUL-terminated and both fds are live for the call.
+    cvt(unsafe {
+        libc::renameat2(
+            olddir.as_raw_fd(),
+            old.as_ptr(),
+            newdir.as_raw_fd(),
+            new.as_ptr(),
+            flags,
+        )
+    })?;
+    Ok(())
+}
+
+/// Changes the owner of the object behind `fd` (any type, symlinks included, never followed).
+pub fn fchown(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+    let uid = uid.unwrap_or(u32::MAX);
+    let gid = gid.unwrap_or(u32::MAX);
+    // SAFETY: the empty path is NUL-terminated; `AT_EMPTY_PATH` makes the call act on `fd`.
+    cvt(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// Changes the mode of the object behind `fd` (not a symlink: their mode cannot change).
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
+    let path = proc_path(fd);
+    // SAFETY: `path` is NUL-terminated.
+    cvt(unsafe { libc::chmod(path.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+/// Sets the access and modification times of the object behind `fd`. Each time is
+/// `(secs, nsecs)`, with `nsecs` possibly `UTIME_NOW` or `UTIME_OMIT`.
+pub fn futimens(fd: BorrowedFd<'_>, atime: (i64, i64), mtime: (i64, i64)) -> Result<()> {
+    let path = proc_path(fd);
+    let times = [
+        libc::timespec {
+            tv_sec: atime.0,
+            tv_nsec: atime.1,
+        },
+        libc::timespec {
+            tv_sec: mtime.0,
+            tv_nsec: mtime.1,
+        },
+    ];
+    // SAFETY: `path` is NUL-terminated and `times` holds two timespecs. The magic link names
+    // the object itself (a symlink's own times for a symlink).
+    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) })?;
+    Ok(())
+}
+
+/// Sets xattr `name` on the object behind `fd`.
+pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> Result<()> {
+    let path = proc_path(fd);
+    // SAFETY: `path` and `name` are NUL-terminated, `value` is readable for its length.
+    cvt(unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })?;
+    Ok(())
+}
+
+/// Removes xattr `name` from the object behind `fd`.
+pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    let path = proc_path(fd);
+    // SAFETY: `path` and `name` are NUL-terminated.
+    cvt(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) })?;
+    Ok(())
+}
+
+/// `pwrite` of all of `buf` at `offset`; returns the bytes written.
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> Result<usize> {
+    loop {
+        // SAFETY: `buf` is readable for `buf.len()` bytes.
+        let n = unsafe {
+            libc::pwrite64(
+                fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                offset as libc::off64_t,
+            )
+        };
+        match cvt_size(n) {
+            Err(e) if e.errno() == libc::EINTR => continue,
+            other => return other,
+        }
+    }
+}
+
+/// `write` at the file position (for `O_APPEND` files, whose offset the kernel picks).
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize> {
+    // SAFETY: `buf` is readable for `buf.len()` bytes.
+    cvt_size(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })
+}
+
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> Result<()> {
+    // SAFETY: plain syscall on a live fd.
+    cvt(unsafe { libc::ftruncate64(fd.as_raw_fd(), size as libc::off64_t) })?;
+    Ok(())
+}
+
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> Result<()> {
+    // SAFETY: plain syscalls on a live fd.
+    cvt(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })?;
+    Ok(())
+}
+
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> Result<()> {
+    // SAFETY: plain syscall on a live fd.
+    cvt(unsafe {
+        libc::fallocate64(
+            fd.as_raw_fd(),
+            mode,
+            offset as libc::off64_t,
+            len as libc::off64_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// `lseek`; returns the new offset.
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> Result<i64> {
+    // SAFETY: plain syscall on a live fd.
+    let r = unsafe { libc::lseek64(fd.as_raw_fd(), offset, whence) };
+    if r < 0 { Err(Error::last()) } else { Ok(r) }
+}
+
+/// `copy_file_range` between two fds at explicit offsets; returns the bytes copied.
+pub fn copy_file_range(
+    fd_in: BorrowedFd<'_>,
+    off_in: u64,
+    fd_out: BorrowedFd<'_>,
+    off_out: u64,
+    len: usize,
+) -> Result<usize> {
+    let mut off_in = off_in as libc::loff_t;
+    let mut off_out = off_out as libc::loff_t;
+    // SAFETY: the offsets are valid, writable loff_t values and both fds are live.
+    cvt_size(unsafe {
+        libc::copy_file_range(
+            fd_in.as_raw_fd(),
+            &mut off_in,
+            fd_out.as_raw_fd(),
+            &mut off_out,
+            len,
+            0,
+        )
+    })
+}
+
+/// `ioctl(dst, FICLONE, src)`: share all of `src`'s blocks with `dst` (reflink).
+pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> Result<()> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE takes the source fd as its integer argument; both fds are live.
+    cvt(unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) })?;
+    Ok(())
+}
+
+/// Sets the daemon's umask to 0: the kernel has already applied the caller's umask to the
+/// modes of new entries, and ufs must not apply its own on top.
+pub fn clear_umask() {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(0) };
+}
+
+/// The effective uid and gid of the daemon.
+pub fn euid_egid() -> (u32, u32) {
+    // SAFETY: geteuid and getegid cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
 /// Whether `st` describes a whiteout: a character device with device number 0/0.
 pub fn is_whiteout(st: &libc::stat) -> bool {
     (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == 0

@@ -1,0 +1,335 @@
+//! Copy-up: making an upper copy of an object that so far lives only in a lower layer.
+//!
+//! The sequence follows the kernel's `ovl_copy_up_one()` (`fs/overlayfs/copy_up.c`): the parent
+//! is copied up first (by the caller, top-down); the copy is built under a temporary name in the
+//! work directory, data first (reflink with `FICLONE`, else `copy_file_range` over the data
+//! segments so holes stay holes), then xattrs, owner, mode and times; data is made durable unless
+//! the mount says `volatile`/`fsync=0`; then one `rename` publishes it under its real name, and
+//! the parent directory is made durable. A crash at any point leaves either no upper copy or a
+//! complete one; leftovers in the work directory are removed at the next mount.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::Result;
+use crate::inode::{Kind, RealEntry};
+use crate::lookup::is_no_xattr;
+use crate::sys;
+use crate::xattr;
+
+/// Which xattr namespace ufs writes its own records (opaque markers) in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrNamespace {
+    /// `trusted.overlay.*`, read by the kernel by default; needs `CAP_SYS_ADMIN`.
+    Trusted,
+    /// `user.overlay.*`, read by the kernel with `-o userxattr`; for unprivileged mounts.
+    User,
+}
+
+impl XattrNamespace {
+    pub fn opaque(self) -> &'static std::ffi::CStr {
+        match self {
+            XattrNamespace::Trusted => c"trusted.overlay.opaque",
+            XattrNamespace::User => c"user.overlay.opaque",
+        }
+    }
+}
+
+/// The scratch directory (`WORKDIR/work`, as the kernel names it) where copies are built.
+#[derive(Debug)]
+pub struct Workdir {
+    /// `O_PATH` fd on `WORKDIR/work`.
+    pub fd: OwnedFd,
+    counter: AtomicU64,
+    /// Make copies durable before publishing them.
+    pub fsync: bool,
+    pub xattr_ns: XattrNamespace,
+}
+
+impl Workdir {
+    /// Opens `workdir/work` (creating it), removes what an earlier mount left in it, and probes
+    /// whether `trusted.*` xattrs can be written.
+    pub fn open(workdir: &Path, fsync: bool) -> std::io::Result<Workdir> {
+        let wd = sys::open_dir_path(workdir)?;
+        match sys::mkdirat(wd.as_fd(), c"work", 0o700) {
+            Ok(()) => {}
+            Err(e) if e.errno() == libc::EEXIST => {}
+            Err(e) => return Err(e.into()),
+        }
+        let fd = sys::open_path(wd.as_fd(), c"work")?;
+        for e in sys::read_dir(fd.as_fd())? {
+            let name = sys::cstr(&e.name)?;
+            log::info!("removing leftover {:?} from the work directory", e.name);
+            remove_tree(fd.as_fd(), &name)?;
+        }
+        let probe = c"trusted.overlay.ufs-probe";
+        let xattr_ns = match sys::setxattr(fd.as_fd(), probe, b"y", 0) {
+            Ok(()) => {
+                if let Err(e) = sys::removexattr(fd.as_fd(), probe) {
+                    log::warn!("cannot remove probe xattr from the work directory: {e}");
+                }
+                XattrNamespace::Trusted
+            }
+            Err(e) => {
+                log::info!("trusted xattrs unavailable ({e}); using user.overlay.* records");
+                XattrNamespace::User
+            }
+        };
+        Ok(Workdir {
+            fd,
+            counter: AtomicU64::new(0),
+            fsync,
+            xattr_ns,
+        })
+    }
+
+    pub fn dir(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// A fresh name for a temporary entry.
+    pub fn temp_name(&self) -> CString {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        CString::new(format!("#ufs.{}.{n}", std::process::id())).unwrap_or_default()
+    }
+
+    /// Removes the temporary entry `name`, logging (not returning) a failure: it is called on
+    /// error paths, and a leftover is removed at the next mount anyway.
+    pub fn discard(&self, name: &CString) {
+        if let Err(e) = remove_tree(self.dir(), name) {
+            log::warn!("cannot remove {name:?} from the work directory: {e}");
+        }
+    }
+}
+
+/// Removes `name` in `dir`, recursively if it is a directory.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<()> {
+    match sys::unlinkat(dir, name, 0) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.errno() == libc::EISDIR || e.errno() == libc::EPERM => {}
+        Err(e) if e.errno() == libc::ENOENT => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let sub = sys::open_path(dir, name)?;
+    for e in sys::read_dir(sub.as_fd())? {
+        remove_tree(sub.as_fd(), &sys::cstr(&e.name)?)?;
+    }
+    sys::unlinkat(dir, name, libc::AT_REMOVEDIR)
+}
+
+/// What to copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyData {
+    /// The whole content.
+    All,
+    /// No content: the copy is about to be truncated to zero anyway.
+    None,
+}
+
+/// Copies `src` (a lower entry of kind `kind`) to `name` in the upper directory `upper_dir`.
+/// Returns the new upper entry.
+pub fn copy_up(
+    work: &Workdir,
+    upper_layer: usize,
+    src: &RealEntry,
+    kind: Kind,
+    upper_dir: BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    data: CopyData,
+) -> Result<RealEntry> {
+    let st = sys::fstat(src.fd())?;
+    let tmp = work.temp_name();
+    let result = build_copy(work, src, kind, &st, &tmp, data).and_then(|fd| {
+        sys::renameat2(work.dir(), &tmp, upper_dir, name, libc::RENAME_NOREPLACE)?;
+        if work.fsync {
+            sync_dir(upper_dir)?;
+        }
+        Ok(fd)
+    });
+    match result {
+        Ok(fd) => Ok(RealEntry::new(upper_layer, fd)),
+        Err(e) => {
+            work.discard(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Builds the complete copy under `tmp` in the work directory; returns an `O_PATH` fd on it.
+fn build_copy(
+    work: &Workdir,
+    src: &RealEntry,
+    kind: Kind,
+    st: &libc::stat,
+    tmp: &CString,
+    data: CopyData,
+) -> Result<OwnedFd> {
+    let wd = work.dir();
+    match kind {
+        Kind::Regular => {
+            let out = sys::openat(
+                wd,
+                tmp,
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                0o600,
+            )?;
+            if data == CopyData::All && st.st_size > 0 {
+                let input = sys::reopen(src.fd(), libc::O_RDONLY)?;
+                copy_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
+            }
+            if work.fsync {
+                sys::fsync(out.as_fd(), false)?;
+            }
+        }
+        Kind::Directory => sys::mkdirat(wd, tmp, 0o700)?,
+        Kind::Symlink => {
+            let target = sys::readlink(src.fd())?;
+            let target = CString::new(target).map_err(|_| crate::error::EIO)?;
+            sys::symlinkat(&target, wd, tmp)?;
+        }
+        Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice => {
+            sys::mknodat(wd, tmp, (st.st_mode & libc::S_IFMT) | 0o600, st.st_rdev)?;
+        }
+    }
+    let fd = sys::open_path(wd, tmp)?;
+    copy_xattrs(src.fd(), fd.as_fd())?;
+    copy_attrs(fd.as_fd(), kind, st)?;
+    Ok(fd)
+}
+
+/// Copies every visible xattr of `src` to `dst`.
+pub fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
+    let names = match sys::listxattr(src) {
+        Ok(n) => n,
+        Err(e) if e.errno() == libc::EOPNOTSUPP => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in names.iter().filter(|n| !xattr::is_private(n)) {
+        let cname = sys::cstr(name)?;
+        let value = match sys::getxattr(src, &cname) {
+            Ok(v) => v,
+            Err(e) if e.errno() == libc::ENODATA => continue,
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = sys::setxattr(dst, &cname, &value, 0) {
+            // `security.*` labels may be refused by the upper filesystem's security module;
+            // the kernel overlay skips them in the same way (`ovl_copy_xattr`).
+            if name.as_encoded_bytes().starts_with(b"security.") && is_no_xattr(e.errno()) {
+                log::debug!("copy-up: skipping xattr {name:?}: {e}");
+                continue;
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Owner, mode (after the owner, since `chown` clears setuid bits) and times.
+pub fn copy_attrs(fd: BorrowedFd<'_>, kind: Kind, st: &libc::stat) -> Result<()> {
+    set_owner(fd, st.st_uid, st.st_gid)?;
+    if kind != Kind::Symlink {
+        sys::fchmod(fd, st.st_mode & 0o7777)?;
+    }
+    sys::futimens(
+        fd,
+        (st.st_atime, st.st_atime_nsec),
+        (st.st_mtime, st.st_mtime_nsec),
+    )
+}
+
+/// Gives `fd` the owner `uid:gid`. An unprivileged daemon cannot give files away: it then keeps
+/// its own ids, as a rootless overlay must.
+pub fn set_owner(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<()> {
+    let st = sys::fstat(fd)?;
+    if st.st_uid == uid && st.st_gid == gid {
+        return Ok(());
+    }
+    match sys::fchown(fd, Some(uid), Some(gid)) {
+        Err(e) if e.errno() == libc::EPERM && sys::euid_egid().0 != 0 => {
+            log::debug!("cannot give {uid}:{gid} ownership as an unprivileged daemon: {e}");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Copies `size` bytes from `input` to `out`, keeping holes.
+pub fn copy_data(input: BorrowedFd<'_>, out: BorrowedFd<'_>, size: u64) -> Result<()> {
+    match sys::ficlone(out, input) {
+        Ok(()) => return Ok(()),
+        Err(e) => log::trace!("FICLONE unavailable ({e}), copying"),
+    }
+    let mut off = 0u64;
+    while off < size {
+        let data = match sys::lseek(input, off as i64, libc::SEEK_DATA) {
+            Ok(d) => d as u64,
+            // No data after `off`: the rest is a hole.
+            Err(e) if e.errno() == libc::ENXIO => break,
+            // A filesystem without SEEK_DATA: treat the file as all data.
+            Err(e) if e.errno() == libc::EINVAL => off,
+            Err(e) => return Err(e),
+        };
+        let hole = match sys::lseek(input, data as i64, libc::SEEK_HOLE) {
+            Ok(h) => (h as u64).min(size),
+            Err(e) if e.errno() == libc::EINVAL => size,
+            Err(e) => return Err(e),
+        };
+        copy_range(input, out, data, hole)?;
+        off = hole;
+    }
+    sys::ftruncate(out, size)
+}
+
+/// Copies bytes `[start, end)` at the same offsets, in the kernel when it can.
+fn copy_range(input: BorrowedFd<'_>, out: BorrowedFd<'_>, start: u64, end: u64) -> Result<()> {
+    let mut pos = start;
+    while pos < end {
+        let chunk = ((end - pos) as usize).min(1 << 30);
+        match sys::copy_file_range(input, pos, out, pos, chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => pos += n as u64,
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP
+                ) =>
+            {
+                return copy_range_userspace(input, out, pos, end);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The last resort when the kernel cannot copy between these two files.
+fn copy_range_userspace(
+    input: BorrowedFd<'_>,
+    out: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = start;
+    while pos < end {
+        let want = ((end - pos) as usize).min(buf.len());
+        let n = sys::pread(input, &mut buf[..want], pos)?;
+        if n == 0 {
+            break;
+        }
+        let mut done = 0;
+        while done < n {
+            done += sys::pwrite(out, &buf[done..n], pos + done as u64)?;
+        }
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// `fsync` of a directory held by an `O_PATH` fd.
+pub fn sync_dir(dir: BorrowedFd<'_>) -> Result<()> {
+    let d = sys::openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    sys::fsync(d.as_fd(), false)
+}

@@ -1,0 +1,564 @@
+//! Namespace operations: create, mkdir, mknod, symlink, link, unlink, rmdir, rename, and the
+//! copy-up of an object and its ancestors that each of them starts with.
+//!
+//! Kernel counterparts: `fs/overlayfs/dir.c` (`ovl_create_object`, `ovl_do_remove`,
+//! `ovl_rename`) and `ovl_copy_up()` in `copy_up.c`. Every new entry is built in the work
+//! directory with its owner, mode and opaque marker already set, then published with one
+//! `rename` (an exchange when a whiteout stands at the name), so a crash never leaves a
+//! half-made entry in the upper. Whiteouts are left exactly where a lower layer still has the
+//! name.
+//!
+//! Locking: an operation holds at most one node lock at a time. Copy-up takes the ancestors'
+//! locks one after the other, top-down, never nested; see `docs/DESIGN.md`.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::copy_up::{self, CopyData, Workdir, remove_tree, set_owner};
+use crate::error::{
+    EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS, EXDEV, Result,
+};
+use crate::inode::{Inode, Kind, ROOT_ID, RealEntry, Reals};
+use crate::lookup::{self, Resolved, is_hidden_name, whiteout_name};
+use crate::overlay::{Caller, Entry, Overlay};
+use crate::readdir;
+use crate::sys;
+
+/// What a create-type request makes.
+#[derive(Debug, Clone, Copy)]
+pub enum NewEntry<'a> {
+    /// A regular file, opened with these flags.
+    File { flags: i32 },
+    Directory,
+    /// A fifo, socket or device node; `file_type` is its `S_IFMT` bits.
+    Node { file_type: u32, rdev: u64 },
+    Symlink { target: &'a CStr },
+}
+
+impl Overlay {
+    /// The upper layer's index, or `EROFS` for a read-only mount.
+    pub(crate) fn upper_layer(&self) -> Result<(usize, &Workdir)> {
+        match (self.layers.upper(), &self.work) {
+            (Some(u), Some(w)) if !self.is_read_only() => Ok((u, w)),
+            _ => Err(EROFS),
+        }
+    }
+
+    /// Makes sure `node` has an upper entry, copying it (and first its ancestors) up.
+    /// Returns the node's real entries, the upper one first.
+    pub(crate) fn ensure_upper(&self, node: &Arc<Inode>, data: CopyData) -> Result<Reals> {
+        let (upper, work) = self.upper_layer()?;
+        loop {
+            let parent_id = node.location().parent;
+            let reals = node.reals();
+            if reals.first().is_some_and(|r| r.layer == upper) {
+                return Ok(reals);
+            }
+            if node.id == ROOT_ID {
+                // The root's reals always start with the upper root when there is one.
+                return Err(EIO);
+            }
+            let parent = self.inodes.get(parent_id)?;
+            let preals = self.ensure_upper(&parent, CopyData::All)?;
+            let mut st = node.state.write();
+            if st.reals.first().is_some_and(|r| r.layer == upper) {
+                return Ok(st.reals.clone());
+            }
+            let loc = node.location();
+            if loc.parent != parent_id {
+                // Renamed while the parent was being copied up: start over from the new one.
+                continue;
+            }
+            let name = sys::cstr(&loc.name)?;
+            let src = st.reals.first().ok_or(EIO)?.clone();
+            let src_st = sys::fstat(src.fd())?;
+            let entry = copy_up::copy_up(work, upper, &src, node.kind, preals[0].fd(), &name, data)?;
+            // Keep the object's number, unless other names still share the lower inode: a
+            // copy no longer shares their content, so it must not share their number (the
+            // kernel's rule without `index`).
+            if node.kind == Kind::Directory || src_st.st_nlink <= 1 {
+                let real = sys::fstat(entry.fd())?.st_ino;
+                self.layers.remember_copy_up(real, node.ino);
+            }
+            let mut new_reals = vec![entry];
+            if node.kind == Kind::Directory {
+                new_reals.extend(st.reals.iter().cloned());
+            }
+            st.reals = Arc::new(new_reals);
+            log::debug!("copied up {:?} (node {})", loc.name, node.id);
+            return Ok(st.reals.clone());
+        }
+    }
+
+    /// Whether a lower layer of the merged directory `preals` still has `name`, so that
+    /// removing the upper entry must leave a whiteout.
+    fn lower_has(&self, preals: &[RealEntry], name: &OsStr) -> Result<bool> {
+        let upper = self.layers.upper();
+        let lowers: Vec<RealEntry> = preals
+            .iter()
+            .filter(|r| Some(r.layer) != upper)
+            .cloned()
+            .collect();
+        if lowers.is_empty() {
+            return Ok(false);
+        }
+        match lookup::lookup(&self.layers, &lowers, name) {
+            Ok(_) => Ok(true),
+            Err(e) if e == ENOENT => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Resolves `name` in directory node `parent` without counting a lookup.
+    fn resolve(&self, parent: &Inode, name: &OsStr) -> Result<Resolved> {
+        lookup::lookup(&self.layers, &parent.reals(), name)
+    }
+
+    /// Runs `f` with the node of `parent/name`, counting a lookup only for the call's length.
+    fn with_child<T>(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        f: impl FnOnce(&Arc<Inode>) -> Result<T>,
+    ) -> Result<T> {
+        let e = self.lookup(parent, name)?;
+        let res = self.inodes.get(e.node).and_then(|node| f(&node));
+        self.inodes.forget(e.node, 1);
+        res
+    }
+
+    /// Creates `name` in directory `parent` for `caller`. Returns the new entry (one lookup
+    /// counted) and, for a regular file, the open file.
+    pub fn create_entry(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+        what: NewEntry<'_>,
+    ) -> Result<(Entry, Option<OwnedFd>)> {
+        let (_, work) = self.upper_layer()?;
+        if is_hidden_name(name) {
+            // `.wh.*` names are whiteouts in the OCI layer format ufs reads.
+            return Err(EINVAL);
+        }
+        let pnode = self.dir_node(parent)?;
+        let preals = self.ensure_upper(&pnode, CopyData::All)?;
+        let udir = preals[0].fd();
+        let cname = sys::cstr(name)?;
+        match lookup::lookup(&self.layers, &preals, name) {
+            Ok(_) => return Err(EEXIST),
+            Err(e) if e == ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        let over_whiteout = match sys::fstatat(udir, &cname) {
+            Ok(st) if sys::is_whiteout(&st) => true,
+            // Something the merged view does not show (it cannot be anything but a whiteout).
+            Ok(_) => return Err(EEXIST),
+            Err(e) if e.errno() == libc::ENOENT => false,
+            Err(e) => return Err(e),
+        };
+        let is_dir = matches!(what, NewEntry::Directory);
+        let opaque = is_dir && self.lower_has(&preals, name)?;
+        let pst = sys::fstat(udir)?;
+        let mut mode = mode & 0o7777;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            if is_dir {
+                mode |= libc::S_ISGID;
+            }
+            pst.st_gid
+        } else {
+            caller.gid
+        };
+        let tmp = work.temp_name();
+        let built = self.build_new(work, &tmp, mode, caller.uid, gid, what, opaque);
+        let file = match built {
+            Ok(file) => file,
+            Err(e) => {
+                work.discard(&tmp);
+                return Err(e);
+            }
+        };
+        let published = if over_whiteout {
+            sys::renameat2(work.dir(), &tmp, udir, &cname, libc::RENAME_EXCHANGE)
+                .map(|()| work.discard(&tmp))
+        } else {
+            sys::renameat2(work.dir(), &tmp, udir, &cname, libc::RENAME_NOREPLACE)
+        };
+        if let Err(e) = published {
+            work.discard(&tmp);
+            return Err(e);
+        }
+        remove_wh_file(udir, name)?;
+        let entry = self.lookup(parent, name)?;
+        Ok((entry, file))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_new(
+        &self,
+        work: &Workdir,
+        tmp: &CString,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        what: NewEntry<'_>,
+        opaque: bool,
+    ) -> Result<Option<OwnedFd>> {
+        let wd = work.dir();
+        let file = match what {
+            NewEntry::File { flags } => {
+                let keep = flags
+                    & (libc::O_ACCMODE
+                        | libc::O_APPEND
+                        | libc::O_NONBLOCK
+                        | libc::O_DIRECT
+                        | libc::O_SYNC
+                        | libc::O_DSYNC);
+                Some(sys::openat(
+                    wd,
+                    tmp,
+                    libc::O_CREAT | libc::O_EXCL | keep,
+                    mode,
+                )?)
+            }
+            NewEntry::Directory => {
+                sys::mkdirat(wd, tmp, mode)?;
+                None
+            }
+            NewEntry::Node { file_type, rdev } => {
+                sys::mknodat(wd, tmp, file_type | mode, rdev)?;
+                None
+            }
+            NewEntry::Symlink { target } => {
+                sys::symlinkat(target, wd, tmp)?;
+                None
+            }
+        };
+        let fd = sys::open_path(wd, tmp)?;
+        set_owner(fd.as_fd(), uid, gid)?;
+        let is_symlink = matches!(what, NewEntry::Symlink { .. });
+        if !is_symlink && mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            // `chown` clears the set-id bits the caller asked for.
+            sys::fchmod(fd.as_fd(), mode & 0o7777)?;
+        }
+        if opaque {
+            sys::setxattr(fd.as_fd(), work.xattr_ns.opaque(), b"y", 0)?;
+        }
+        Ok(file)
+    }
+
+    /// Puts a whiteout at `name` in the upper directory `udir`, where nothing stands yet.
+    fn make_whiteout(&self, udir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        let cname = sys::cstr(name)?;
+        match sys::mknodat(udir, &cname, libc::S_IFCHR, 0) {
+            Err(e) if e.errno() == libc::EPERM => make_wh_file(udir, name),
+            other => other,
+        }
+    }
+
+    /// Replaces the upper entry `name` in `udir` (a file or a directory) by a whiteout in one
+    /// step, and removes the old entry.
+    fn whiteout_over(&self, work: &Workdir, udir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        let cname = sys::cstr(name)?;
+        let tmp = work.temp_name();
+        match sys::mknodat(work.dir(), &tmp, libc::S_IFCHR, 0) {
+            Ok(()) => {
+                if let Err(e) =
+                    sys::renameat2(work.dir(), &tmp, udir, &cname, libc::RENAME_EXCHANGE)
+                {
+                    work.discard(&tmp);
+                    return Err(e);
+                }
+            }
+            Err(e) if e.errno() == libc::EPERM => {
+                sys::renameat2(udir, &cname, work.dir(), &tmp, libc::RENAME_NOREPLACE)?;
+                make_wh_file(udir, name)?;
+            }
+            Err(e) => return Err(e),
+        }
+        remove_tree(work.dir(), &tmp)
+    }
+
+    /// Removes the upper entry `name` of `udir` (a directory whose merged view is empty, so it
+    /// holds nothing but whiteouts and markers).
+    fn remove_upper_dir(&self, work: &Workdir, udir: BorrowedFd<'_>, cname: &CStr) -> Result<()> {
+        match sys::unlinkat(udir, cname, libc::AT_REMOVEDIR) {
+            Err(e) if e.errno() == libc::ENOTEMPTY || e.errno() == libc::EEXIST => {
+                let tmp = work.temp_name();
+                sys::renameat2(udir, cname, work.dir(), &tmp, libc::RENAME_NOREPLACE)?;
+                remove_tree(work.dir(), &tmp)
+            }
+            other => other,
+        }
+    }
+
+    /// Notes that an upper object loses a name; when it was the last, its copy-up record goes.
+    fn upper_name_removed(&self, st: &libc::stat) {
+        if st.st_nlink <= 1 || (st.st_mode & libc::S_IFMT) == libc::S_IFDIR {
+            self.layers.forget_copy_up(st.st_ino);
+        }
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let (upper, work) = self.upper_layer()?;
+        let pnode = self.dir_node(parent)?;
+        let child = self.resolve(&pnode, name)?;
+        if child.kind == Kind::Directory {
+            return Err(EISDIR);
+        }
+        let preals = self.ensure_upper(&pnode, CopyData::All)?;
+        let udir = preals[0].fd();
+        let needs_whiteout = self.lower_has(&preals, name)?;
+        if child.reals[0].layer == upper {
+            if needs_whiteout {
+                self.whiteout_over(work, udir, name)?;
+            } else {
+                sys::unlinkat(udir, &sys::cstr(name)?, 0)?;
+            }
+            self.upper_name_removed(&child.stat);
+        } else {
+            self.make_whiteout(udir, name)?;
+        }
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let (upper, work) = self.upper_layer()?;
+        let pnode = self.dir_node(parent)?;
+        let child = self.resolve(&pnode, name)?;
+        if child.kind != Kind::Directory {
+            return Err(ENOTDIR);
+        }
+        if !readdir::merged_listing(&self.layers, &child.reals)?.is_empty() {
+            return Err(ENOTEMPTY);
+        }
+        let preals = self.ensure_upper(&pnode, CopyData::All)?;
+        let udir = preals[0].fd();
+        let needs_whiteout = self.lower_has(&preals, name)?;
+        if child.reals[0].layer == upper {
+            if needs_whiteout {
+                self.whiteout_over(work, udir, name)?;
+            } else {
+                self.remove_upper_dir(work, udir, &sys::cstr(name)?)?;
+            }
+            self.upper_name_removed(&child.stat);
+        } else {
+            self.make_whiteout(udir, name)?;
+        }
+        Ok(())
+    }
+
+    /// `link(2)`: a new name `newname` in `newparent` for node `node`.
+    pub fn link(&self, node: u64, newparent: u64, newname: &OsStr) -> Result<Entry> {
+        let (_, work) = self.upper_layer()?;
+        if is_hidden_name(newname) {
+            return Err(EINVAL);
+        }
+        let node = self.inodes.get(node)?;
+        if node.kind == Kind::Directory {
+            return Err(crate::error::EPERM);
+        }
+        let reals = self.ensure_upper(&node, CopyData::All)?;
+        let np = self.dir_node(newparent)?;
+        let nreals = self.ensure_upper(&np, CopyData::All)?;
+        let ndir = nreals[0].fd();
+        match lookup::lookup(&self.layers, &nreals, newname) {
+            Ok(_) => return Err(EEXIST),
+            Err(e) if e == ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        let cname = sys::cstr(newname)?;
+        let over_whiteout = match sys::fstatat(ndir, &cname) {
+            Ok(st) if sys::is_whiteout(&st) => true,
+            Ok(_) => return Err(EEXIST),
+            Err(e) if e.errno() == libc::ENOENT => false,
+            Err(e) => return Err(e),
+        };
+        if over_whiteout {
+            let tmp = work.temp_name();
+            sys::link_fd(reals[0].fd(), work.dir(), &tmp)?;
+            // A plain rename replaces the whiteout (a non-directory) in one step.
+            if let Err(e) = sys::renameat2(work.dir(), &tmp, ndir, &cname, 0) {
+                work.discard(&tmp);
+                return Err(e);
+            }
+        } else {
+            sys::link_fd(reals[0].fd(), ndir, &cname)?;
+        }
+        remove_wh_file(ndir, newname)?;
+        self.lookup(newparent, newname)
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let (upper, work) = self.upper_layer()?;
+        if is_hidden_name(newname) {
+            return Err(EINVAL);
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0
+            || (exchange && noreplace)
+        {
+            return Err(EINVAL);
+        }
+        let op = self.dir_node(parent)?;
+        let np = self.dir_node(newparent)?;
+        let src = self.resolve(&op, name)?;
+        let dst = match self.resolve(&np, newname) {
+            Ok(d) => Some(d),
+            Err(e) if e == ENOENT => None,
+            Err(e) => return Err(e),
+        };
+        if noreplace && dst.is_some() {
+            return Err(EEXIST);
+        }
+        if exchange && dst.is_none() {
+            return Err(ENOENT);
+        }
+        if let Some(d) = &dst {
+            let (a, b) = (sys::fstat(src.reals[0].fd())?, sys::fstat(d.reals[0].fd())?);
+            if a.st_dev == b.st_dev && a.st_ino == b.st_ino {
+                // Two names of one object: rename does nothing (POSIX).
+                return Ok(());
+            }
+        }
+        let movable = |r: &Resolved| {
+            r.kind != Kind::Directory || (r.reals.len() == 1 && r.reals[0].layer == upper)
+        };
+        // A directory with lower parts would need a redirect record; without one, `EXDEV`
+        // makes tools fall back to copying (as the kernel does with `redirect_dir=off`).
+        if !movable(&src) || (exchange && dst.as_ref().is_some_and(|d| !movable(d))) {
+            return Err(EXDEV);
+        }
+        if !exchange && let Some(d) = &dst {
+            match (src.kind == Kind::Directory, d.kind == Kind::Directory) {
+                (true, false) => return Err(ENOTDIR),
+                (false, true) => return Err(EISDIR),
+                (true, true) => {
+                    if !readdir::merged_listing(&self.layers, &d.reals)?.is_empty() {
+                        return Err(ENOTEMPTY);
+                    }
+                }
+                (false, false) => {}
+            }
+        }
+        self.with_child(parent, name, |src_node| {
+            self.ensure_upper(src_node, CopyData::All)?;
+            let dst_node = if exchange {
+                let e = self.lookup(newparent, newname)?;
+                let n = self.inodes.get(e.node);
+                self.inodes.forget(e.node, 1);
+                let n = n?;
+                self.ensure_upper(&n, CopyData::All)?;
+                Some(n)
+            } else {
+                None
+            };
+            let oreals = self.ensure_upper(&op, CopyData::All)?;
+            let nreals = self.ensure_upper(&np, CopyData::All)?;
+            let (odir, ndir) = (oreals[0].fd(), nreals[0].fd());
+            let (cname, cnewname) = (sys::cstr(name)?, sys::cstr(newname)?);
+            if src.kind == Kind::Directory && self.lower_has(&nreals, newname)? {
+                self.set_opaque(src_node)?;
+            }
+            if let Some(d) = &dst_node
+                && d.kind == Kind::Directory
+                && self.lower_has(&oreals, name)?
+            {
+                self.set_opaque(d)?;
+            }
+            let mut replaced: Option<libc::stat> = None;
+            if !exchange {
+                match sys::fstatat(ndir, &cnewname) {
+                    Ok(st) if sys::is_whiteout(&st) => {
+                        if src.kind == Kind::Directory {
+                            sys::unlinkat(ndir, &cnewname, 0)?;
+                        }
+                    }
+                    Ok(st) if (st.st_mode & libc::S_IFMT) == libc::S_IFDIR => {
+                        // An empty merged directory: its upper part holds only whiteouts.
+                        self.remove_upper_dir(work, ndir, &cnewname)?;
+                        replaced = Some(st);
+                    }
+                    Ok(st) => replaced = Some(st),
+                    Err(e) if e.errno() == libc::ENOENT => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let needs_whiteout = !exchange && self.lower_has(&oreals, name)?;
+            let real_flags = if exchange { libc::RENAME_EXCHANGE } else { 0 };
+            if needs_whiteout {
+                match sys::renameat2(
+                    odir,
+                    &cname,
+                    ndir,
+                    &cnewname,
+                    real_flags | libc::RENAME_WHITEOUT,
+                ) {
+                    Ok(()) => {}
+                    Err(e) if e.errno() == libc::EINVAL || e.errno() == libc::EPERM => {
+                        sys::renameat2(odir, &cname, ndir, &cnewname, real_flags)?;
+                        self.make_whiteout(odir, name)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                sys::renameat2(odir, &cname, ndir, &cnewname, real_flags)?;
+            }
+            remove_wh_file(ndir, newname)?;
+            if let Some(st) = replaced {
+                self.upper_name_removed(&st);
+            }
+            src_node.set_location(newparent, newname);
+            if let Some(d) = dst_node {
+                d.set_location(parent, name);
+            }
+            Ok(())
+        })
+    }
+
+    /// Marks the upper part of directory node `node` opaque.
+    fn set_opaque(&self, node: &Inode) -> Result<()> {
+        let (upper, work) = self.upper_layer()?;
+        let reals = node.reals();
+        let top = reals.first().filter(|r| r.layer == upper).ok_or(EIO)?;
+        sys::setxattr(top.fd(), work.xattr_ns.opaque(), b"y", 0)?;
+        // The lower parts no longer take part in the merge.
+        let mut st = node.state.write();
+        st.reals = Arc::new(vec![top.clone()]);
+        Ok(())
+    }
+}
+
+/// Creates the OCI-format whiteout `.wh.NAME`, for when the kernel refuses `mknod` of a 0/0
+/// character device (an unprivileged daemon on an older kernel).
+fn make_wh_file(udir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    let wh = whiteout_name(name).ok_or(crate::error::ENAMETOOLONG)?;
+    sys::openat(
+        udir,
+        &wh,
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+        0o600,
+    )
+    .map(drop)
+}
+
+/// Removes a `.wh.NAME` whiteout file once `NAME` itself stands in the upper directory.
+fn remove_wh_file(udir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    let Some(wh) = whiteout_name(name) else {
+        return Ok(());
+    };
+    match sys::unlinkat(udir, &wh, 0) {
+        Err(e) if e.errno() == libc::ENOENT => Ok(()),
+        other => other,
+    }
+}

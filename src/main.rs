@@ -1,0 +1,637 @@
+//! The `ufs` command: parse the command line, validate, mount, exit with a status.
+//!
+//! Container tools and mount(8) call FUSE filesystems in three shapes, all accepted:
+//!
+//! 1. `ufs mount -o OPTS MERGED`: the project's own form;
+//! 2. `ufs -o OPTS MERGED`: what containers/storage runs as its `mount_program`;
+//! 3. `ufs SOURCE MERGED -o OPTS`: what `mount.fuse3` runs for `mount -t fuse.ufs`.
+//!
+//! plus `ufs umount MERGED`. Because form 3 lets SOURCE be any word, the words `mount` and
+//! `umount` are not clap subcommands: [`classify`] looks at the positional arguments after clap
+//! has collected them (see there for how the ambiguity is resolved).
+//!
+//! Everything that can fail is checked before the process detaches, and the detached child only
+//! lets the command return once the mount is live, so a caller can use the mount as soon as the
+//! command exits 0 and sees the real error message otherwise.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::error::ErrorKind;
+use clap::{Arg, ArgAction, value_parser};
+
+use ufs::mount::{self, MountError};
+use ufs::options::{self, OptionError, Options};
+use ufs::sys::process::{self, ForkResult};
+
+/// Exit status when the command line itself is wrong, as clap and most tools use.
+const USAGE_STATUS: u8 = 2;
+
+/// The byte a daemon child writes to its parent once the mount is live.
+const READY: u8 = 1;
+
+const USAGE: &str = "ufs mount -o OPTIONS MERGED
+       ufs -o OPTIONS MERGED
+       ufs SOURCE MERGED -o OPTIONS
+       ufs umount MERGED";
+
+const OPTIONS_HELP: &str = r#"Options for -o (comma-separated; -o may be repeated):
+  lowerdir=DIR[:DIR...]  read-only layers, top-most first (required)
+  upperdir=DIR           the writable layer (needs workdir)
+  workdir=DIR            an empty directory on the upper's filesystem (needs upperdir)
+  ro                     refuse every write, even with an upper
+  allow_other            let every user use the mount (allow_root: root too)
+  nodev,nosuid,noexec,noatime
+                         the usual mount flags
+  timeout=SECS           how long the kernel caches names and attributes (default 1)
+  fsync=0, volatile      do not make copied-up data durable (faster, unsafe on crash)
+  threaded=N             number of request threads
+  fsname=NAME            the source shown in the mount table (default: SOURCE)
+  uidmapping=C:H:N[:C:H:N...], gidmapping=...
+                         map container ids C.. to host ids H.. (N of them)
+  squash_to_root, squash_to_uid=N, squash_to_gid=N
+                         show every file as owned by root, or by uid/gid N
+  debug                  same as -d
+
+Without upperdir and workdir the union is read-only. In paths "\," is a comma, "\:" a
+colon inside lowerdir, and "\\" a backslash; relative paths are taken from the current
+directory. Unknown options are ignored with a warning. Unmount with `ufs umount MERGED`,
+`fusermount3 -u MERGED` or `umount MERGED`.
+
+Exit status: 0 once the mount is live (or unmounted, for umount), 1 if mounting or
+unmounting failed, 2 if the command line or an option is wrong."#;
+
+/// The clap definition. It provides help, version, `-o` repetition, `-fd` clusters and `--`;
+/// the meaning of the positional arguments is decided by [`classify`].
+fn cli() -> clap::Command {
+    clap::Command::new("ufs")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("A union (overlay) filesystem in userspace, on FUSE")
+        .override_usage(USAGE)
+        .after_long_help(OPTIONS_HELP)
+        .after_help("Run 'ufs --help' for the -o options.")
+        .arg(
+            Arg::new("options")
+                .short('o')
+                .value_name("OPTIONS")
+                .action(ArgAction::Append)
+                .value_parser(value_parser!(String))
+                .help("Comma-separated mount options (see below)"),
+        )
+        .arg(
+            Arg::new("foreground")
+                .short('f')
+                .action(ArgAction::SetTrue)
+                .help("Stay in the foreground instead of detaching once mounted"),
+        )
+        .arg(
+            Arg::new("debug")
+                .short('d')
+                .action(ArgAction::SetTrue)
+                .help("Log every request to stderr; implies -f"),
+        )
+        .arg(
+            Arg::new("args")
+                .value_name("ARGS")
+                .num_args(1..)
+                .action(ArgAction::Append)
+                .value_parser(value_parser!(OsString))
+                .help("[mount] [SOURCE] MERGED, or umount MERGED"),
+        )
+}
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq)]
+enum Invocation {
+    Mount(MountArgs),
+    Umount { mountpoint: PathBuf },
+}
+
+/// The raw mount request, before the option string is parsed.
+#[derive(Debug, Default, PartialEq)]
+struct MountArgs {
+    /// One entry per `-o`, in order.
+    options: Vec<String>,
+    /// SOURCE of form 3; becomes `fsname` unless the options set one.
+    source: Option<String>,
+    mountpoint: PathBuf,
+    foreground: bool,
+    debug: bool,
+}
+
+/// Turns argv (including the program name) into an [`Invocation`], with no I/O.
+///
+/// The positional arguments decide the form:
+/// - `umount M`, when no `-o` is given, is an unmount. (With `-o` it can only be form 3 with a
+///   SOURCE named `umount`, because mounting needs `lowerdir=`.)
+/// - `mount M` and `mount S M` are the `mount` subcommand. `ufs mount M -o ...` could also be
+///   form 3 with SOURCE `mount`; both mount the same union, the subcommand reading only leaves
+///   `fsname` at its default.
+/// - otherwise one positional is MERGED (form 2, which includes a mountpoint named `mount`) and
+///   two are SOURCE MERGED (form 3).
+///
+/// Help and version requests come back as clap errors of kind `DisplayHelp`/`DisplayVersion`.
+fn classify<I, T>(argv: I) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut cmd = cli();
+    let mut matches = cmd.try_get_matches_from_mut(argv)?;
+    let options: Vec<String> = matches
+        .remove_many("options")
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    let foreground = matches.get_flag("foreground");
+    let debug = matches.get_flag("debug");
+    let mut args: Vec<OsString> = matches
+        .remove_many("args")
+        .map(Iterator::collect)
+        .unwrap_or_default();
+
+    let first = args.first().and_then(|a| a.to_str());
+    if first == Some("umount") && options.is_empty() {
+        return match <[OsString; 2]>::try_from(args) {
+            Ok([_, mountpoint]) => Ok(Invocation::Umount {
+                mountpoint: mountpoint.into(),
+            }),
+            Err(args) => Err(cmd.error(
+                ErrorKind::WrongNumberOfValues,
+                format!(
+                    "umount takes exactly one argument, MERGED (got {})",
+                    args.len() - 1
+                ),
+            )),
+        };
+    }
+    if first == Some("mount") && args.len() > 1 {
+        args.remove(0);
+    }
+    let (source, mountpoint) = match <[OsString; 2]>::try_from(args) {
+        Ok([source, mountpoint]) => (Some(source), mountpoint),
+        Err(args) => match <[OsString; 1]>::try_from(args) {
+            Ok([mountpoint]) => (None, mountpoint),
+            Err(args) if args.is_empty() => {
+                return Err(cmd.error(
+                    ErrorKind::MissingRequiredArgument,
+                    "missing MERGED, the directory to mount the union on",
+                ));
+            }
+            Err(args) => {
+                return Err(cmd.error(
+                    ErrorKind::TooManyValues,
+                    format!(
+                        "too many arguments: expected [SOURCE] MERGED, got {}",
+                        args.len()
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(Invocation::Mount(MountArgs {
+        options,
+        // fsname is text in the mount table; a non-UTF-8 SOURCE is shown lossily rather than
+        // refused, since it does not change what is mounted.
+        source: source.map(|s| s.to_string_lossy().into_owned()),
+        mountpoint: mountpoint.into(),
+        foreground,
+        debug,
+    }))
+}
+
+/// Every way the command can fail; printed once, by `main`.
+#[derive(Debug)]
+enum Failure {
+    /// The command line is malformed (clap's rendering, with usage).
+    Usage(clap::Error),
+    Options(OptionError),
+    Mount(MountError),
+    /// A system call failed; `context` says what ufs was doing.
+    Io {
+        context: String,
+        source: io::Error,
+    },
+    /// A failure whose explanation is complete in itself.
+    Message(String),
+}
+
+impl Failure {
+    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Failure {
+        let context = context.into();
+        move |source| Failure::Io { context, source }
+    }
+
+    fn status(&self) -> u8 {
+        match self {
+            Failure::Usage(_) | Failure::Options(_) => USAGE_STATUS,
+            _ => 1,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Usage(err) => {
+                // clap starts with its own "error: " tag; `main` adds "ufs: " instead.
+                let text = err.render().to_string();
+                let text = text.trim_end();
+                f.write_str(text.strip_prefix("error: ").unwrap_or(text))
+            }
+            Failure::Options(err) => err.fmt(f),
+            Failure::Mount(err) => err.fmt(f),
+            Failure::Io { context, source } => {
+                write!(f, "{context}: {}", mount::describe(source))
+            }
+            Failure::Message(message) => f.write_str(message),
+        }
+    }
+}
+
+impl From<OptionError> for Failure {
+    fn from(err: OptionError) -> Self {
+        Failure::Options(err)
+    }
+}
+
+impl From<MountError> for Failure {
+    fn from(err: MountError) -> Self {
+        Failure::Mount(err)
+    }
+}
+
+fn main() -> ExitCode {
+    match run(std::env::args_os()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("ufs: {err}");
+            ExitCode::from(err.status())
+        }
+    }
+}
+
+fn run(argv: impl IntoIterator<Item = OsString>) -> Result<ExitCode, Failure> {
+    let invocation = match classify(argv) {
+        Ok(invocation) => invocation,
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            // Help and version go to stdout and succeed; clap knows the right stream.
+            err.print()
+                .map_err(Failure::io("cannot print the help text"))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(err) => return Err(Failure::Usage(err)),
+    };
+    match invocation {
+        Invocation::Mount(args) => mount_union(args),
+        Invocation::Umount { mountpoint } => umount(&mountpoint),
+    }
+}
+
+/// Validates everything, then serves the union in the foreground or from a detached child.
+fn mount_union(args: MountArgs) -> Result<ExitCode, Failure> {
+    let cwd = std::env::current_dir().map_err(Failure::io("cannot read the current directory"))?;
+    let option_args: Vec<&str> = args.options.iter().map(String::as_str).collect();
+    let mut opts = options::parse(&option_args, &cwd)?;
+    opts.debug |= args.debug;
+    if opts.fsname.is_none() {
+        opts.fsname = args.source;
+    }
+    for warning in &opts.warnings {
+        eprintln!("ufs: warning: {warning}");
+    }
+
+    mount::check(&opts)?;
+    // Held until this function returns, which in the daemon is after the unmount; a forked
+    // child shares the locked descriptor, so the parent exiting does not release it.
+    let _workdir_lock = opts
+        .workdir
+        .as_deref()
+        .map(mount::lock_workdir)
+        .transpose()?;
+    let mountpoint = mount::check_mountpoint(&args.mountpoint, &cwd)?;
+
+    init_logging(opts.debug);
+    if args.foreground || opts.debug {
+        serve(&opts, &mountpoint, || {
+            log::info!("{} is mounted", mountpoint.display());
+        })?;
+        Ok(ExitCode::SUCCESS)
+    } else {
+        daemonize(&opts, &mountpoint)
+    }
+}
+
+/// `-d`/`debug` logs at debug level, otherwise only warnings; `RUST_LOG` overrides both.
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "warn" };
+    let env = env_logger::Env::default().default_filter_or(default);
+    if let Err(err) = env_logger::Builder::from_env(env).try_init() {
+        // Only possible if a logger is already installed, which nothing here does; mounting
+        // matters more than logging, so go on.
+        eprintln!("ufs: warning: logging is disabled: {err}");
+    }
+}
+
+/// Runs the filesystem until it is unmounted. A return before the mount went live is an error
+/// even if the core reports none, so that a daemon's parent never reports success for it.
+fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> Result<(), Failure> {
+    let ready = AtomicBool::new(false);
+    let result = ufs::serve(opts, mountpoint, || {
+        ready.store(true, Ordering::Release);
+        on_ready();
+    });
+    let ready = ready.load(Ordering::Acquire);
+    let doing = if ready { "serving" } else { "mounting on" };
+    result.map_err(Failure::io(format!("{doing} {mountpoint:?}")))?;
+    if !ready {
+        return Err(Failure::Message(format!(
+            "{mountpoint:?} was unmounted before the mount completed"
+        )));
+    }
+    Ok(())
+}
+
+/// Forks; the parent exits with 0 once the child reports the mount live, or with 1 when the
+/// child exits first (after printing its error on the shared stderr).
+fn daemonize(opts: &Options, mountpoint: &Path) -> Result<ExitCode, Failure> {
+    // Opened before forking so that failures are still reported by the parent's exit status.
+    let dev_null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(Failure::io("cannot open /dev/null"))?;
+    let (mut from_child, mut to_parent) =
+        io::pipe().map_err(Failure::io("cannot create a pipe"))?;
+    match process::fork().map_err(Failure::io("cannot fork the daemon"))? {
+        ForkResult::Parent { .. } => {
+            // Our copy of the write end would keep the pipe open and hide the child's exit.
+            drop(to_parent);
+            let mut byte = [0u8; 1];
+            match from_child.read_exact(&mut byte) {
+                Ok(()) if byte == [READY] => Ok(ExitCode::SUCCESS),
+                // End of file: the child exited before the mount went live, after printing why
+                // on the stderr we share; saying more would only repeat it.
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(ExitCode::FAILURE),
+                Ok(()) => Err(Failure::Message(format!(
+                    "the daemon sent an unexpected status byte {}",
+                    byte[0]
+                ))),
+                Err(err) => Err(Failure::io("waiting for the daemon")(err)),
+            }
+        }
+        ForkResult::Child => {
+            drop(from_child);
+            // A new session: no controlling terminal, so closing the terminal that ran the
+            // command neither hangs up nor interrupts the daemon.
+            process::setsid().map_err(Failure::io("cannot start a new session"))?;
+            // Do not keep the caller's working directory busy; every path is absolute by now.
+            std::env::set_current_dir("/").map_err(Failure::io("cannot change directory to /"))?;
+            serve(opts, mountpoint, move || {
+                // Detach from the terminal before reporting success, so that nothing the
+                // daemon prints later lands in the caller's terminal or a closed pipe.
+                if let Err(err) = process::redirect_stdio(dev_null.as_fd()) {
+                    log::warn!("cannot redirect standard streams to /dev/null: {err}");
+                }
+                if let Err(err) = to_parent.write_all(&[READY]) {
+                    // The parent is gone (killed?): the mount is live regardless, keep serving.
+                    log::warn!("cannot report the mount as ready: {err}");
+                }
+                drop(to_parent);
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Unmounts with `fusermount3 -u`, which also works for unprivileged users, and as root falls
+/// back to `umount(8)` for systems without fusermount3 or mounts it does not know about.
+fn umount(mountpoint: &Path) -> Result<ExitCode, Failure> {
+    let cwd = std::env::current_dir().map_err(Failure::io("cannot read the current directory"))?;
+    // Absolute, so that neither helper can mistake a name starting with '-' for a flag.
+    let mountpoint = cwd.join(mountpoint);
+    let root = process::is_root();
+    let mut fusermount = std::process::Command::new("fusermount3");
+    fusermount.arg("-u").arg(&mountpoint);
+    if root {
+        // A failure here is followed by the fallback, whose own message is the one that
+        // matters; fusermount3's would only alarm when the fallback succeeds.
+        fusermount.stderr(Stdio::null());
+    }
+    let failure = match fusermount.status() {
+        Ok(status) if status.success() => return Ok(ExitCode::SUCCESS),
+        Ok(status) => format!("fusermount3 -u {mountpoint:?} failed ({status})"),
+        Err(err) => format!("cannot run fusermount3: {}", mount::describe(&err)),
+    };
+    if !root {
+        return Err(Failure::Message(failure));
+    }
+    let status = std::process::Command::new("umount")
+        .arg(&mountpoint)
+        .status()
+        .map_err(Failure::io(format!("{failure}, and cannot run umount")))?;
+    if status.success() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Failure::Message(format!(
+            "umount {mountpoint:?} failed ({status})"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount_args(
+        options: &[&str],
+        source: Option<&str>,
+        mountpoint: &str,
+        foreground: bool,
+        debug: bool,
+    ) -> Invocation {
+        Invocation::Mount(MountArgs {
+            options: options.iter().map(|o| o.to_string()).collect(),
+            source: source.map(String::from),
+            mountpoint: mountpoint.into(),
+            foreground,
+            debug,
+        })
+    }
+
+    fn classify_words(line: &str) -> Result<Invocation, clap::Error> {
+        classify(std::iter::once("ufs").chain(line.split_whitespace()))
+    }
+
+    #[test]
+    fn the_three_mount_forms_and_umount() {
+        let o = "lowerdir=/l";
+        let cases = [
+            // Form 1, the project's own.
+            (
+                "mount -o lowerdir=/l /m",
+                mount_args(&[o], None, "/m", false, false),
+            ),
+            (
+                "mount /m -o lowerdir=/l",
+                mount_args(&[o], None, "/m", false, false),
+            ),
+            (
+                "mount src /m -o lowerdir=/l",
+                mount_args(&[o], Some("src"), "/m", false, false),
+            ),
+            // Form 2, containers/storage's mount_program.
+            (
+                "-o lowerdir=/l /m",
+                mount_args(&[o], None, "/m", false, false),
+            ),
+            ("-olowerdir=/l m", mount_args(&[o], None, "m", false, false)),
+            // Form 3, mount.fuse3.
+            (
+                "src /m -o lowerdir=/l",
+                mount_args(&[o], Some("src"), "/m", false, false),
+            ),
+            (
+                "-o lowerdir=/l src /m",
+                mount_args(&[o], Some("src"), "/m", false, false),
+            ),
+            // Flags, repeated -o, clusters and `--`.
+            (
+                "-f -o a -o b /m",
+                mount_args(&["a", "b"], None, "/m", true, false),
+            ),
+            ("-d -o a /m", mount_args(&["a"], None, "/m", false, true)),
+            ("-fdo a /m", mount_args(&["a"], None, "/m", true, true)),
+            ("-o a -- -m", mount_args(&["a"], None, "-m", false, false)),
+            // Unmount.
+            (
+                "umount /m",
+                Invocation::Umount {
+                    mountpoint: "/m".into(),
+                },
+            ),
+            (
+                "umount m",
+                Invocation::Umount {
+                    mountpoint: "m".into(),
+                },
+            ),
+        ];
+        for (line, want) in cases {
+            match classify_words(line) {
+                Ok(got) => assert_eq!(got, want, "{line:?}"),
+                Err(err) => panic!("{line:?}: {err}"),
+            }
+        }
+    }
+
+    #[test]
+    fn mount_and_umount_as_ordinary_words() {
+        let cases = [
+            // A mountpoint named `mount` (form 2).
+            (
+                "-o a mount",
+                mount_args(&["a"], None, "mount", false, false),
+            ),
+            // A SOURCE named `umount` (form 3): umount never takes -o.
+            (
+                "umount /m -o a",
+                mount_args(&["a"], Some("umount"), "/m", false, false),
+            ),
+            // A mountpoint named `umount` (form 2).
+            (
+                "-o a umount",
+                mount_args(&["a"], None, "umount", false, false),
+            ),
+            // SOURCE `mount`: read as the subcommand, which mounts the same union.
+            (
+                "mount /m -o a",
+                mount_args(&["a"], None, "/m", false, false),
+            ),
+            // SOURCE `mount` with the subcommand spelled out too.
+            (
+                "mount mount /m -o a",
+                mount_args(&["a"], Some("mount"), "/m", false, false),
+            ),
+        ];
+        for (line, want) in cases {
+            match classify_words(line) {
+                Ok(got) => assert_eq!(got, want, "{line:?}"),
+                Err(err) => panic!("{line:?}: {err}"),
+            }
+        }
+    }
+
+    #[test]
+    fn usage_errors() {
+        let cases = [
+            ("", ErrorKind::MissingRequiredArgument),
+            ("-o a", ErrorKind::MissingRequiredArgument),
+            ("a b c", ErrorKind::TooManyValues),
+            ("mount a b c", ErrorKind::TooManyValues),
+            ("umount", ErrorKind::WrongNumberOfValues),
+            ("umount a b", ErrorKind::WrongNumberOfValues),
+            ("-x /m", ErrorKind::UnknownArgument),
+            ("/m -o", ErrorKind::InvalidValue),
+            ("--help", ErrorKind::DisplayHelp),
+            ("-h", ErrorKind::DisplayHelp),
+            ("--version", ErrorKind::DisplayVersion),
+            ("-V", ErrorKind::DisplayVersion),
+        ];
+        for (line, want) in cases {
+            match classify_words(line) {
+                Ok(got) => panic!("{line:?}: expected {want:?}, got {got:?}"),
+                Err(err) => assert_eq!(err.kind(), want, "{line:?}: {err}"),
+            }
+        }
+    }
+
+    #[test]
+    fn usage_failures_print_after_the_program_name() {
+        let err = classify_words("a b c").expect_err("too many");
+        let text = Failure::Usage(err).to_string();
+        assert!(
+            text.starts_with("too many arguments: expected [SOURCE] MERGED, got 3"),
+            "{text}"
+        );
+        assert_eq!(Failure::Options(OptionError::MissingLowerdir).status(), 2);
+        assert_eq!(Failure::Message(String::new()).status(), 1);
+    }
+
+    #[test]
+    fn non_utf8_source_and_mountpoint() {
+        use std::os::unix::ffi::OsStringExt;
+        let weird = OsString::from_vec(b"m\xff".to_vec());
+        let argv = [
+            OsString::from("ufs"),
+            weird.clone(),
+            weird.clone(),
+            "-o".into(),
+            "a".into(),
+        ];
+        let Ok(Invocation::Mount(args)) = classify(argv) else {
+            panic!("non-UTF-8 arguments refused");
+        };
+        assert_eq!(args.mountpoint, PathBuf::from(weird));
+        assert_eq!(args.source.as_deref(), Some("m\u{fffd}"));
+    }
+
+    #[test]
+    fn help_text_is_consistent() {
+        cli().debug_assert();
+        let help = cli().render_long_help().to_string();
+        for needle in ["ufs umount MERGED", "lowerdir=DIR", "Exit status"] {
+            assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! Checks made once, before mounting: the layers exist, do not overlap, and the workdir is ours.
+//!
+//! Everything here runs in the command-line process before the filesystem is served, so a bad
+//! option string fails with one line naming the path and the reason instead of a mount that
+//! misbehaves later. The kernel counterpart is the layer setup in `fs/overlayfs/super.c`
+//! (`ovl_get_upper`, `ovl_get_workdir`, `ovl_check_layer`) and the "in use" check on the
+//! workdir, which ufs implements with `flock` on the workdir so that a lock dies with its
+//! process and never needs cleaning up.
+//!
+//! Overlap rules, as the kernel's: the upper and the work directory may not equal or contain
+//! each other, nor equal, contain or sit inside any lower. Lowers may overlap one another: they
+//! are read-only, so nesting them is merely odd.
+
+use std::fmt;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::options::Options;
+
+/// Which option a checked directory came from; printed as the option's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Lower,
+    Upper,
+    Work,
+    Mountpoint,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Lower => "lowerdir",
+            Role::Upper => "upperdir",
+            Role::Work => "workdir",
+            Role::Mountpoint => "mountpoint",
+        })
+    }
+}
+
+/// Why a mount was refused. Each variant prints as one line naming the path.
+#[derive(Debug)]
+pub enum MountError {
+    /// The directory could not be examined (`stat`, `realpath` or `open` failed).
+    Io {
+        role: Role,
+        path: PathBuf,
+        source: io::Error,
+    },
+    NotADirectory {
+        role: Role,
+        path: PathBuf,
+    },
+    /// Upper and work must share a filesystem: publishing a change is a `rename` between them.
+    DifferentFilesystems {
+        upper: PathBuf,
+        work: PathBuf,
+    },
+    /// `inner` equals `outer` (`same`) or lies below it.
+    Overlap {
+        inner_role: Role,
+        inner: PathBuf,
+        outer_role: Role,
+        outer: PathBuf,
+        same: bool,
+    },
+    /// Another live process holds the workdir lock.
+    WorkdirInUse {
+        path: PathBuf,
+    },
+}
+
+impl fmt::Display for MountError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MountError::Io { role, path, source } => {
+                write!(f, "{role} {:?}: {}", path, describe(source))
+            }
+            MountError::NotADirectory { role, path } => {
+                write!(f, "{role} {path:?} is not a directory")
+            }
+            MountError::DifferentFilesystems { upper, work } => write!(
+                f,
+                "upperdir {upper:?} and workdir {work:?} are on different filesystems"
+            ),
+            MountError::Overlap {
+                inner_role,
+                inner,
+                outer_role,
+                outer,
+                same,
+            } => {
+                let relation = if *same {
+                    "is the same directory as"
+                } else {
+                    "is inside"
+                };
+                write!(
+                    f,
+                    "{inner_role} {inner:?} {relation} {outer_role} {outer:?}"
+                )
+            }
+            MountError::WorkdirInUse { path } => {
+                write!(f, "workdir {path:?} is in use by another ufs mount")
+            }
+        }
+    }
+}
+
+impl std::error::Error for MountError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MountError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// The OS's text for an I/O error without std's ` (os error N)` suffix, which only adds noise
+/// to a message that already names the path (`No such file or directory`).
+pub fn describe(err: &io::Error) -> String {
+    let text = err.to_string();
+    match (err.raw_os_error(), text.rfind(" (os error ")) {
+        (Some(_), Some(at)) => text[..at].to_string(),
+        _ => text,
+    }
+}
+
+/// Checks every layer directory of `opts` and how they sit relative to each other.
+///
+/// Symlinks are followed (containers/storage passes its lowers as `l/SHORTID` symlinks), and the
+/// overlap rules compare canonical paths, so no spelling of a path hides an overlap.
+pub fn check(opts: &Options) -> Result<(), MountError> {
+    let mut lowers = Vec::with_capacity(opts.lowerdirs.len());
+    for path in &opts.lowerdirs {
+        lowers.push(check_dir(Role::Lower, path)?);
+    }
+    let (Some(upper), Some(work)) = (&opts.upperdir, &opts.workdir) else {
+        // `options::parse` guarantees both or neither; read-only unions have nothing more to
+        // check.
+        return Ok(());
+    };
+    let upper = check_dir(Role::Upper, upper)?;
+    let work = check_dir(Role::Work, work)?;
+
+    if upper.dev != work.dev {
+        return Err(MountError::DifferentFilesystems {
+            upper: upper.path.to_path_buf(),
+            work: work.path.to_path_buf(),
+        });
+    }
+    check_overlap(&upper, &work)?;
+    for lower in &lowers {
+        check_overlap(&upper, lower)?;
+        check_overlap(&work, lower)?;
+    }
+    Ok(())
+}
+
+/// Checks the directory a union is to be mounted on and returns it as an absolute path, so that
+/// it stays valid after a daemon changes its working directory.
+pub fn check_mountpoint(path: &Path, cwd: &Path) -> Result<PathBuf, MountError> {
+    let absolute: PathBuf = cwd.join(path).components().collect();
+    check_dir(Role::Mountpoint, &absolute)?;
+    Ok(absolute)
+}
+
+/// A checked directory: the path as given (for messages), its canonical form, its device.
+struct Checked<'a> {
+    role: Role,
+    path: &'a Path,
+    canonical: PathBuf,
+    dev: u64,
+}
+
+fn check_dir(role: Role, path: &Path) -> Result<Checked<'_>, MountError> {
+    let io_error = |source| MountError::Io {
+        role,
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io_error)?;
+    if !meta.is_dir() {
+        return Err(MountError::NotADirectory {
+            role,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(Checked {
+        role,
+        path,
+        canonical: std::fs::canonicalize(path).map_err(io_error)?,
+        dev: meta.dev(),
+    })
+}
+
+/// Refuses `a` and `b` when one equals or contains the other.
+fn check_overlap(a: &Checked<'_>, b: &Checked<'_>) -> Result<(), MountError> {
+    let overlap = |inner: &Checked<'_>, outer: &Checked<'_>| MountError::Overlap {
+        inner_role: inner.role,
+        inner: inner.path.to_path_buf(),
+        outer_role: outer.role,
+        outer: outer.path.to_path_buf(),
+        same: inner.canonical == outer.canonical,
+    };
+    // `Path::starts_with` compares whole components, so `/up` is not inside `/u`.
+    if a.canonical.starts_with(&b.canonical) {
+        Err(overlap(a, b))
+    } else if b.canonical.starts_with(&a.canonical) {
+        Err(overlap(b, a))
+    } else {
+        Ok(())
+    }
+}
+
+/// Exclusive ownership of a workdir for as long as this value lives.
+///
+/// Two mounts sharing a workdir would clean up each other's half-built copy-ups. The lock is an
+/// `flock` on the directory itself: the kernel drops it when the last descriptor closes, also
+/// when the process is killed, so a crash never leaves a stale lock behind. The descriptor is
+/// close-on-exec, so helpers such as `fusermount3` do not inherit it, while a forked daemon does
+/// and keeps the lock after its parent exits.
+#[derive(Debug)]
+pub struct WorkdirLock {
+    _dir: File,
+}
+
+/// Takes the lock on `workdir`, failing at once if another process holds it.
+pub fn lock_workdir(workdir: &Path) -> Result<WorkdirLock, MountError> {
+    let io_error = |source| MountError::Io {
+        role: Role::Work,
+        path: workdir.to_path_buf(),
+        source,
+    };
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(workdir)
+        .map_err(io_error)?;
+    // std implements `try_lock` with `flock(LOCK_EX | LOCK_NB)` on Linux.
+    match dir.try_lock() {
+        Ok(()) => Ok(WorkdirLock { _dir: dir }),
+        Err(TryLockError::WouldBlock) => Err(MountError::WorkdirInUse {
+            path: workdir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(source)) => Err(io_error(source)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    /// A scratch tree with `lower/`, `lower2/`, `upper/`, `work/`, `merged/` and a regular file
+    /// `file`.
+    fn scratch() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for sub in ["lower", "lower2", "upper", "work", "merged"] {
+            fs::create_dir(dir.path().join(sub)).expect("mkdir");
+        }
+        fs::write(dir.path().join("file"), b"x").expect("write");
+        dir
+    }
+
+    fn options(root: &Path, lowers: &[&str], upper_work: Option<(&str, &str)>) -> Options {
+        Options {
+            lowerdirs: lowers.iter().map(|l| root.join(l)).collect(),
+            upperdir: upper_work.map(|(u, _)| root.join(u)),
+            workdir: upper_work.map(|(_, w)| root.join(w)),
+            ..Options::default()
+        }
+    }
+
+    #[test]
+    fn valid_layouts_pass() {
+        let dir = scratch();
+        let root = dir.path();
+        check(&options(root, &["lower"], None)).expect("read-only");
+        check(&options(
+            root,
+            &["lower", "lower2"],
+            Some(("upper", "work")),
+        ))
+        .expect("rw");
+        // Lowers may repeat or nest: they are never written.
+        check(&options(root, &["lower", "lower", "."], None)).expect("nested lowers");
+        // A sibling whose name merely starts with the upper's is not inside it.
+        fs::create_dir(root.join("upper2")).expect("mkdir");
+        check(&options(root, &["lower"], Some(("upper", "upper2")))).expect("prefix names");
+    }
+
+    #[test]
+    fn refusals_name_the_path_and_the_problem() {
+        let dir = scratch();
+        let root = dir.path();
+        fs::create_dir_all(root.join("upper/work")).expect("mkdir");
+        fs::create_dir_all(root.join("work/upper")).expect("mkdir");
+        fs::create_dir_all(root.join("lower/upper")).expect("mkdir");
+        fs::create_dir_all(root.join("upper/lower")).expect("mkdir");
+        std::os::unix::fs::symlink("upper", root.join("upper-link")).expect("symlink");
+        let r = root.display();
+        // (lowers, (upper, work), the complete message)
+        type Case = (
+            &'static [&'static str],
+            Option<(&'static str, &'static str)>,
+            String,
+        );
+        let cases: &[Case] = &[
+            (
+                &["missing"],
+                None,
+                format!("lowerdir \"{r}/missing\": No such file or directory"),
+            ),
+            (
+                &["lower", "file"],
+                None,
+                format!("lowerdir \"{r}/file\" is not a directory"),
+            ),
+            (
+                &["lower"],
+                Some(("nope", "work")),
+                format!("upperdir \"{r}/nope\": No such file or directory"),
+            ),
+            (
+                &["lower"],
+                Some(("upper", "file")),
+                format!("workdir \"{r}/file\" is not a directory"),
+            ),
+            (
+                &["lower"],
+                Some(("upper", "upper")),
+                format!("upperdir \"{r}/upper\" is the same directory as workdir \"{r}/upper\""),
+            ),
+            (
+                &["lower"],
+                Some(("upper", "upper-link")),
+                format!(
+                    "upperdir \"{r}/upper\" is the same directory as workdir \"{r}/upper-link\""
+                ),
+            ),
+            (
+                &["lower"],
+                Some(("upper", "upper/work")),
+                format!("workdir \"{r}/upper/work\" is inside upperdir \"{r}/upper\""),
+            ),
+            (
+                &["lower"],
+                Some(("work/upper", "work")),
+                format!("upperdir \"{r}/work/upper\" is inside workdir \"{r}/work\""),
+            ),
+            (
+                &["lower2", "lower"],
+                Some(("lower/upper", "work")),
+                format!("upperdir \"{r}/lower/upper\" is inside lowerdir \"{r}/lower\""),
+            ),
+            (
+                &["upper"],
+                Some(("upper", "work")),
+                format!("upperdir \"{r}/upper\" is the same directory as lowerdir \"{r}/upper\""),
+            ),
+            (
+                &["upper/lower"],
+                Some(("upper", "work")),
+                format!("lowerdir \"{r}/upper/lower\" is inside upperdir \"{r}/upper\""),
+            ),
+            (
+                &["."],
+                Some(("upper", "work")),
+                format!("upperdir \"{r}/upper\" is inside lowerdir \"{r}/.\""),
+            ),
+        ];
+        for (lowers, upper_work, want) in cases {
+            let err = check(&options(root, lowers, *upper_work)).expect_err(want);
+            assert_eq!(err.to_string(), *want);
+        }
+    }
+
+    #[test]
+    fn upper_and_work_on_different_filesystems() {
+        let upper = tempfile::tempdir().expect("tempdir");
+        // /dev/shm is a tmpfs on every Linux system with a normal /dev.
+        let Ok(work) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("skipped: no /dev/shm");
+            return;
+        };
+        let dev = |p: &Path| fs::metadata(p).expect("stat").dev();
+        if dev(upper.path()) == dev(work.path()) {
+            eprintln!("skipped: the temporary directory is on /dev/shm's filesystem");
+            return;
+        }
+        let opts = Options {
+            lowerdirs: vec![upper.path().to_path_buf()],
+            upperdir: Some(upper.path().join("u")),
+            workdir: Some(work.path().to_path_buf()),
+            ..Options::default()
+        };
+        fs::create_dir(upper.path().join("u")).expect("mkdir");
+        let err = check(&Options {
+            lowerdirs: vec![work.path().join("l")],
+            ..opts.clone()
+        })
+        .expect_err("missing lower");
+        assert!(matches!(
+            err,
+            MountError::Io {
+                role: Role::Lower,
+                ..
+            }
+        ));
+        fs::create_dir(work.path().join("l")).expect("mkdir");
+        let err = check(&Options {
+            lowerdirs: vec![work.path().join("l")],
+            ..opts
+        })
+        .expect_err("different filesystems");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "upperdir {:?} and workdir {:?} are on different filesystems",
+                upper.path().join("u"),
+                work.path()
+            )
+        );
+    }
+
+    #[test]
+    fn mountpoint_is_made_absolute_and_checked() {
+        let dir = scratch();
+        let root = dir.path();
+        assert_eq!(
+            check_mountpoint(Path::new("./merged"), root).expect("mountpoint"),
+            root.join("merged")
+        );
+        let err = check_mountpoint(Path::new("file"), root).expect_err("file");
+        assert_eq!(
+            err.to_string(),
+            format!("mountpoint \"{}/file\" is not a directory", root.display())
+        );
+        let err = check_mountpoint(Path::new("/nonexistent/ufs/m"), root).expect_err("missing");
+        assert_eq!(
+            err.to_string(),
+            "mountpoint \"/nonexistent/ufs/m\": No such file or directory"
+        );
+    }
+
+    #[test]
+    fn workdir_lock_is_exclusive_and_released_on_drop() {
+        let dir = scratch();
+        let work = dir.path().join("work");
+        let lock = lock_workdir(&work).expect("first lock");
+        let err = lock_workdir(&work).expect_err("second lock");
+        assert_eq!(
+            err.to_string(),
+            format!("workdir {work:?} is in use by another ufs mount")
+        );
+        drop(lock);
+        lock_workdir(&work).expect("lock after release");
+    }
+
+    #[test]
+    fn workdir_lock_errors() {
+        let dir = scratch();
+        let err = lock_workdir(&dir.path().join("missing")).expect_err("missing");
+        assert!(
+            err.to_string()
+                .ends_with("/missing\": No such file or directory"),
+            "{err}"
+        );
+        let err = lock_workdir(&dir.path().join("file")).expect_err("file");
+        assert!(
+            err.to_string().ends_with("/file\": Not a directory"),
+            "{err}"
+        );
+    }
+}
