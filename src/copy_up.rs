@@ -35,6 +35,13 @@ impl XattrNamespace {
             XattrNamespace::User => c"user.overlay.opaque",
         }
     }
+
+    pub fn redirect(self) -> &'static std::ffi::CStr {
+        match self {
+            XattrNamespace::Trusted => c"trusted.overlay.redirect",
+            XattrNamespace::User => c"user.overlay.redirect",
+        }
+    }
 }
 
 /// The scratch directory (`WORKDIR/work`, as the kernel names it) where copies are built.

@@ -13,6 +13,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use crate::copy_up::{self, CopyData, Workdir, remove_tree, set_owner};
@@ -431,12 +432,14 @@ impl Overlay {
                 return Ok(());
             }
         }
-        let movable = |r: &Resolved| {
-            r.kind != Kind::Directory || (r.reals.len() == 1 && r.reals[0].layer == upper)
+        let has_lower = |r: &Resolved| {
+            r.kind == Kind::Directory && !(r.reals.len() == 1 && r.reals[0].layer == upper)
         };
-        // A directory with lower parts would need a redirect record; without one, `EXDEV`
-        // makes tools fall back to copying (as the kernel does with `redirect_dir=off`).
-        if !movable(&src) || (exchange && dst.as_ref().is_some_and(|d| !movable(d))) {
+        let src_redirect = has_lower(&src);
+        let dst_redirect = exchange && dst.as_ref().is_some_and(has_lower);
+        // Without redirect records a directory with lower parts cannot move: `EXDEV` makes
+        // tools fall back to copying, as the kernel does with `redirect_dir=off`.
+        if (src_redirect || dst_redirect) && !self.redirect_dir {
             return Err(EXDEV);
         }
         if !exchange && let Some(d) = &dst {
@@ -467,14 +470,20 @@ impl Overlay {
             let nreals = self.ensure_upper(&np, CopyData::All)?;
             let (odir, ndir) = (oreals[0].fd(), nreals[0].fd());
             let (cname, cnewname) = (sys::cstr(name)?, sys::cstr(newname)?);
-            if src.kind == Kind::Directory && self.lower_has(&nreals, newname)? {
+            let samedir = parent == newparent;
+            // A directory with lower parts records where they are; one without any must not
+            // merge with what a lower layer has at its new name.
+            if src_redirect {
+                self.set_redirect(src_node, samedir)?;
+            } else if src.kind == Kind::Directory && self.lower_has(&nreals, newname)? {
                 self.set_opaque(src_node)?;
             }
-            if let Some(d) = &dst_node
-                && d.kind == Kind::Directory
-                && self.lower_has(&oreals, name)?
-            {
-                self.set_opaque(d)?;
+            if let Some(d) = &dst_node {
+                if dst_redirect {
+                    self.set_redirect(d, samedir)?;
+                } else if d.kind == Kind::Directory && self.lower_has(&oreals, name)? {
+                    self.set_opaque(d)?;
+                }
             }
             let mut replaced: Option<libc::stat> = None;
             if !exchange {
@@ -524,6 +533,51 @@ impl Overlay {
             }
             Ok(())
         })
+    }
+
+    /// Records in the upper part of directory node `node` where its lower parts are, before it
+    /// moves: its current name when it stays in the same directory, else its full lower path
+    /// (kernel: `ovl_set_redirect()`). An existing record that still holds is kept.
+    fn set_redirect(&self, node: &Inode, samedir: bool) -> Result<()> {
+        let (upper, work) = self.upper_layer()?;
+        let reals = node.reals();
+        let top = reals.first().filter(|r| r.layer == upper).ok_or(EIO)?;
+        let existing = lookup::redirect(top.fd())?;
+        if let Some(r) = &existing
+            && (samedir || r.first() == Some(&b'/'))
+        {
+            return Ok(());
+        }
+        let value = if samedir {
+            node.location().name.as_bytes().to_vec()
+        } else {
+            self.lower_path(node)?
+        };
+        sys::setxattr(top.fd(), work.xattr_ns.redirect(), &value, 0)
+    }
+
+    /// The absolute path, from the root of a lower layer, where the lower parts of directory node
+    /// `node` live.
+    fn lower_path(&self, node: &Inode) -> Result<Vec<u8>> {
+        if node.id == ROOT_ID {
+            return Ok(Vec::new());
+        }
+        let reals = node.reals();
+        let own = match reals.first() {
+            Some(top) => lookup::redirect(top.fd())?,
+            None => None,
+        };
+        if let Some(r) = &own
+            && r.first() == Some(&b'/')
+        {
+            return Ok(r.clone());
+        }
+        let loc = node.location();
+        let parent = self.inodes.get(loc.parent)?;
+        let mut path = self.lower_path(&parent)?;
+        path.push(b'/');
+        path.extend_from_slice(&own.unwrap_or_else(|| loc.name.as_bytes().to_vec()));
+        Ok(path)
     }
 
     /// Marks the upper part of directory node `node` opaque.

@@ -11,7 +11,7 @@
 //! `.wh..wh..opq` entry inside the directory.
 
 use std::ffi::{CStr, CString, OsStr};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::error::{ENOENT, Result};
@@ -24,6 +24,7 @@ pub const WH_PREFIX: &[u8] = b".wh.";
 /// The OCI opaque marker's name.
 pub const WH_OPAQUE: &CStr = c".wh..wh..opq";
 pub const OPAQUE_XATTRS: [&CStr; 2] = [c"trusted.overlay.opaque", c"user.overlay.opaque"];
+pub const REDIRECT_XATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
 
 /// What a name resolves to.
 #[derive(Debug)]
@@ -72,26 +73,120 @@ pub fn is_no_xattr(errno: i32) -> bool {
     errno == libc::ENODATA || errno == libc::EOPNOTSUPP || errno == libc::EPERM
 }
 
+/// Where the next lower layers are searched: a name in the parent's real directories, or (after
+/// an absolute redirect) a path from each layer's root.
+enum Target {
+    Name { name: CString, whiteout: Option<CString> },
+    Path(Vec<CString>),
+}
+
+impl Target {
+    fn name(name: &OsStr) -> Result<Target> {
+        Ok(Target::Name {
+            name: sys::cstr(name)?,
+            whiteout: whiteout_name(name),
+        })
+    }
+
+    /// The target a redirect record names.
+    fn redirect(r: &[u8]) -> Result<Target> {
+        if r.first() == Some(&b'/') {
+            let comps = r
+                .split(|&b| b == b'/')
+                .filter(|c| !c.is_empty())
+                .map(|c| CString::new(c).map_err(|_| crate::error::EIO))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Target::Path(comps))
+        } else {
+            Target::name(OsStr::from_bytes(r))
+        }
+    }
+}
+
+/// The outcome of looking for the target in one layer.
+enum Probe {
+    Missing,
+    Whiteout,
+    Found(OwnedFd),
+}
+
+fn probe_name(dir: BorrowedFd<'_>, name: &CStr, whiteout: Option<&CString>) -> Result<Probe> {
+    match sys::open_path(dir, name) {
+        Ok(fd) => Ok(Probe::Found(fd)),
+        Err(e) if e.errno() == libc::ENOENT || e.errno() == libc::ENOTDIR => {
+            if let Some(wh) = whiteout
+                && exists(dir, wh)?
+            {
+                return Ok(Probe::Whiteout);
+            }
+            Ok(Probe::Missing)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn probe(dir: BorrowedFd<'_>, target: &Target) -> Result<Probe> {
+    match target {
+        Target::Name { name, whiteout } => probe_name(dir, name, whiteout.as_ref()),
+        Target::Path(comps) => {
+            let Some((last, path)) = comps.split_last() else {
+                return Ok(Probe::Missing);
+            };
+            let mut cur: Option<OwnedFd> = None;
+            for comp in path {
+                let at = cur.as_ref().map_or(dir, |f| f.as_fd());
+                let next = match sys::open_path(at, comp) {
+                    Ok(fd) => fd,
+                    Err(e) if e.errno() == libc::ENOENT => return Ok(Probe::Missing),
+                    Err(e) => return Err(e),
+                };
+                if sys::fstat(next.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                    return Ok(Probe::Missing);
+                }
+                cur = Some(next);
+            }
+            let at = cur.as_ref().map_or(dir, |f| f.as_fd());
+            let wh = whiteout_name(OsStr::from_bytes(last.to_bytes()));
+            probe_name(at, last, wh.as_ref())
+        }
+    }
+}
+
+/// The redirect record of a real directory, if it has one.
+pub fn redirect(dir: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
+    for name in REDIRECT_XATTRS {
+        match sys::getxattr(dir, name) {
+            Ok(v) if !v.is_empty() => return Ok(Some(v)),
+            Ok(_) => {}
+            Err(e) if is_no_xattr(e.errno()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 /// Resolves `name` among `parents` (the merged directory's real directories, top-down).
+///
+/// A directory with a redirect record (`overlay.redirect`, written when a directory with lower
+/// parts is renamed) continues the merge in the lower layers at the recorded place instead of
+/// its own name: a relative record names an entry of the parent's lower directories, an absolute
+/// one a path from each lower layer's root (kernel: `ovl_lookup()` with `d.redirect`).
 pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Result<Resolved> {
     if is_hidden_name(name) {
         return Err(ENOENT);
     }
-    let cname = sys::cstr(name)?;
-    let wh_name = whiteout_name(name);
+    let mut target = Target::name(name)?;
+    let mut candidates: Vec<(usize, BorrowedFd<'_>)> =
+        parents.iter().map(|p| (p.layer, p.fd())).collect();
     let mut found: Option<Resolved> = None;
-    for parent in parents {
-        let fd = match sys::open_path(parent.fd(), &cname) {
-            Ok(fd) => fd,
-            Err(e) if e.errno() == libc::ENOENT => {
-                if let Some(wh) = &wh_name
-                    && exists(parent.fd(), wh)?
-                {
-                    break;
-                }
-                continue;
-            }
-            Err(e) => return Err(e),
+    let mut i = 0;
+    while i < candidates.len() {
+        let (layer, dir) = candidates[i];
+        i += 1;
+        let fd = match probe(dir, &target)? {
+            Probe::Missing => continue,
+            Probe::Whiteout => break,
+            Probe::Found(fd) => fd,
         };
         let st = sys::fstat(fd.as_fd())?;
         if sys::is_whiteout(&st) {
@@ -100,17 +195,38 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
         let Some(kind) = Kind::from_mode(st.st_mode) else {
             return Err(crate::error::EIO);
         };
-        let entry = RealEntry::new(parent.layer, fd);
+        let entry = RealEntry::new(layer, fd);
+        let is_last_layer = layer + 1 >= layers.len();
         match (&mut found, kind) {
-            (None, Kind::Directory) => {
-                let opaque = parent.layer + 1 < layers.len() && is_opaque(entry.fd())?;
-                found = Some(Resolved {
-                    kind,
-                    stat: st,
-                    reals: vec![entry],
-                });
+            (None, Kind::Directory) | (Some(_), Kind::Directory) => {
+                let opaque = !is_last_layer && is_opaque(entry.fd())?;
+                let redirect = if is_last_layer || opaque {
+                    None
+                } else {
+                    redirect(entry.fd())?
+                };
+                match &mut found {
+                    None => {
+                        found = Some(Resolved {
+                            kind,
+                            stat: st,
+                            reals: vec![entry],
+                        })
+                    }
+                    Some(merged) => merged.reals.push(entry),
+                }
                 if opaque {
                     break;
+                }
+                if let Some(r) = redirect {
+                    target = Target::redirect(&r)?;
+                    if let Target::Path(_) = target {
+                        // An absolute redirect searches every layer below from its root.
+                        candidates = (layer + 1..layers.len())
+                            .map(|l| (l, layers.get(l).root()))
+                            .collect();
+                        i = 0;
+                    }
                 }
             }
             (None, _) => {
@@ -120,13 +236,6 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
                     reals: vec![entry],
                 });
                 break;
-            }
-            (Some(merged), Kind::Directory) => {
-                let opaque = parent.layer + 1 < layers.len() && is_opaque(entry.fd())?;
-                merged.reals.push(entry);
-                if opaque {
-                    break;
-                }
             }
             (Some(_), _) => break,
         }

@@ -16,6 +16,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::options::Options;
 
@@ -226,8 +227,21 @@ pub struct WorkdirLock {
     _dir: File,
 }
 
-/// Takes the lock on `workdir`, failing at once if another process holds it.
+/// How long [`lock_workdir`] waits for a lock held by another process before giving up.
+///
+/// Unmounting returns as soon as the kernel detaches the mount, while the daemon that served it
+/// still needs a moment to notice and exit; a script that unmounts and mounts the same layers
+/// again must not fail in that window. A live mount holds the lock indefinitely, so the wait
+/// only delays an error that is certain anyway.
+pub const LOCK_GRACE: Duration = Duration::from_secs(2);
+
+/// Takes the lock on `workdir`, waiting up to [`LOCK_GRACE`] for another process to release it.
 pub fn lock_workdir(workdir: &Path) -> Result<WorkdirLock, MountError> {
+    lock_workdir_within(workdir, LOCK_GRACE)
+}
+
+fn lock_workdir_within(workdir: &Path, grace: Duration) -> Result<WorkdirLock, MountError> {
+    const POLL: Duration = Duration::from_millis(10);
     let io_error = |source| MountError::Io {
         role: Role::Work,
         path: workdir.to_path_buf(),
@@ -238,13 +252,21 @@ pub fn lock_workdir(workdir: &Path) -> Result<WorkdirLock, MountError> {
         .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
         .open(workdir)
         .map_err(io_error)?;
-    // std implements `try_lock` with `flock(LOCK_EX | LOCK_NB)` on Linux.
-    match dir.try_lock() {
-        Ok(()) => Ok(WorkdirLock { _dir: dir }),
-        Err(TryLockError::WouldBlock) => Err(MountError::WorkdirInUse {
-            path: workdir.to_path_buf(),
-        }),
-        Err(TryLockError::Error(source)) => Err(io_error(source)),
+    let deadline = Instant::now() + grace;
+    loop {
+        // std implements `try_lock` with `flock(LOCK_EX | LOCK_NB)` on Linux.
+        match dir.try_lock() {
+            Ok(()) => return Ok(WorkdirLock { _dir: dir }),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(POLL);
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(MountError::WorkdirInUse {
+                    path: workdir.to_path_buf(),
+                });
+            }
+            Err(TryLockError::Error(source)) => return Err(io_error(source)),
+        }
     }
 }
 
@@ -449,14 +471,34 @@ mod tests {
     fn workdir_lock_is_exclusive_and_released_on_drop() {
         let dir = scratch();
         let work = dir.path().join("work");
-        let lock = lock_workdir(&work).expect("first lock");
-        let err = lock_workdir(&work).expect_err("second lock");
+        let lock = lock_workdir_within(&work, Duration::ZERO).expect("first lock");
+        let started = Instant::now();
+        let err = lock_workdir_within(&work, Duration::from_millis(100)).expect_err("second");
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "gave up early"
+        );
         assert_eq!(
             err.to_string(),
             format!("workdir {work:?} is in use by another ufs mount")
         );
         drop(lock);
-        lock_workdir(&work).expect("lock after release");
+        lock_workdir_within(&work, Duration::ZERO).expect("lock after release");
+    }
+
+    /// Regression: mounting again right after an unmount failed while the previous daemon was
+    /// still exiting.
+    #[test]
+    fn workdir_lock_waits_for_a_holder_that_is_exiting() {
+        let dir = scratch();
+        let work = dir.path().join("work");
+        let lock = lock_workdir(&work).expect("first lock");
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(lock);
+        });
+        lock_workdir(&work).expect("lock released within the grace period");
+        releaser.join().expect("join");
     }
 
     #[test]

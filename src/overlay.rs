@@ -69,6 +69,8 @@ pub struct Overlay {
     read_only: bool,
     /// The work directory; present exactly when the mount is writable.
     pub(crate) work: Option<Workdir>,
+    /// Rename directories with lower parts by recording a redirect (`redirect_dir=on`).
+    pub(crate) redirect_dir: bool,
 }
 
 impl Overlay {
@@ -89,6 +91,7 @@ impl Overlay {
             _ => None,
         };
         Ok(Overlay {
+            redirect_dir: true,
             work,
             read_only,
             layers,
