@@ -36,6 +36,31 @@ impl XattrNamespace {
         }
     }
 
+    /// The kernel's marker on a directory holding entries copied up from elsewhere.
+    pub fn impure(self) -> &'static std::ffi::CStr {
+        match self {
+            XattrNamespace::Trusted => c"trusted.overlay.impure",
+            XattrNamespace::User => c"user.overlay.impure",
+        }
+    }
+
+    /// ufs's record of the inode number an object reports (kept across copy-up and remount).
+    pub fn ino_record(self) -> &'static std::ffi::CStr {
+        match self {
+            XattrNamespace::Trusted => c"trusted.ufs.ino",
+            XattrNamespace::User => c"user.ufs.ino",
+        }
+    }
+
+    /// The namespace an unprivileged or privileged daemon can use, without probing.
+    pub fn for_daemon() -> Self {
+        if sys::euid_egid().0 == 0 {
+            XattrNamespace::Trusted
+        } else {
+            XattrNamespace::User
+        }
+    }
+
     pub fn redirect(self) -> &'static std::ffi::CStr {
         match self {
             XattrNamespace::Trusted => c"trusted.overlay.redirect",
@@ -137,6 +162,7 @@ pub enum CopyData {
 
 /// Copies `src` (a lower entry of kind `kind`) to `name` in the upper directory `upper_dir`.
 /// Returns the new upper entry.
+#[allow(clippy::too_many_arguments)]
 pub fn copy_up(
     work: &Workdir,
     upper_layer: usize,
@@ -145,10 +171,16 @@ pub fn copy_up(
     upper_dir: BorrowedFd<'_>,
     name: &std::ffi::CStr,
     data: CopyData,
+    ino_record: Option<u64>,
 ) -> Result<RealEntry> {
     let st = sys::fstat(src.fd())?;
     let tmp = work.temp_name();
     let result = build_copy(work, src, kind, &st, &tmp, data).and_then(|fd| {
+        if let Some(ino) = ino_record {
+            record_ino(work, fd.as_fd(), kind, ino)?;
+            // Tells readdir (ufs's and the kernel's) to look for records in this directory.
+            sys::setxattr(upper_dir, work.xattr_ns.impure(), b"y", 0)?;
+        }
         sys::renameat2(work.dir(), &tmp, upper_dir, name, libc::RENAME_NOREPLACE)?;
         if work.fsync {
             sync_dir(upper_dir)?;
@@ -162,6 +194,25 @@ pub fn copy_up(
             Err(e)
         }
     }
+}
+
+/// Writes the inode-number record on a copy. `user.*` xattrs cannot be set on symlinks and
+/// special files: those keep no record in a rootless mount (see docs/DIFFERENCES.md).
+fn record_ino(work: &Workdir, fd: BorrowedFd<'_>, kind: Kind, ino: u64) -> Result<()> {
+    if work.xattr_ns == XattrNamespace::User && !matches!(kind, Kind::Regular | Kind::Directory) {
+        return Ok(());
+    }
+    sys::setxattr(
+        fd,
+        work.xattr_ns.ino_record(),
+        ino.to_string().as_bytes(),
+        0,
+    )
+}
+
+/// Parses an inode-number record.
+pub fn parse_ino_record(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.parse().ok().filter(|&n| n > 1)
 }
 
 /// Builds the complete copy under `tmp` in the work directory; returns an `O_PATH` fd on it.

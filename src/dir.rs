@@ -17,9 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use crate::copy_up::{self, CopyData, Workdir, remove_tree, set_owner};
-use crate::error::{
-    EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS, EXDEV, Result,
-};
+use crate::error::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS, EXDEV, Result};
 use crate::inode::{Inode, Kind, ROOT_ID, RealEntry, Reals};
 use crate::lookup::{self, Resolved, is_hidden_name, whiteout_name};
 use crate::overlay::{Caller, Entry, Overlay};
@@ -30,11 +28,18 @@ use crate::sys;
 #[derive(Debug, Clone, Copy)]
 pub enum NewEntry<'a> {
     /// A regular file, opened with these flags.
-    File { flags: i32 },
+    File {
+        flags: i32,
+    },
     Directory,
     /// A fifo, socket or device node; `file_type` is its `S_IFMT` bits.
-    Node { file_type: u32, rdev: u64 },
-    Symlink { target: &'a CStr },
+    Node {
+        file_type: u32,
+        rdev: u64,
+    },
+    Symlink {
+        target: &'a CStr,
+    },
 }
 
 impl Overlay {
@@ -74,11 +79,21 @@ impl Overlay {
             let name = sys::cstr(&loc.name)?;
             let src = st.reals.first().ok_or(EIO)?.clone();
             let src_st = sys::fstat(src.fd())?;
-            let entry = copy_up::copy_up(work, upper, &src, node.kind, preals[0].fd(), &name, data)?;
             // Keep the object's number, unless other names still share the lower inode: a
             // copy no longer shares their content, so it must not share their number (the
             // kernel's rule without `index`).
-            if node.kind == Kind::Directory || src_st.st_nlink <= 1 {
+            let keep_ino = node.kind == Kind::Directory || src_st.st_nlink <= 1;
+            let entry = copy_up::copy_up(
+                work,
+                upper,
+                &src,
+                node.kind,
+                preals[0].fd(),
+                &name,
+                data,
+                keep_ino.then_some(node.ino),
+            )?;
+            if keep_ino {
                 let real = sys::fstat(entry.fd())?.st_ino;
                 self.layers.remember_copy_up(real, node.ino);
             }
@@ -332,7 +347,7 @@ impl Overlay {
         if child.kind != Kind::Directory {
             return Err(ENOTDIR);
         }
-        if !readdir::merged_listing(&self.layers, &child.reals)?.is_empty() {
+        if !readdir::merged_listing(&self.layers, &child.reals, self.record_ns)?.is_empty() {
             return Err(ENOTEMPTY);
         }
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
@@ -406,8 +421,7 @@ impl Overlay {
         }
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
-        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0
-            || (exchange && noreplace)
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace)
         {
             return Err(EINVAL);
         }
@@ -447,7 +461,8 @@ impl Overlay {
                 (true, false) => return Err(ENOTDIR),
                 (false, true) => return Err(EISDIR),
                 (true, true) => {
-                    if !readdir::merged_listing(&self.layers, &d.reals)?.is_empty() {
+                    if !readdir::merged_listing(&self.layers, &d.reals, self.record_ns)?.is_empty()
+                    {
                         return Err(ENOTEMPTY);
                     }
                 }
@@ -524,6 +539,10 @@ impl Overlay {
                 sys::renameat2(odir, &cname, ndir, &cnewname, real_flags)?;
             }
             remove_wh_file(ndir, newname)?;
+            if !samedir {
+                // The moved entry may carry an inode-number record: let readdir look for it.
+                sys::setxattr(ndir, work.xattr_ns.impure(), b"y", 0)?;
+            }
             if let Some(st) = replaced {
                 self.upper_name_removed(&st);
             }

@@ -12,16 +12,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, BsdFileFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
     Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    SessionACL, TimeOrNow, WriteFlags,
 };
 use log::debug;
 
+use crate::dir::NewEntry;
 use crate::error::Error;
 use crate::inode::Kind;
 use crate::options::Options;
-use crate::dir::NewEntry;
 use crate::overlay::{Caller, Entry, Overlay, SetAttr, SetTime};
 
 /// Mounts `opts` at `mountpoint`, calls `on_ready` once the mount is live, and serves requests
@@ -330,7 +330,14 @@ impl Filesystem for UfsFs {
                 };
                 let mut attr = attr;
                 attr.ino = INodeNo(e.ino);
-                if reply.add(INodeNo(0), off, &e.name, &Duration::ZERO, &attr, Generation(0)) {
+                if reply.add(
+                    INodeNo(0),
+                    off,
+                    &e.name,
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                ) {
                     break;
                 }
                 continue;
@@ -508,7 +515,9 @@ impl Filesystem for UfsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        debug!("rename(parent={parent}, name={name:?}, newparent={newparent}, newname={newname:?}, flags={flags:?})");
+        debug!(
+            "rename(parent={parent}, name={name:?}, newparent={newparent}, newname={newname:?}, flags={flags:?})"
+        );
         reply_empty(
             self.ov
                 .rename(parent.0, name, newparent.0, newname, flags.bits()),
@@ -563,7 +572,10 @@ impl Filesystem for UfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        debug!("write(ino={ino}, fh={fh}, offset={offset}, len={})", data.len());
+        debug!(
+            "write(ino={ino}, fh={fh}, offset={offset}, len={})",
+            data.len()
+        );
         match self.ov.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
@@ -618,7 +630,10 @@ impl Filesystem for UfsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        debug!("setxattr(ino={ino}, name={name:?}, len={}, flags={flags})", value.len());
+        debug!(
+            "setxattr(ino={ino}, name={name:?}, len={}, flags={flags})",
+            value.len()
+        );
         reply_empty(self.ov.setxattr(ino.0, name, value, flags), reply);
     }
 

@@ -137,12 +137,6 @@ impl LayerStack {
     ///
     /// 0 and 1 are never returned: FUSE reserves them (no entry, and the root's node id).
     pub fn map_ino(&self, layer: usize, ino: u64) -> u64 {
-        if self.has_upper
-            && layer == 0
-            && let Some(ino) = self.copied_up.get(&ino)
-        {
-            return *ino;
-        }
         let l = &self.layers[layer];
         let mapped = if self.ino_bits == 64 {
             ino
@@ -164,6 +158,11 @@ impl LayerStack {
     /// Records that upper real inode `real` keeps reporting `st_ino` (copied up from it).
     pub fn remember_copy_up(&self, real: u64, st_ino: u64) {
         self.copied_up.insert(real, st_ino);
+    }
+
+    /// The number recorded for upper real inode `real`, if it was copied up in this mount.
+    pub fn copied_up(&self, real: u64) -> Option<u64> {
+        self.copied_up.get(&real).map(|v| *v)
     }
 
     /// Forgets the record of upper real inode `real`, whose object is gone.

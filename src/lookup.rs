@@ -76,7 +76,10 @@ pub fn is_no_xattr(errno: i32) -> bool {
 /// Where the next lower layers are searched: a name in the parent's real directories, or (after
 /// an absolute redirect) a path from each layer's root.
 enum Target {
-    Name { name: CString, whiteout: Option<CString> },
+    Name {
+        name: CString,
+        whiteout: Option<CString>,
+    },
     Path(Vec<CString>),
 }
 

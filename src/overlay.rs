@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
-use crate::error::{EBADF, EISDIR, ENOTDIR, ENODATA, EROFS, Result};
+use crate::copy_up::{CopyData, Workdir, XattrNamespace};
+use crate::error::{EBADF, EISDIR, ENODATA, ENOTDIR, EROFS, Result};
 use crate::inode::{Inode, InodeTable, Kind, ROOT_ID, RealEntry};
-use crate::copy_up::{CopyData, Workdir};
 use crate::layer::LayerStack;
 use crate::options::Options;
 use crate::readdir::{self, DirEntry};
@@ -71,6 +71,8 @@ pub struct Overlay {
     pub(crate) work: Option<Workdir>,
     /// Rename directories with lower parts by recording a redirect (`redirect_dir=on`).
     pub(crate) redirect_dir: bool,
+    /// The xattr namespace of the records this mount reads and writes.
+    pub(crate) record_ns: XattrNamespace,
 }
 
 impl Overlay {
@@ -90,7 +92,11 @@ impl Overlay {
             (Some(w), false) => Some(Workdir::open(w, opts.fsync)?),
             _ => None,
         };
+        let record_ns = work
+            .as_ref()
+            .map_or_else(XattrNamespace::for_daemon, |w| w.xattr_ns);
         Ok(Overlay {
+            record_ns,
             redirect_dir: true,
             work,
             read_only,
@@ -135,16 +141,11 @@ impl Overlay {
         let dir = self.dir_node(parent)?;
         let parents = dir.reals();
         let resolved = lookup::lookup(&self.layers, &parents, name)?;
-        let top_layer = resolved.reals[0].layer;
-        let ino = self.layers.map_ino(top_layer, resolved.stat.st_ino);
+        let ino = self.ino_of(&resolved.reals[0], &resolved.stat)?;
         let kind = resolved.kind;
-        let node = self.inodes.lookup_or_insert(
-            ino,
-            kind,
-            parent,
-            name,
-            || resolved.reals,
-        )?;
+        let node = self
+            .inodes
+            .lookup_or_insert(ino, kind, parent, name, || resolved.reals)?;
         match self.attr(&node) {
             Ok(attr) => Ok(Entry {
                 node: node.id,
@@ -155,6 +156,27 @@ impl Overlay {
                 Err(e)
             }
         }
+    }
+
+    /// The number the mount reports for the real entry `real` (with `stat` `st`): its record
+    /// when it was copied up (this mount or an earlier one), else its mapped real number.
+    pub(crate) fn ino_of(&self, real: &RealEntry, st: &libc::stat) -> Result<u64> {
+        if Some(real.layer) == self.layers.upper()
+            && let Some(ino) = self.layers.copied_up(st.st_ino)
+        {
+            return Ok(ino);
+        }
+        match sys::getxattr(real.fd(), self.record_ns.ino_record()) {
+            Ok(v) => {
+                if let Some(ino) = crate::copy_up::parse_ino_record(&v) {
+                    return Ok(ino);
+                }
+                log::warn!("ignoring a malformed inode-number record {v:?}");
+            }
+            Err(e) if lookup::is_no_xattr(e.errno()) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(self.layers.map_ino(real.layer, st.st_ino))
     }
 
     pub fn forget(&self, node: u64, n: u64) {
@@ -257,7 +279,7 @@ impl Overlay {
             let parent = dir.location().parent;
             self.inodes.get(parent).map(|p| p.ino).unwrap_or(dir.ino)
         };
-        let merged = readdir::merged_listing(&self.layers, &reals)?;
+        let merged = readdir::merged_listing(&self.layers, &reals, self.record_ns)?;
         let mut entries = Vec::with_capacity(merged.len() + 2);
         entries.push(DirEntry {
             name: OsString::from("."),
@@ -267,7 +289,11 @@ impl Overlay {
         entries.push(DirEntry {
             name: OsString::from(".."),
             kind: Kind::Directory,
-            ino: if dir.id == ROOT_ID { dir.ino } else { parent_ino },
+            ino: if dir.id == ROOT_ID {
+                dir.ino
+            } else {
+                parent_ino
+            },
         });
         entries.extend(merged);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -487,7 +513,10 @@ impl Overlay {
         let node = self.inodes.get(node)?;
         // Nothing to copy up for an xattr that is not there.
         let top_fd = node.reals();
-        sys::getxattr(top_fd.first().ok_or(crate::error::EIO)?.fd(), &sys::cstr(name)?)?;
+        sys::getxattr(
+            top_fd.first().ok_or(crate::error::EIO)?.fd(),
+            &sys::cstr(name)?,
+        )?;
         let reals = self.ensure_upper(&node, CopyData::All)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
         sys::removexattr(top.fd(), &sys::cstr(name)?)

@@ -10,10 +10,11 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 
+use crate::copy_up::{XattrNamespace, parse_ino_record};
 use crate::error::Result;
 use crate::inode::{Kind, RealEntry};
 use crate::layer::LayerStack;
-use crate::lookup::{WH_PREFIX, is_hidden_name};
+use crate::lookup::{WH_PREFIX, is_hidden_name, is_no_xattr};
 use crate::sys;
 
 /// One entry of a merged listing.
@@ -26,11 +27,23 @@ pub struct DirEntry {
 }
 
 /// Lists a merged directory (without `.` and `..`).
-pub fn merged_listing(layers: &LayerStack, reals: &[RealEntry]) -> Result<Vec<DirEntry>> {
+///
+/// `d_ino` must equal what `stat` reports: entries of a directory marked impure (it holds
+/// copied-up entries) may carry an inode-number record, which is read for each of them.
+pub fn merged_listing(
+    layers: &LayerStack,
+    reals: &[RealEntry],
+    ns: XattrNamespace,
+) -> Result<Vec<DirEntry>> {
     let mut seen: HashSet<OsString> = HashSet::new();
     let mut out = Vec::new();
     for real in reals {
         let entries = sys::read_dir(real.fd())?;
+        let impure = match sys::getxattr(real.fd(), ns.impure()) {
+            Ok(v) => v == b"y",
+            Err(e) if is_no_xattr(e.errno()) => false,
+            Err(e) => return Err(e),
+        };
         let mut whiteouts = Vec::new();
         for e in entries {
             if is_hidden_name(&e.name) {
@@ -64,8 +77,27 @@ pub fn merged_listing(layers: &LayerStack, reals: &[RealEntry]) -> Result<Vec<Di
                 }
                 Some(k) => k,
             };
+            let recorded = if impure
+                && (ns == XattrNamespace::Trusted
+                    || matches!(kind, Kind::Regular | Kind::Directory))
+            {
+                match sys::getxattr_at(real.fd(), &sys::cstr(&e.name)?, ns.ino_record()) {
+                    Ok(v) => parse_ino_record(&v),
+                    Err(err) if is_no_xattr(err.errno()) || err.errno() == libc::ENOENT => None,
+                    Err(err) => return Err(err),
+                }
+            } else {
+                None
+            };
+            let in_mount = if Some(real.layer) == layers.upper() {
+                layers.copied_up(e.ino)
+            } else {
+                None
+            };
             out.push(DirEntry {
-                ino: layers.map_ino(real.layer, e.ino),
+                ino: in_mount
+                    .or(recorded)
+                    .unwrap_or_else(|| layers.map_ino(real.layer, e.ino)),
                 name: e.name.clone(),
                 kind,
             });

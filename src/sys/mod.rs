@@ -228,7 +228,12 @@ pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>> {
         }
         // SAFETY: `buf` is writable for `buf.len()` bytes.
         match cvt_size(unsafe {
-            libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
         }) {
             Ok(n) => {
                 buf.truncate(n);
@@ -241,13 +246,33 @@ pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>> {
     }
 }
 
+/// The value of xattr `xname` on the entry `name` of directory `dir`, not following a symlink.
+pub fn getxattr_at(dir: BorrowedFd<'_>, name: &CStr, xname: &CStr) -> Result<Vec<u8>> {
+    let mut path = proc_path(dir).into_bytes();
+    path.push(b'/');
+    path.extend_from_slice(name.to_bytes());
+    let path = CString::new(path).map_err(|_| crate::error::EINVAL)?;
+    let mut buf = vec![0u8; 64];
+    // SAFETY: `buf` is writable for `buf.len()` bytes; `path` and `xname` are NUL-terminated.
+    // `lgetxattr` does not follow `name` if it is a symlink.
+    let n = cvt_size(unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            xname.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
 /// The names of the xattrs on the object behind `fd`.
 pub fn listxattr(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
     let path = proc_path(fd);
     loop {
         // SAFETY: a NULL buffer of size 0 asks only for the size.
-        let size =
-            cvt_size(unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let size = cvt_size(unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) })?;
         if size == 0 {
             return Ok(Vec::new());
         }
