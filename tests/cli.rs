@@ -1,0 +1,521 @@
+//! The command line: invocation forms, foreground and debug modes, every way to unmount,
+//! option errors that must name the path, warnings for unknown options.
+
+mod common;
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// How long the daemon may take to exit after its mount is gone ("about a second").
+const EXIT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A small example stack: lowers `l1` (a, b/, c) over `l2` (c, d), upper `up` (e).
+struct Example {
+    t: tempfile::TempDir,
+    l1: PathBuf,
+    l2: PathBuf,
+    up: PathBuf,
+    wk: PathBuf,
+}
+
+const EXPECT: [&str; 5] = ["a", "b", "c", "d", "e"];
+
+impl Example {
+    fn new() -> Example {
+        let t = tempdir();
+        let b = t.path();
+        let (l1, l2, up, wk) = (
+            mkdirs(&b.join("l1")),
+            mkdirs(&b.join("l2")),
+            mkdirs(&b.join("up")),
+            mkdirs(&b.join("wk")),
+        );
+        fs::write(l1.join("a"), "a").unwrap();
+        mkdirs(&l1.join("b"));
+        fs::write(l1.join("c"), "c from l1").unwrap();
+        fs::write(l2.join("c"), "c from l2").unwrap();
+        fs::write(l2.join("d"), "d").unwrap();
+        fs::write(up.join("e"), "e").unwrap();
+        Example { t, l1, l2, up, wk }
+    }
+    fn base(&self) -> &Path {
+        self.t.path()
+    }
+    fn opts(&self) -> String {
+        format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
+            self.l1.display(),
+            self.l2.display(),
+            self.up.display(),
+            self.wk.display()
+        )
+    }
+    fn mnt(&self, name: &str) -> PathBuf {
+        mkdirs(&self.base().join(name))
+    }
+}
+
+fn os(v: &[&str]) -> Vec<OsString> {
+    v.iter().map(OsString::from).collect()
+}
+
+fn assert_shows_example(mnt: &Path, what: &str) {
+    assert_eq!(list_names(mnt), EXPECT, "{what}: listing of the merged dir");
+    assert_eq!(
+        fs::read(mnt.join("c")).unwrap(),
+        b"c from l1",
+        "{what}: c comes from the top lower"
+    );
+}
+
+#[test]
+fn every_invocation_form_mounts_and_lists() {
+    if skip("every_invocation_form_mounts_and_lists") {
+        return;
+    }
+    let ex = Example::new();
+    let opts = ex.opts();
+    for (i, form) in ["mount -o OPTS MNT", "-o OPTS MNT", "SOURCE MNT -o OPTS"]
+        .iter()
+        .enumerate()
+    {
+        let mnt = ex.mnt(&format!("m{i}"));
+        let m = mnt.to_str().unwrap();
+        let args = match i {
+            0 => os(&["mount", "-o", &opts, m]),
+            1 => os(&["-o", &opts, m]),
+            _ => os(&["overlay", m, "-o", &opts]),
+        };
+        let guard = UfsMount::try_args(&args, &mnt, None)
+            .unwrap_or_else(|run| panic!("form `ufs {form}` failed:\n{run}"));
+        assert!(
+            guard.live_on_return,
+            "form `ufs {form}` returned before the mount was live"
+        );
+        let fstype = mount_at(&mnt).map(|e| e.fstype).unwrap_or_default();
+        assert!(
+            fstype.starts_with("fuse"),
+            "form `ufs {form}`: mount type {fstype:?} is not FUSE"
+        );
+        assert_shows_example(&mnt, form);
+    }
+}
+
+#[test]
+fn foreground_stays_until_unmounted() {
+    if skip("foreground_stays_until_unmounted") {
+        return;
+    }
+    let ex = Example::new();
+    let mnt = ex.mnt("m");
+    let args = os(&["-f", "-o", &ex.opts(), mnt.to_str().unwrap()]);
+    let mut m = UfsMount::spawn_foreground(&args, &mnt, &ex.base().join("stderr"));
+    assert_shows_example(&mnt, "-f");
+    let child = m.child.as_mut().unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "-f must keep the process running while mounted"
+    );
+    m.unmount();
+    assert!(
+        m.wait_daemon_exit(EXIT_TIMEOUT),
+        "-f process still running {EXIT_TIMEOUT:?} after unmount"
+    );
+    let status = m.child.as_mut().unwrap().wait().unwrap();
+    assert!(
+        status.success(),
+        "-f process exited with {status} after a clean unmount:\n{}",
+        m.stderr_text()
+    );
+}
+
+fn unmount_with(method: &str, mnt: &Path) {
+    let mut cmd = match method {
+        "ufs umount" => {
+            let mut c = ufs_cmd();
+            c.arg("umount");
+            c
+        }
+        "umount" => Command::new("umount"),
+        _ => {
+            let mut c = Command::new("fusermount3");
+            c.arg("-u");
+            c
+        }
+    };
+    let run = run_bounded(cmd.arg(mnt), CMD_TIMEOUT);
+    assert!(run.success(), "`{method} {}` failed:\n{run}", mnt.display());
+}
+
+#[test]
+fn every_unmount_method_ends_the_daemon() {
+    if skip("every_unmount_method_ends_the_daemon") {
+        return;
+    }
+    let ex = Example::new();
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for (i, method) in ["ufs umount", "umount", "fusermount3 -u"]
+        .iter()
+        .enumerate()
+    {
+        for foreground in [false, true] {
+            total += 1;
+            let what = format!("{method} ({})", if foreground { "-f" } else { "daemon" });
+            let r = catch(&what, || {
+                let mnt = ex.mnt(&format!("m{i}{}", if foreground { "f" } else { "d" }));
+                let m = mnt.to_str().unwrap();
+                let mut g = if foreground {
+                    let err = ex.base().join(format!("err{i}"));
+                    UfsMount::spawn_foreground(&os(&["-f", "-o", &ex.opts(), m]), &mnt, &err)
+                } else {
+                    UfsMount::mount(&ex.opts(), &mnt)
+                };
+                let pid = g
+                    .pid
+                    .unwrap_or_else(|| panic!("no process has {m} in its command line"));
+                assert!(pid_alive(pid), "daemon {pid} not running while mounted");
+                assert_shows_example(&mnt, &what);
+                unmount_with(method, &mnt);
+                assert!(wait_unmounted(&mnt), "still mounted");
+                assert!(
+                    g.wait_daemon_exit(EXIT_TIMEOUT),
+                    "daemon {pid} still running {EXIT_TIMEOUT:?} after unmount"
+                );
+                let rest: Vec<u32> = pids_with_arg(&mnt)
+                    .into_iter()
+                    .filter(|p| pid_alive(*p))
+                    .collect();
+                assert!(rest.is_empty(), "processes for {m} still running: {rest:?}");
+            });
+            failures.extend(r.err());
+        }
+    }
+    assert_no_failures("unmount methods", total, &failures);
+}
+
+#[test]
+fn version_and_help_succeed() {
+    let run = run_bounded(ufs_cmd().arg("--version"), CMD_TIMEOUT);
+    assert!(run.success(), "ufs --version:\n{run}");
+    assert!(
+        run.stdout.contains(env!("CARGO_PKG_VERSION")),
+        "--version prints the version:\n{run}"
+    );
+    let run = run_bounded(ufs_cmd().arg("--help"), CMD_TIMEOUT);
+    assert!(run.success(), "ufs --help:\n{run}");
+    assert!(
+        run.stdout.to_lowercase().contains("usage"),
+        "--help prints usage:\n{run}"
+    );
+    assert!(
+        run.stdout.contains("mount"),
+        "--help mentions mount:\n{run}"
+    );
+}
+
+/// Runs the standard mount form and checks that it fails with one stderr line containing one of
+/// `needles`, and that nothing got mounted.
+fn assert_refused(what: &str, opts: &str, mnt: &Path, needles: &[&Path]) {
+    let r = UfsMount::try_args(&standard_mount_args(opts, mnt), mnt, None);
+    let run = match r {
+        Ok(g) => {
+            drop(g);
+            panic!("{what}: mount -o {opts} succeeded but must be refused");
+        }
+        Err(run) => run,
+    };
+    assert!(
+        run.status.is_some(),
+        "{what}: command did not return:\n{run}"
+    );
+    assert!(!is_mounted(mnt), "{what}: failed but left a mount");
+    let lines = run.stderr_lines();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: expected exactly one line on stderr:\n{run}"
+    );
+    assert!(
+        needles
+            .iter()
+            .any(|n| lines[0].contains(n.to_str().unwrap())),
+        "{what}: the error line must name {needles:?}:\n{run}"
+    );
+}
+
+#[test]
+fn option_errors_exit_nonzero_naming_the_path() {
+    if skip("option_errors_exit_nonzero_naming_the_path") {
+        return;
+    }
+    let ex = Example::new();
+    let b = ex.base().to_path_buf();
+    let mnt = ex.mnt("m");
+    let file = b.join("plainfile");
+    fs::write(&file, "x").unwrap();
+    let nope = b.join("nope");
+    let tmpfs = TmpfsMount::mount(&b.join("tfs"), 8);
+    let tup = mkdirs(&tmpfs.dir.join("up"));
+    let up_in_wk = mkdirs(&b.join("wk2/up"));
+    let wk2 = b.join("wk2");
+    let wk_in_up = mkdirs(&b.join("up3/wk"));
+    let up3 = b.join("up3");
+    let l1_sub = mkdirs(&ex.l1.join("sub"));
+    let wk4 = mkdirs(&b.join("wk4"));
+    let (l1, l2, up, wk) = (&ex.l1, &ex.l2, &ex.up, &ex.wk);
+    let d = |p: &Path| p.display().to_string();
+    let cases: Vec<(&str, String, Vec<&Path>)> = vec![
+        (
+            "missing lowerdir",
+            format!("lowerdir={}:{}", d(l1), d(&nope)),
+            vec![&nope],
+        ),
+        (
+            "lowerdir is a file",
+            format!("lowerdir={}", d(&file)),
+            vec![&file],
+        ),
+        (
+            "missing upperdir",
+            format!("lowerdir={},upperdir={},workdir={}", d(l1), d(&nope), d(wk)),
+            vec![&nope],
+        ),
+        (
+            "missing workdir",
+            format!("lowerdir={},upperdir={},workdir={}", d(l1), d(up), d(&nope)),
+            vec![&nope],
+        ),
+        (
+            "upperdir is a file",
+            format!("lowerdir={},upperdir={},workdir={}", d(l1), d(&file), d(wk)),
+            vec![&file],
+        ),
+        (
+            "upper and work on different filesystems",
+            format!("lowerdir={},upperdir={},workdir={}", d(l1), d(&tup), d(wk)),
+            vec![&tup, wk],
+        ),
+        (
+            "work inside upper",
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                d(l1),
+                d(&up3),
+                d(&wk_in_up)
+            ),
+            vec![&up3, &wk_in_up],
+        ),
+        (
+            "upper inside work",
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                d(l1),
+                d(&up_in_wk),
+                d(&wk2)
+            ),
+            vec![&up_in_wk, &wk2],
+        ),
+        (
+            "upper equal to a lower",
+            format!(
+                "lowerdir={}:{},upperdir={},workdir={}",
+                d(l1),
+                d(l2),
+                d(l2),
+                d(&wk4)
+            ),
+            vec![l2],
+        ),
+        (
+            "upper inside a lower",
+            format!(
+                "lowerdir={}:{},upperdir={},workdir={}",
+                d(l1),
+                d(l2),
+                d(&l1_sub),
+                d(&wk4)
+            ),
+            vec![&l1_sub, l1],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, opts, needles) in &cases {
+        failures.extend(catch(what, || assert_refused(what, opts, &mnt, needles)).err());
+    }
+    // A missing mount point is a missing directory too.
+    let nomnt = b.join("nomnt");
+    failures.extend(
+        catch("missing mount point", || {
+            assert_refused("missing mount point", &ex.opts(), &nomnt, &[&nomnt])
+        })
+        .err(),
+    );
+    assert_no_failures("option errors", cases.len() + 1, &failures);
+}
+
+#[test]
+fn option_errors_without_a_path_exit_nonzero() {
+    if skip("option_errors_without_a_path_exit_nonzero") {
+        return;
+    }
+    let ex = Example::new();
+    let mnt = ex.mnt("m");
+    let d = |p: &Path| p.display().to_string();
+    for (what, opts, needle) in [
+        (
+            "no lowerdir",
+            format!("upperdir={},workdir={}", d(&ex.up), d(&ex.wk)),
+            "lowerdir",
+        ),
+        (
+            "upperdir without workdir",
+            format!("lowerdir={},upperdir={}", d(&ex.l1), d(&ex.up)),
+            "workdir",
+        ),
+        (
+            "workdir without upperdir",
+            format!("lowerdir={},workdir={}", d(&ex.l1), d(&ex.wk)),
+            "upperdir",
+        ),
+    ] {
+        let run = match UfsMount::try_args(&standard_mount_args(&opts, &mnt), &mnt, None) {
+            Ok(g) => {
+                drop(g);
+                panic!("{what}: mount -o {opts} succeeded but must be refused");
+            }
+            Err(run) => run,
+        };
+        assert!(run.status.is_some() && !is_mounted(&mnt), "{what}:\n{run}");
+        let lines = run.stderr_lines();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{what}: expected one line on stderr:\n{run}"
+        );
+        assert!(
+            lines[0].contains(needle),
+            "{what}: the error must mention {needle}:\n{run}"
+        );
+    }
+}
+
+#[test]
+fn same_workdir_twice_is_refused() {
+    if skip("same_workdir_twice_is_refused") {
+        return;
+    }
+    let ex = Example::new();
+    let m1 = ex.mnt("m1");
+    let m2 = ex.mnt("m2");
+    let _first = UfsMount::mount(&ex.opts(), &m1);
+    assert_refused("workdir already in use", &ex.opts(), &m2, &[&ex.wk, &ex.up]);
+    assert_shows_example(&m1, "first mount after the refused second one");
+}
+
+#[test]
+fn unknown_options_warn_and_mount() {
+    if skip("unknown_options_warn_and_mount") {
+        return;
+    }
+    let ex = Example::new();
+    let mnt = ex.mnt("m1");
+    let g = UfsMount::try_args(
+        &standard_mount_args(&format!("{},index=on", ex.opts()), &mnt),
+        &mnt,
+        None,
+    )
+    .unwrap_or_else(|run| panic!("index=on must only warn:\n{run}"));
+    assert_shows_example(&mnt, "index=on");
+    let stderr = &g.launch.as_ref().unwrap().stderr;
+    assert!(
+        stderr.contains("index"),
+        "a warning naming index=on is expected on stderr, got {stderr:?}"
+    );
+    drop(g);
+
+    // SELinux labels come quoted, with colons and commas; they are consumed silently.
+    let mnt = ex.mnt("m2");
+    let opts = format!(
+        "{},context=\"system_u:object_r:container_file_t:s0:c1022,c1023\"",
+        ex.opts()
+    );
+    let g = UfsMount::try_args(&standard_mount_args(&opts, &mnt), &mnt, None)
+        .unwrap_or_else(|run| panic!("context= must be accepted:\n{run}"));
+    assert_shows_example(&mnt, "context=");
+    let stderr = &g.launch.as_ref().unwrap().stderr;
+    assert!(
+        !stderr.contains("context") && !stderr.contains("c1023"),
+        "context= must be accepted silently, stderr: {stderr:?}"
+    );
+    drop(g);
+
+    // Options container tools and fuse-overlayfs users pass: none may make the mount fail.
+    let mnt = ex.mnt("m3");
+    let opts = format!(
+        "{},nodev,nosuid,noatime,volatile,xino=off,redirect_dir=off,fsync=0,static_nlink,noacl,timeout=1,threaded=2,writeback=0",
+        ex.opts()
+    );
+    let _g = UfsMount::try_args(&standard_mount_args(&opts, &mnt), &mnt, None)
+        .unwrap_or_else(|run| panic!("container options must be accepted:\n{run}"));
+    assert_shows_example(&mnt, "container options");
+}
+
+#[test]
+fn debug_flag_logs_requests_and_stays_in_foreground() {
+    if skip("debug_flag_logs_requests_and_stays_in_foreground") {
+        return;
+    }
+    let ex = Example::new();
+    let mnt = ex.mnt("m");
+    let args = os(&["-d", "-o", &ex.opts(), mnt.to_str().unwrap()]);
+    let mut m = UfsMount::spawn_foreground(&args, &mnt, &ex.base().join("stderr"));
+    assert_shows_example(&mnt, "-d");
+    fs::symlink_metadata(mnt.join("a")).unwrap();
+    // A negative lookup always reaches the daemon (READDIRPLUS may have answered the one above).
+    assert!(fs::symlink_metadata(mnt.join("no-such-name")).is_err());
+    assert!(
+        m.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "-d must stay in the foreground"
+    );
+    let logged = wait_until(MOUNT_TIMEOUT, || {
+        m.stderr_text().to_lowercase().contains("lookup")
+    });
+    assert!(
+        logged,
+        "-d must log requests (a line with `lookup`); stderr:\n{}",
+        m.stderr_text()
+    );
+    m.unmount();
+    assert!(
+        m.wait_daemon_exit(EXIT_TIMEOUT),
+        "-d process still running after unmount"
+    );
+}
+
+#[test]
+fn relative_paths_and_escaped_separators() {
+    if skip("relative_paths_and_escaped_separators") {
+        return;
+    }
+    let ex = Example::new();
+    let b = ex.base();
+    let comma = mkdirs(&b.join("with,comma"));
+    let colon = mkdirs(&b.join("with:colon"));
+    fs::write(comma.join("from_comma"), "1").unwrap();
+    fs::write(colon.join("from_colon"), "2").unwrap();
+    let mnt = ex.mnt("m");
+    // Relative lowerdir (resolved against the working directory), `\,` and `\:` escapes.
+    let opts = format!("lowerdir=l1:{}:{}", r"with\,comma", r"with\:colon");
+    let _g = UfsMount::try_args(&standard_mount_args(&opts, &mnt), &mnt, Some(b))
+        .unwrap_or_else(|run| panic!("-o {opts} in {}:\n{run}", b.display()));
+    assert_eq!(
+        list_names(&mnt),
+        ["a", "b", "c", "from_colon", "from_comma"]
+    );
+}
