@@ -47,8 +47,8 @@ impl XattrNamespace {
     /// ufs's record of the inode number an object reports (kept across copy-up and remount).
     pub fn ino_record(self) -> &'static std::ffi::CStr {
         match self {
-            XattrNamespace::Trusted => c"trusted.ufs.ino",
-            XattrNamespace::User => c"user.ufs.ino",
+            XattrNamespace::Trusted => c"trusted.overlay.ufs.ino",
+            XattrNamespace::User => c"user.overlay.ufs.ino",
         }
     }
 
@@ -58,6 +58,13 @@ impl XattrNamespace {
             XattrNamespace::Trusted
         } else {
             XattrNamespace::User
+        }
+    }
+
+    pub fn metacopy(self) -> &'static std::ffi::CStr {
+        match self {
+            XattrNamespace::Trusted => c"trusted.overlay.metacopy",
+            XattrNamespace::User => c"user.overlay.metacopy",
         }
     }
 
@@ -158,6 +165,9 @@ pub enum CopyData {
     All,
     /// No content: the copy is about to be truncated to zero anyway.
     None,
+    /// Metadata only (`metacopy`): a sparse file of the same size marked `overlay.metacopy`,
+    /// whose data is still read from the lower file.
+    Metadata,
 }
 
 /// Copies `src` (a lower entry of kind `kind`) to `name` in the upper directory `upper_dir`.
@@ -233,9 +243,16 @@ fn build_copy(
                 libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
                 0o600,
             )?;
-            if data == CopyData::All && st.st_size > 0 {
-                let input = sys::reopen(src.fd(), libc::O_RDONLY)?;
-                copy_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
+            match data {
+                CopyData::All if st.st_size > 0 => {
+                    let input = sys::reopen(src.fd(), libc::O_RDONLY)?;
+                    copy_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
+                }
+                CopyData::Metadata => {
+                    sys::ftruncate(out.as_fd(), st.st_size as u64)?;
+                    sys::setxattr(out.as_fd(), work.xattr_ns.metacopy(), b"", 0)?;
+                }
+                _ => {}
             }
             if work.fsync {
                 sys::fsync(out.as_fd(), false)?;
@@ -384,6 +401,33 @@ fn copy_range_userspace(
         pos += n as u64;
     }
     Ok(())
+}
+
+/// Completes a metadata-only copy: copies the data of `lower` into the upper file `upper` in
+/// place (or, with `CopyData::None`, empties it), makes it durable, and only then removes the
+/// `metacopy` marker. A crash before that leaves the marker, so the data is read from the lower
+/// file again: never a half-copied file.
+pub fn complete_metacopy(
+    work: &Workdir,
+    upper: BorrowedFd<'_>,
+    lower: BorrowedFd<'_>,
+    data: CopyData,
+) -> Result<()> {
+    let out = sys::reopen(upper, libc::O_WRONLY)?;
+    if data == CopyData::All {
+        let size = sys::fstat(lower)?.st_size as u64;
+        let input = sys::reopen(lower, libc::O_RDONLY)?;
+        copy_data(input.as_fd(), out.as_fd(), size)?;
+    } else {
+        sys::ftruncate(out.as_fd(), 0)?;
+    }
+    if work.fsync {
+        sys::fsync(out.as_fd(), false)?;
+    }
+    match sys::removexattr(upper, work.xattr_ns.metacopy()) {
+        Err(e) if e.errno() == libc::ENODATA => Ok(()),
+        other => other,
+    }
 }
 
 /// `fsync` of a directory held by an `O_PATH` fd.

@@ -53,12 +53,28 @@ impl Overlay {
 
     /// Makes sure `node` has an upper entry, copying it (and first its ancestors) up.
     /// Returns the node's real entries, the upper one first.
+    ///
+    /// `data` says what the caller needs: `Metadata` (a metadata-only copy will do, when
+    /// `metacopy` is on), `All` (the data too: completes an earlier metadata-only copy) or
+    /// `None` (the caller empties the file: no data is copied).
     pub(crate) fn ensure_upper(&self, node: &Arc<Inode>, data: CopyData) -> Result<Reals> {
         let (upper, work) = self.upper_layer()?;
+        let data = match data {
+            CopyData::Metadata if !self.metacopy || node.kind != Kind::Regular => CopyData::All,
+            other => other,
+        };
         loop {
             let parent_id = node.location().parent;
             let reals = node.reals();
             if reals.first().is_some_and(|r| r.layer == upper) {
+                if data != CopyData::Metadata && node.state.read().lower_data.is_some() {
+                    let mut st = node.state.write();
+                    if let Some(lower) = st.lower_data.clone() {
+                        copy_up::complete_metacopy(work, st.reals[0].fd(), lower.fd(), data)?;
+                        st.lower_data = None;
+                        log::debug!("completed the metadata-only copy of node {}", node.id);
+                    }
+                }
                 return Ok(reals);
             }
             if node.id == ROOT_ID {
@@ -69,7 +85,10 @@ impl Overlay {
             let preals = self.ensure_upper(&parent, CopyData::All)?;
             let mut st = node.state.write();
             if st.reals.first().is_some_and(|r| r.layer == upper) {
-                return Ok(st.reals.clone());
+                // Copied up by another thread meanwhile; the top of the loop completes the copy
+                // if that one was metadata-only and this caller needs the data.
+                drop(st);
+                continue;
             }
             let loc = node.location();
             if loc.parent != parent_id {
@@ -91,7 +110,8 @@ impl Overlay {
                 preals[0].fd(),
                 &name,
                 data,
-                keep_ino.then_some(node.ino),
+                // `xino=off`: no record, so the number lasts only as long as this mount.
+                (keep_ino && self.xino).then_some(node.ino),
             )?;
             if keep_ino {
                 let real = sys::fstat(entry.fd())?.st_ino;
@@ -102,6 +122,9 @@ impl Overlay {
                 new_reals.extend(st.reals.iter().cloned());
             }
             st.reals = Arc::new(new_reals);
+            if data == CopyData::Metadata {
+                st.lower_data = Some(src);
+            }
             log::debug!("copied up {:?} (node {})", loc.name, node.id);
             return Ok(st.reals.clone());
         }

@@ -95,6 +95,9 @@ pub type Reals = Arc<Vec<RealEntry>>;
 #[derive(Debug)]
 pub struct NodeState {
     pub reals: Reals,
+    /// For a regular file whose upper entry is a metadata-only copy (`overlay.metacopy`): the
+    /// lower entry that still holds its data.
+    pub lower_data: Option<RealEntry>,
 }
 
 /// Where a node was last reached: its parent's node id and its name there. Kept apart from
@@ -117,6 +120,13 @@ pub struct Inode {
 }
 
 impl Inode {
+    /// Where the data of a regular file is read from: the lower entry of a metadata-only copy,
+    /// else the top real entry.
+    pub fn data_source(&self) -> Option<RealEntry> {
+        let st = self.state.read();
+        st.lower_data.clone().or_else(|| st.reals.first().cloned())
+    }
+
     /// A snapshot of the real entries, usable without holding the node lock.
     pub fn reals(&self) -> Reals {
         self.state.read().reals.clone()
@@ -156,6 +166,7 @@ impl InodeTable {
             lookups: AtomicU64::new(1),
             state: RwLock::new(NodeState {
                 reals: Arc::new(reals),
+                lower_data: None,
             }),
             location: Mutex::new(Location {
                 parent: ROOT_ID,
@@ -178,7 +189,7 @@ impl InodeTable {
         kind: Kind,
         parent: u64,
         name: &OsStr,
-        reals: impl FnOnce() -> Vec<RealEntry>,
+        state: impl FnOnce() -> NodeState,
     ) -> Result<Arc<Inode>> {
         let mut slot = self.nodes.entry(ino);
         if let dashmap::Entry::Occupied(o) = &mut slot {
@@ -199,9 +210,7 @@ impl InodeTable {
             ino,
             kind,
             lookups: AtomicU64::new(1),
-            state: RwLock::new(NodeState {
-                reals: Arc::new(reals()),
-            }),
+            state: RwLock::new(state()),
             location: Mutex::new(Location {
                 parent,
                 name: name.to_os_string(),

@@ -24,6 +24,7 @@ pub const WH_PREFIX: &[u8] = b".wh.";
 /// The OCI opaque marker's name.
 pub const WH_OPAQUE: &CStr = c".wh..wh..opq";
 pub const OPAQUE_XATTRS: [&CStr; 2] = [c"trusted.overlay.opaque", c"user.overlay.opaque"];
+pub const METACOPY_XATTRS: [&CStr; 2] = [c"trusted.overlay.metacopy", c"user.overlay.metacopy"];
 pub const REDIRECT_XATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
 
 /// What a name resolves to.
@@ -34,6 +35,8 @@ pub struct Resolved {
     pub stat: libc::stat,
     /// Real entries, top-down; see [`crate::inode::Reals`].
     pub reals: Vec<RealEntry>,
+    /// For a metadata-only upper copy: the lower entry with the data.
+    pub lower_data: Option<RealEntry>,
 }
 
 /// Whether a name is reserved for whiteouts and so never visible or creatable.
@@ -155,6 +158,44 @@ fn probe(dir: BorrowedFd<'_>, target: &Target) -> Result<Probe> {
     }
 }
 
+/// Whether an upper regular file is a metadata-only copy. (Its block count cannot tell: a
+/// filesystem may count a block of xattrs in it.)
+pub fn is_metacopy(fd: BorrowedFd<'_>, st: &libc::stat) -> Result<bool> {
+    if st.st_size == 0 {
+        // Nothing to read either way.
+        return Ok(false);
+    }
+    for name in METACOPY_XATTRS {
+        match sys::getxattr(fd, name) {
+            Ok(_) => return Ok(true),
+            Err(e) if is_no_xattr(e.errno()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// The first regular file standing at `target` in `candidates` (stopping at a whiteout).
+fn find_lower_data(
+    candidates: &[(usize, BorrowedFd<'_>)],
+    target: &Target,
+) -> Result<Option<RealEntry>> {
+    for &(layer, dir) in candidates {
+        match probe(dir, target)? {
+            Probe::Missing => continue,
+            Probe::Whiteout => return Ok(None),
+            Probe::Found(fd) => {
+                let st = sys::fstat(fd.as_fd())?;
+                if (st.st_mode & libc::S_IFMT) == libc::S_IFREG {
+                    return Ok(Some(RealEntry::new(layer, fd)));
+                }
+                return Ok(None);
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// The redirect record of a real directory, if it has one.
 pub fn redirect(dir: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
     for name in REDIRECT_XATTRS {
@@ -214,6 +255,7 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
                             kind,
                             stat: st,
                             reals: vec![entry],
+                            lower_data: None,
                         })
                     }
                     Some(merged) => merged.reals.push(entry),
@@ -233,11 +275,27 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
                 }
             }
             (None, _) => {
+                let metacopy = kind == Kind::Regular
+                    && Some(layer) == layers.upper()
+                    && is_metacopy(entry.fd(), &st)?;
                 found = Some(Resolved {
                     kind,
                     stat: st,
                     reals: vec![entry],
+                    lower_data: None,
                 });
+                if !metacopy {
+                    break;
+                }
+                // A metadata-only copy: its data is the same name's in the layers below.
+                let lower_data = find_lower_data(&candidates[i..], &target)?;
+                match (&mut found, lower_data) {
+                    (Some(r), Some(data)) => r.lower_data = Some(data),
+                    _ => {
+                        log::error!("metadata-only copy {name:?} has no lower data");
+                        return Err(crate::error::EIO);
+                    }
+                }
                 break;
             }
             (Some(_), _) => break,

@@ -65,6 +65,15 @@ pub struct Options {
     pub squash_to_gid: Option<u32>,
     /// The SOURCE argument of `ufs SOURCE MERGED -o OPTS` (or `fsname=`), shown in mount tables.
     pub fsname: Option<String>,
+    /// `redirect_dir=on` (default): directories with lower parts can be renamed, recorded with
+    /// the kernel's redirect xattr. `off`, `follow`, `nofollow`: such renames fail with `EXDEV`.
+    pub redirect_dir: bool,
+    /// `index=on` (default): hard links of a lower file stay linked across copy-up.
+    pub index: bool,
+    /// `metacopy=on` (default): metadata changes of a lower file copy no data.
+    pub metacopy: bool,
+    /// `xino=on|auto` (default): objects keep their inode number across copy-up and remount.
+    pub xino: bool,
     /// One line per option that was not understood and therefore ignored.
     pub warnings: Vec<String>,
 }
@@ -97,6 +106,10 @@ impl Default for Options {
             squash_to_uid: None,
             squash_to_gid: None,
             fsname: None,
+            redirect_dir: true,
+            index: true,
+            metacopy: true,
+            xino: true,
             warnings: Vec::new(),
         }
     }
@@ -162,11 +175,7 @@ const NO_EFFECT: &[&str] = &[
     "static_nlink",
     "noacl",
     "writeback",
-    "redirect_dir",
-    "xino",
     "ino32_t",
-    "index",
-    "metacopy",
     "nfs_export",
     "uuid",
     "verity",
@@ -246,6 +255,32 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
                         return Err(OptionError::MissingValue { option: key.into() });
                     }
                     options.fsname = Some(value);
+                }
+                "redirect_dir" => {
+                    options.redirect_dir = match required(key, raw)? {
+                        "on" => true,
+                        "off" | "follow" | "nofollow" => false,
+                        value => return Err(invalid(key, value, "on, follow, nofollow or off")),
+                    }
+                }
+                "index" | "metacopy" => {
+                    let on = match required(key, raw)? {
+                        "on" => true,
+                        "off" => false,
+                        value => return Err(invalid(key, value, "on or off")),
+                    };
+                    if key == "index" {
+                        options.index = on;
+                    } else {
+                        options.metacopy = on;
+                    }
+                }
+                "xino" => {
+                    options.xino = match required(key, raw)? {
+                        "on" | "auto" => true,
+                        "off" => false,
+                        value => return Err(invalid(key, value, "on, auto or off")),
+                    }
                 }
                 "uidmapping" => options.uid_mappings = parse_mappings(key, required(key, raw)?)?,
                 "gidmapping" => options.gid_mappings = parse_mappings(key, required(key, raw)?)?,
@@ -629,11 +664,9 @@ mod tests {
     fn unsupported_and_unknown_options_warn() {
         let cases = [
             (
-                "index=on",
-                "option \"index=on\" is accepted for compatibility",
+                "nfs_export=on",
+                "option \"nfs_export=on\" is accepted for compatibility",
             ),
-            ("xino=auto", "option \"xino=auto\" is accepted"),
-            ("redirect_dir=on", "option \"redirect_dir=on\" is accepted"),
             ("static_nlink", "option \"static_nlink\" is accepted"),
             ("auto_unmount", "option \"auto_unmount\" is accepted"),
             ("noacl", "option \"noacl\" is accepted"),
@@ -645,8 +678,28 @@ mod tests {
             assert_eq!(o.warnings.len(), 1, "{opt:?}: {:?}", o.warnings);
             assert!(o.warnings[0].starts_with(want), "{opt:?}: {:?}", o.warnings);
         }
-        let all = parse_ok(&["lowerdir=/a,index=off,metacopy=off,foo", "bar"]);
+        let all = parse_ok(&["lowerdir=/a,ino32_t,nfs_export=off,foo", "bar"]);
         assert_eq!(all.warnings.len(), 4);
+    }
+
+    #[test]
+    fn overlay_feature_switches() {
+        let d = parse_ok(&["lowerdir=/a"]);
+        assert!(d.redirect_dir && d.index && d.metacopy && d.xino);
+        let off = parse_ok(&["lowerdir=/a,redirect_dir=off,index=off,metacopy=off,xino=off"]);
+        assert!(!off.redirect_dir && !off.index && !off.metacopy && !off.xino);
+        assert!(off.warnings.is_empty(), "{:?}", off.warnings);
+        assert!(!parse_ok(&["lowerdir=/a,redirect_dir=follow"]).redirect_dir);
+        assert!(parse_ok(&["lowerdir=/a,xino=auto"]).xino);
+        for bad in [
+            "index=maybe",
+            "metacopy=1",
+            "xino=yes",
+            "redirect_dir=sometimes",
+        ] {
+            let input = format!("lowerdir=/a,{bad}");
+            assert!(parse(&[input.as_str()], Path::new("/")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use dashmap::DashMap;
 
 use crate::copy_up::{CopyData, Workdir, XattrNamespace};
 use crate::error::{EBADF, EISDIR, ENODATA, ENOTDIR, EROFS, Result};
-use crate::inode::{Inode, InodeTable, Kind, ROOT_ID, RealEntry};
+use crate::inode::{Inode, InodeTable, Kind, NodeState, ROOT_ID, RealEntry};
 use crate::layer::LayerStack;
 use crate::options::Options;
 use crate::readdir::{self, DirEntry};
@@ -71,6 +71,12 @@ pub struct Overlay {
     pub(crate) work: Option<Workdir>,
     /// Rename directories with lower parts by recording a redirect (`redirect_dir=on`).
     pub(crate) redirect_dir: bool,
+    /// Keep hard links of lower files linked across copy-up (`index=on`).
+    pub(crate) index: bool,
+    /// Copy only metadata for metadata changes of lower files (`metacopy=on`).
+    pub(crate) metacopy: bool,
+    /// Keep inode numbers across copy-up and remount (`xino=on`).
+    pub(crate) xino: bool,
     /// The xattr namespace of the records this mount reads and writes.
     pub(crate) record_ns: XattrNamespace,
 }
@@ -97,7 +103,10 @@ impl Overlay {
             .map_or_else(XattrNamespace::for_daemon, |w| w.xattr_ns);
         Ok(Overlay {
             record_ns,
-            redirect_dir: true,
+            redirect_dir: opts.redirect_dir,
+            index: opts.index,
+            metacopy: opts.metacopy,
+            xino: opts.xino,
             work,
             read_only,
             layers,
@@ -122,6 +131,10 @@ impl Overlay {
         let top = reals.first().ok_or(crate::error::EIO)?;
         let mut st = sys::fstat(top.fd())?;
         st.st_ino = node.ino;
+        if let Some(data) = &node.state.read().lower_data {
+            // A metadata-only copy: the blocks are the lower file's.
+            st.st_blocks = sys::fstat(data.fd())?.st_blocks;
+        }
         if node.kind == Kind::Directory && reals.len() > 1 {
             // Like the kernel: the link count of a merged directory cannot be known cheaply.
             st.st_nlink = 1;
@@ -145,7 +158,10 @@ impl Overlay {
         let kind = resolved.kind;
         let node = self
             .inodes
-            .lookup_or_insert(ino, kind, parent, name, || resolved.reals)?;
+            .lookup_or_insert(ino, kind, parent, name, || NodeState {
+                reals: Arc::new(resolved.reals),
+                lower_data: resolved.lower_data,
+            })?;
         match self.attr(&node) {
             Ok(attr) => Ok(Entry {
                 node: node.id,
@@ -217,8 +233,13 @@ impl Overlay {
         } else {
             node.reals()
         };
-        let top = reals.first().ok_or(crate::error::EIO)?;
-        let keep_cache = Some(top.layer) != self.layers.upper();
+        let top = if writes {
+            reals.first().cloned()
+        } else {
+            node.data_source()
+        };
+        let top = top.as_ref().ok_or(crate::error::EIO)?;
+        let keep_cache = Some(top.layer) != self.layers.upper() && reals[0].layer == top.layer;
         let pass = flags
             & (libc::O_ACCMODE
                 | libc::O_APPEND
@@ -389,11 +410,12 @@ impl Overlay {
         if change.size.is_some() && node.kind == Kind::Directory {
             return Err(EISDIR);
         }
-        // Truncating to zero needs none of the old data.
-        let data = if change.size == Some(0) {
-            CopyData::None
-        } else {
-            CopyData::All
+        // Truncating to zero needs none of the old data, and a change of metadata only needs
+        // the metadata.
+        let data = match change.size {
+            Some(0) => CopyData::None,
+            Some(_) => CopyData::All,
+            None => CopyData::Metadata,
         };
         let reals = self.ensure_upper(&node, data)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
@@ -501,7 +523,7 @@ impl Overlay {
             return Err(crate::error::EPERM);
         }
         let node = self.inodes.get(node)?;
-        let reals = self.ensure_upper(&node, CopyData::All)?;
+        let reals = self.ensure_upper(&node, CopyData::Metadata)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
         sys::setxattr(top.fd(), &sys::cstr(name)?, value, flags)
     }
@@ -517,7 +539,7 @@ impl Overlay {
             top_fd.first().ok_or(crate::error::EIO)?.fd(),
             &sys::cstr(name)?,
         )?;
-        let reals = self.ensure_upper(&node, CopyData::All)?;
+        let reals = self.ensure_upper(&node, CopyData::Metadata)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
         sys::removexattr(top.fd(), &sys::cstr(name)?)
     }

@@ -426,16 +426,16 @@ fn unknown_options_warn_and_mount() {
     let ex = Example::new();
     let mnt = ex.mnt("m1");
     let g = UfsMount::try_args(
-        &standard_mount_args(&format!("{},index=on", ex.opts()), &mnt),
+        &standard_mount_args(&format!("{},nfs_export=on", ex.opts()), &mnt),
         &mnt,
         None,
     )
-    .unwrap_or_else(|run| panic!("index=on must only warn:\n{run}"));
-    assert_shows_example(&mnt, "index=on");
+    .unwrap_or_else(|run| panic!("nfs_export=on must only warn:\n{run}"));
+    assert_shows_example(&mnt, "nfs_export=on");
     let stderr = &g.launch.as_ref().unwrap().stderr;
     assert!(
-        stderr.contains("index"),
-        "a warning naming index=on is expected on stderr, got {stderr:?}"
+        stderr.contains("nfs_export"),
+        "a warning naming nfs_export=on is expected on stderr, got {stderr:?}"
     );
     drop(g);
 
