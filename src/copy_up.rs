@@ -11,6 +11,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Result;
@@ -178,12 +179,13 @@ pub fn copy_up(
     upper_layer: usize,
     src: &RealEntry,
     kind: Kind,
-    upper_dir: BorrowedFd<'_>,
+    upper_dir_arc: &Arc<OwnedFd>,
     name: &std::ffi::CStr,
     data: CopyData,
     ino_record: Option<u64>,
 ) -> Result<RealEntry> {
-    let st = sys::fstat(src.fd())?;
+    let upper_dir = upper_dir_arc.as_fd();
+    let st = src.stat()?;
     let tmp = work.temp_name();
     let result = build_copy(work, src, kind, &st, &tmp, data).and_then(|fd| {
         if let Some(ino) = ino_record {
@@ -198,7 +200,8 @@ pub fn copy_up(
         Ok(fd)
     });
     match result {
-        Ok(fd) => Ok(RealEntry::new(upper_layer, fd)),
+        Ok(fd) if kind == Kind::Directory => Ok(RealEntry::new(upper_layer, fd)),
+        Ok(_) => Ok(RealEntry::named(upper_layer, upper_dir_arc.clone(), name)),
         Err(e) => {
             work.discard(&tmp);
             Err(e)
@@ -245,7 +248,7 @@ fn build_copy(
             )?;
             match data {
                 CopyData::All if st.st_size > 0 => {
-                    let input = sys::reopen(src.fd(), libc::O_RDONLY)?;
+                    let input = src.open_file(libc::O_RDONLY)?;
                     copy_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
                 }
                 CopyData::Metadata => {
@@ -260,7 +263,7 @@ fn build_copy(
         }
         Kind::Directory => sys::mkdirat(wd, tmp, 0o700)?,
         Kind::Symlink => {
-            let target = sys::readlink(src.fd())?;
+            let target = sys::readlink(src.fd()?.as_fd())?;
             let target = CString::new(target).map_err(|_| crate::error::EIO)?;
             sys::symlinkat(&target, wd, tmp)?;
         }
@@ -269,7 +272,7 @@ fn build_copy(
         }
     }
     let fd = sys::open_path(wd, tmp)?;
-    copy_xattrs(src.fd(), fd.as_fd())?;
+    copy_xattrs(src.fd()?.as_fd(), fd.as_fd())?;
     copy_attrs(fd.as_fd(), kind, st)?;
     Ok(fd)
 }

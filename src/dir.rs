@@ -70,7 +70,12 @@ impl Overlay {
                 if data != CopyData::Metadata && node.state.read().lower_data.is_some() {
                     let mut st = node.state.write();
                     if let Some(lower) = st.lower_data.clone() {
-                        copy_up::complete_metacopy(work, st.reals[0].fd(), lower.fd(), data)?;
+                        copy_up::complete_metacopy(
+                            work,
+                            st.reals[0].fd()?.as_fd(),
+                            lower.fd()?.as_fd(),
+                            data,
+                        )?;
                         st.lower_data = None;
                         log::debug!("completed the metadata-only copy of node {}", node.id);
                     }
@@ -97,7 +102,7 @@ impl Overlay {
             }
             let name = sys::cstr(&loc.name)?;
             let src = st.reals.first().ok_or(EIO)?.clone();
-            let src_st = sys::fstat(src.fd())?;
+            let src_st = src.stat()?;
             // Keep the object's number, unless other names still share the lower inode: a
             // copy no longer shares their content, so it must not share their number (the
             // kernel's rule without `index`).
@@ -107,14 +112,14 @@ impl Overlay {
                 upper,
                 &src,
                 node.kind,
-                preals[0].fd(),
+                preals[0].dir_arc()?,
                 &name,
                 data,
                 // `xino=off`: no record, so the number lasts only as long as this mount.
                 (keep_ino && self.xino).then_some(node.ino),
             )?;
             if keep_ino {
-                let real = sys::fstat(entry.fd())?.st_ino;
+                let real = entry.stat()?.st_ino;
                 self.layers.remember_copy_up(real, node.ino);
             }
             let mut new_reals = vec![entry];
@@ -184,7 +189,7 @@ impl Overlay {
         }
         let pnode = self.dir_node(parent)?;
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
-        let udir = preals[0].fd();
+        let udir = preals[0].dir_fd()?;
         let cname = sys::cstr(name)?;
         match lookup::lookup(&self.layers, &preals, name) {
             Ok(_) => return Err(EEXIST),
@@ -348,8 +353,9 @@ impl Overlay {
             return Err(EISDIR);
         }
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
-        let udir = preals[0].fd();
+        let udir = preals[0].dir_fd()?;
         let needs_whiteout = self.lower_has(&preals, name)?;
+        self.pin_if_alive(&child)?;
         if child.reals[0].layer == upper {
             if needs_whiteout {
                 self.whiteout_over(work, udir, name)?;
@@ -374,7 +380,7 @@ impl Overlay {
             return Err(ENOTEMPTY);
         }
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
-        let udir = preals[0].fd();
+        let udir = preals[0].dir_fd()?;
         let needs_whiteout = self.lower_has(&preals, name)?;
         if child.reals[0].layer == upper {
             if needs_whiteout {
@@ -402,7 +408,7 @@ impl Overlay {
         let reals = self.ensure_upper(&node, CopyData::All)?;
         let np = self.dir_node(newparent)?;
         let nreals = self.ensure_upper(&np, CopyData::All)?;
-        let ndir = nreals[0].fd();
+        let ndir = nreals[0].dir_fd()?;
         match lookup::lookup(&self.layers, &nreals, newname) {
             Ok(_) => return Err(EEXIST),
             Err(e) if e == ENOENT => {}
@@ -417,14 +423,14 @@ impl Overlay {
         };
         if over_whiteout {
             let tmp = work.temp_name();
-            sys::link_fd(reals[0].fd(), work.dir(), &tmp)?;
+            sys::link_fd(reals[0].fd()?.as_fd(), work.dir(), &tmp)?;
             // A plain rename replaces the whiteout (a non-directory) in one step.
             if let Err(e) = sys::renameat2(work.dir(), &tmp, ndir, &cname, 0) {
                 work.discard(&tmp);
                 return Err(e);
             }
         } else {
-            sys::link_fd(reals[0].fd(), ndir, &cname)?;
+            sys::link_fd(reals[0].fd()?.as_fd(), ndir, &cname)?;
         }
         remove_wh_file(ndir, newname)?;
         self.lookup(newparent, newname)
@@ -463,7 +469,7 @@ impl Overlay {
             return Err(ENOENT);
         }
         if let Some(d) = &dst {
-            let (a, b) = (sys::fstat(src.reals[0].fd())?, sys::fstat(d.reals[0].fd())?);
+            let (a, b) = (src.reals[0].stat()?, d.reals[0].stat()?);
             if a.st_dev == b.st_dev && a.st_ino == b.st_ino {
                 // Two names of one object: rename does nothing (POSIX).
                 return Ok(());
@@ -506,7 +512,7 @@ impl Overlay {
             };
             let oreals = self.ensure_upper(&op, CopyData::All)?;
             let nreals = self.ensure_upper(&np, CopyData::All)?;
-            let (odir, ndir) = (oreals[0].fd(), nreals[0].fd());
+            let (odir, ndir) = (oreals[0].dir_fd()?, nreals[0].dir_fd()?);
             let (cname, cnewname) = (sys::cstr(name)?, sys::cstr(newname)?);
             let samedir = parent == newparent;
             // A directory with lower parts records where they are; one without any must not
@@ -541,6 +547,9 @@ impl Overlay {
                     Err(e) => return Err(e),
                 }
             }
+            if !exchange && let Some(d) = &dst {
+                self.pin_if_alive(d)?;
+            }
             let needs_whiteout = !exchange && self.lower_has(&oreals, name)?;
             let real_flags = if exchange { libc::RENAME_EXCHANGE } else { 0 };
             if needs_whiteout {
@@ -570,8 +579,10 @@ impl Overlay {
                 self.upper_name_removed(&st);
             }
             src_node.set_location(newparent, newname);
+            repoint(src_node, nreals[0].dir_arc()?, &cnewname);
             if let Some(d) = dst_node {
                 d.set_location(parent, name);
+                repoint(&d, oreals[0].dir_arc()?, &cname);
             }
             Ok(())
         })
@@ -584,7 +595,7 @@ impl Overlay {
         let (upper, work) = self.upper_layer()?;
         let reals = node.reals();
         let top = reals.first().filter(|r| r.layer == upper).ok_or(EIO)?;
-        let existing = lookup::redirect(top.fd())?;
+        let existing = lookup::redirect(top.dir_fd()?)?;
         if let Some(r) = &existing
             && (samedir || r.first() == Some(&b'/'))
         {
@@ -595,7 +606,7 @@ impl Overlay {
         } else {
             self.lower_path(node)?
         };
-        sys::setxattr(top.fd(), work.xattr_ns.redirect(), &value, 0)
+        sys::setxattr(top.fd()?.as_fd(), work.xattr_ns.redirect(), &value, 0)
     }
 
     /// The absolute path, from the root of a lower layer, where the lower parts of directory node
@@ -606,7 +617,7 @@ impl Overlay {
         }
         let reals = node.reals();
         let own = match reals.first() {
-            Some(top) => lookup::redirect(top.fd())?,
+            Some(top) => lookup::redirect(top.dir_fd()?)?,
             None => None,
         };
         if let Some(r) = &own
@@ -627,11 +638,27 @@ impl Overlay {
         let (upper, work) = self.upper_layer()?;
         let reals = node.reals();
         let top = reals.first().filter(|r| r.layer == upper).ok_or(EIO)?;
-        sys::setxattr(top.fd(), work.xattr_ns.opaque(), b"y", 0)?;
+        sys::setxattr(top.fd()?.as_fd(), work.xattr_ns.opaque(), b"y", 0)?;
         // The lower parts no longer take part in the merge.
         let mut st = node.state.write();
         st.reals = Arc::new(vec![top.clone()]);
         Ok(())
+    }
+}
+
+/// After a rename, points a non-directory node's upper entry at its new name (a directory's
+/// entry is an fd, which moves with it).
+fn repoint(node: &Inode, dir: &Arc<OwnedFd>, name: &CStr) {
+    if node.kind == Kind::Directory {
+        return;
+    }
+    let mut st = node.state.write();
+    if let Some(top) = st.reals.first()
+        && matches!(top.real, crate::inode::Real::Named { .. })
+    {
+        let mut reals = (*st.reals).clone();
+        reals[0] = RealEntry::named(top.layer, dir.clone(), name);
+        st.reals = Arc::new(reals);
     }
 }
 

@@ -214,9 +214,9 @@ impl Filesystem for UfsFs {
         self.ov.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        debug!("getattr(ino={ino})");
-        match self.ov.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        debug!("getattr(ino={ino}, fh={fh:?})");
+        match self.ov.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(st) => reply.attr(&self.ttl, &to_attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
@@ -324,7 +324,7 @@ impl Filesystem for UfsFs {
             let off = i as u64 + 1;
             if i < 2 {
                 // `.` and `..` are not looked up by the kernel: no node id, no lookup count.
-                let attr = match self.ov.getattr(h.node) {
+                let attr = match self.ov.getattr(h.node, None) {
                     Ok(st) => to_attr(&st),
                     Err(err) => return reply.error(errno(err)),
                 };

@@ -11,7 +11,7 @@
 //! shard lock only a node's `location` mutex may be taken, never its `state` lock, so a long
 //! copy-up (which holds `state`) cannot stall lookups of other nodes. See `docs/DESIGN.md`.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CStr, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +20,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{ENOENT, Result};
+use crate::sys;
 
 /// FUSE's fixed node id for the root directory.
 pub const ROOT_ID: u64 = 1;
@@ -64,25 +65,126 @@ impl Kind {
     }
 }
 
-/// One real entry behind a merged object: an `O_PATH` fd in one layer.
+/// One real entry behind a merged object, in one layer.
+///
+/// A directory is held by an `O_PATH` fd (directories are few, and every lookup inside one
+/// needs it). A non-directory is named by its real parent directory (shared) and its name, and
+/// opened when needed: holding one fd per file the kernel has cached would exhaust the open-file
+/// limit on large trees. A non-directory that loses its last name while the kernel still holds
+/// it (unlinked while open) is pinned by an fd first (`Held`).
 #[derive(Debug, Clone)]
 pub struct RealEntry {
     pub layer: usize,
-    pub fd: Arc<OwnedFd>,
+    pub real: Real,
 }
 
-impl RealEntry {
-    pub fn new(layer: usize, fd: OwnedFd) -> Self {
-        RealEntry {
-            layer,
-            fd: Arc::new(fd),
+#[derive(Debug, Clone)]
+pub enum Real {
+    Held(Arc<OwnedFd>),
+    Named { dir: Arc<OwnedFd>, name: Arc<CStr> },
+}
+
+/// An fd on a real object: borrowed from a held entry or opened for the call.
+#[derive(Debug)]
+pub enum ObjFd<'a> {
+    Borrowed(BorrowedFd<'a>),
+    Owned(OwnedFd),
+}
+
+impl AsFd for ObjFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            ObjFd::Borrowed(fd) => *fd,
+            ObjFd::Owned(fd) => fd.as_fd(),
+        }
+    }
+}
+
+impl ObjFd<'_> {
+    /// An owned fd: this one, or a duplicate of the borrowed one.
+    pub fn into_owned(self) -> Result<OwnedFd> {
+        match self {
+            ObjFd::Borrowed(fd) => Ok(fd.try_clone_to_owned()?),
+            ObjFd::Owned(fd) => Ok(fd),
         }
     }
 }
 
 impl RealEntry {
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// An entry held by `fd` (a directory, a layer root, or a pinned file).
+    pub fn new(layer: usize, fd: OwnedFd) -> Self {
+        RealEntry {
+            layer,
+            real: Real::Held(Arc::new(fd)),
+        }
+    }
+
+    pub fn held(layer: usize, fd: Arc<OwnedFd>) -> Self {
+        RealEntry {
+            layer,
+            real: Real::Held(fd),
+        }
+    }
+
+    /// A non-directory named `name` in the real directory `dir`.
+    pub fn named(layer: usize, dir: Arc<OwnedFd>, name: &CStr) -> Self {
+        RealEntry {
+            layer,
+            real: Real::Named {
+                dir,
+                name: Arc::from(name),
+            },
+        }
+    }
+
+    /// An `O_PATH` fd on the object.
+    pub fn fd(&self) -> Result<ObjFd<'_>> {
+        match &self.real {
+            Real::Held(fd) => Ok(ObjFd::Borrowed(fd.as_fd())),
+            Real::Named { dir, name } => Ok(ObjFd::Owned(sys::open_path(dir.as_fd(), name)?)),
+        }
+    }
+
+    /// The shared fd of a held entry (a directory).
+    pub fn dir_arc(&self) -> Result<&Arc<OwnedFd>> {
+        match &self.real {
+            Real::Held(fd) => Ok(fd),
+            Real::Named { .. } => Err(crate::error::ENOTDIR),
+        }
+    }
+
+    /// The fd of a held entry (a directory), without a syscall.
+    pub fn dir_fd(&self) -> Result<BorrowedFd<'_>> {
+        Ok(self.dir_arc()?.as_fd())
+    }
+
+    /// Opens the object (a regular file or directory) for I/O with `flags`.
+    pub fn open_file(&self, flags: i32) -> Result<OwnedFd> {
+        match &self.real {
+            Real::Held(fd) => sys::reopen(fd.as_fd(), flags),
+            Real::Named { dir, name } => sys::openat(dir.as_fd(), name, flags & !libc::O_CREAT, 0),
+        }
+    }
+
+    /// Whether this entry is `name` in the real directory `dir`.
+    pub fn is_named(&self, dir: &Arc<OwnedFd>, name: &CStr) -> bool {
+        matches!(&self.real, Real::Named { dir: d, name: n } if Arc::ptr_eq(d, dir) && **n == *name)
+    }
+
+    /// `stat` of the object, in one syscall.
+    pub fn stat(&self) -> Result<libc::stat> {
+        match &self.real {
+            Real::Held(fd) => sys::fstat(fd.as_fd()),
+            Real::Named { dir, name } => sys::fstatat(dir.as_fd(), name),
+        }
+    }
+
+    /// xattr `xname` of the object, in one syscall.
+    pub fn getxattr(&self, xname: &CStr) -> Result<Vec<u8>> {
+        match &self.real {
+            Real::Held(fd) => sys::getxattr(fd.as_fd(), xname),
+            Real::Named { dir, name } => sys::getxattr_at(dir.as_fd(), name, xname),
+        }
     }
 }
 
@@ -180,8 +282,8 @@ impl InodeTable {
         self.nodes.get(&id).map(|n| n.clone()).ok_or(ENOENT)
     }
 
-    /// Finds the live node for `ino`, or creates it with the entries `reals` makes, and counts
-    /// one lookup. Real inode numbers are unique among live objects (a node's `O_PATH` fd keeps
+    /// Finds the live node for `ino`, or creates it with the state `state` makes, and counts
+    /// one lookup. Returns the node and whether it was created. Real inode numbers are unique among live objects (a node's `O_PATH` fd keeps
     /// its object alive), so a live node with this number is this object.
     pub fn lookup_or_insert(
         &self,
@@ -190,7 +292,7 @@ impl InodeTable {
         parent: u64,
         name: &OsStr,
         state: impl FnOnce() -> NodeState,
-    ) -> Result<Arc<Inode>> {
+    ) -> Result<(Arc<Inode>, bool)> {
         let mut slot = self.nodes.entry(ino);
         if let dashmap::Entry::Occupied(o) = &mut slot {
             let node = o.get().clone();
@@ -203,7 +305,7 @@ impl InodeTable {
             }
             node.lookups.fetch_add(1, Ordering::AcqRel);
             node.set_location(parent, name);
-            return Ok(node);
+            return Ok((node, false));
         }
         let node = Arc::new(Inode {
             id: ino,
@@ -217,7 +319,7 @@ impl InodeTable {
             }),
         });
         slot.insert(node.clone());
-        Ok(node)
+        Ok((node, true))
     }
 
     /// Drops `n` lookups of node `id`; removes the node when none remain.

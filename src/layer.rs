@@ -14,6 +14,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
@@ -33,7 +34,7 @@ pub enum LayerKind {
 pub struct Layer {
     pub kind: LayerKind,
     /// `O_PATH` fd on the layer's root directory.
-    pub root: OwnedFd,
+    pub root: Arc<OwnedFd>,
     /// The path given at mount time, for messages only: ufs never resolves it again.
     pub path: PathBuf,
     /// `st_dev` of the root.
@@ -89,7 +90,7 @@ impl LayerStack {
             };
             layers.push(Layer {
                 kind,
-                root,
+                root: Arc::new(root),
                 path: path.to_path_buf(),
                 dev: st.st_dev,
                 fs_index,

@@ -13,6 +13,7 @@
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use crate::error::{ENOENT, Result};
 use crate::inode::{Kind, RealEntry};
@@ -113,15 +114,16 @@ impl Target {
 enum Probe {
     Missing,
     Whiteout,
-    Found(OwnedFd),
+    /// Found: an fd on the entry, the real directory holding it, and its name there.
+    Found(OwnedFd, Arc<OwnedFd>, CString),
 }
 
-fn probe_name(dir: BorrowedFd<'_>, name: &CStr, whiteout: Option<&CString>) -> Result<Probe> {
-    match sys::open_path(dir, name) {
-        Ok(fd) => Ok(Probe::Found(fd)),
+fn probe_name(dir: &Arc<OwnedFd>, name: &CStr, whiteout: Option<&CString>) -> Result<Probe> {
+    match sys::open_path(dir.as_fd(), name) {
+        Ok(fd) => Ok(Probe::Found(fd, dir.clone(), name.to_owned())),
         Err(e) if e.errno() == libc::ENOENT || e.errno() == libc::ENOTDIR => {
             if let Some(wh) = whiteout
-                && exists(dir, wh)?
+                && exists(dir.as_fd(), wh)?
             {
                 return Ok(Probe::Whiteout);
             }
@@ -131,17 +133,16 @@ fn probe_name(dir: BorrowedFd<'_>, name: &CStr, whiteout: Option<&CString>) -> R
     }
 }
 
-fn probe(dir: BorrowedFd<'_>, target: &Target) -> Result<Probe> {
+fn probe(dir: &Arc<OwnedFd>, target: &Target) -> Result<Probe> {
     match target {
         Target::Name { name, whiteout } => probe_name(dir, name, whiteout.as_ref()),
         Target::Path(comps) => {
             let Some((last, path)) = comps.split_last() else {
                 return Ok(Probe::Missing);
             };
-            let mut cur: Option<OwnedFd> = None;
+            let mut cur: Arc<OwnedFd> = dir.clone();
             for comp in path {
-                let at = cur.as_ref().map_or(dir, |f| f.as_fd());
-                let next = match sys::open_path(at, comp) {
+                let next = match sys::open_path(cur.as_fd(), comp) {
                     Ok(fd) => fd,
                     Err(e) if e.errno() == libc::ENOENT => return Ok(Probe::Missing),
                     Err(e) => return Err(e),
@@ -149,11 +150,10 @@ fn probe(dir: BorrowedFd<'_>, target: &Target) -> Result<Probe> {
                 if sys::fstat(next.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFDIR {
                     return Ok(Probe::Missing);
                 }
-                cur = Some(next);
+                cur = Arc::new(next);
             }
-            let at = cur.as_ref().map_or(dir, |f| f.as_fd());
             let wh = whiteout_name(OsStr::from_bytes(last.to_bytes()));
-            probe_name(at, last, wh.as_ref())
+            probe_name(&cur, last, wh.as_ref())
         }
     }
 }
@@ -177,17 +177,17 @@ pub fn is_metacopy(fd: BorrowedFd<'_>, st: &libc::stat) -> Result<bool> {
 
 /// The first regular file standing at `target` in `candidates` (stopping at a whiteout).
 fn find_lower_data(
-    candidates: &[(usize, BorrowedFd<'_>)],
+    candidates: &[(usize, Arc<OwnedFd>)],
     target: &Target,
 ) -> Result<Option<RealEntry>> {
-    for &(layer, dir) in candidates {
+    for (layer, dir) in candidates {
         match probe(dir, target)? {
             Probe::Missing => continue,
             Probe::Whiteout => return Ok(None),
-            Probe::Found(fd) => {
+            Probe::Found(fd, in_dir, name) => {
                 let st = sys::fstat(fd.as_fd())?;
                 if (st.st_mode & libc::S_IFMT) == libc::S_IFREG {
-                    return Ok(Some(RealEntry::new(layer, fd)));
+                    return Ok(Some(RealEntry::named(*layer, in_dir, &name)));
                 }
                 return Ok(None);
             }
@@ -220,17 +220,19 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
         return Err(ENOENT);
     }
     let mut target = Target::name(name)?;
-    let mut candidates: Vec<(usize, BorrowedFd<'_>)> =
-        parents.iter().map(|p| (p.layer, p.fd())).collect();
+    let mut candidates: Vec<(usize, Arc<OwnedFd>)> = parents
+        .iter()
+        .map(|p| Ok((p.layer, p.dir_arc()?.clone())))
+        .collect::<Result<_>>()?;
     let mut found: Option<Resolved> = None;
     let mut i = 0;
     while i < candidates.len() {
-        let (layer, dir) = candidates[i];
+        let (layer, dir) = candidates[i].clone();
         i += 1;
-        let fd = match probe(dir, &target)? {
+        let (fd, in_dir, real_name) = match probe(&dir, &target)? {
             Probe::Missing => continue,
             Probe::Whiteout => break,
-            Probe::Found(fd) => fd,
+            Probe::Found(fd, in_dir, real_name) => (fd, in_dir, real_name),
         };
         let st = sys::fstat(fd.as_fd())?;
         if sys::is_whiteout(&st) {
@@ -239,15 +241,21 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
         let Some(kind) = Kind::from_mode(st.st_mode) else {
             return Err(crate::error::EIO);
         };
-        let entry = RealEntry::new(layer, fd);
+        let metacopy =
+            kind == Kind::Regular && Some(layer) == layers.upper() && is_metacopy(fd.as_fd(), &st)?;
+        let entry = if kind == Kind::Directory {
+            RealEntry::new(layer, fd)
+        } else {
+            RealEntry::named(layer, in_dir, &real_name)
+        };
         let is_last_layer = layer + 1 >= layers.len();
         match (&mut found, kind) {
             (None, Kind::Directory) | (Some(_), Kind::Directory) => {
-                let opaque = !is_last_layer && is_opaque(entry.fd())?;
+                let opaque = !is_last_layer && is_opaque(entry.dir_fd()?)?;
                 let redirect = if is_last_layer || opaque {
                     None
                 } else {
-                    redirect(entry.fd())?
+                    redirect(entry.dir_fd()?)?
                 };
                 match &mut found {
                     None => {
@@ -268,16 +276,13 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
                     if let Target::Path(_) = target {
                         // An absolute redirect searches every layer below from its root.
                         candidates = (layer + 1..layers.len())
-                            .map(|l| (l, layers.get(l).root()))
+                            .map(|l| (l, layers.get(l).root.clone()))
                             .collect();
                         i = 0;
                     }
                 }
             }
             (None, _) => {
-                let metacopy = kind == Kind::Regular
-                    && Some(layer) == layers.upper()
-                    && is_metacopy(entry.fd(), &st)?;
                 found = Some(Resolved {
                     kind,
                     stat: st,

@@ -89,7 +89,7 @@ impl Overlay {
         for (i, layer) in layers.iter() {
             reals.push(RealEntry::new(i, layer.root.try_clone()?));
         }
-        let st = sys::fstat(reals[0].fd()).map_err(std::io::Error::from)?;
+        let st = reals[0].stat().map_err(std::io::Error::from)?;
         let root_ino = layers.map_ino(0, st.st_ino);
         let inodes = InodeTable::new();
         inodes.insert_root(root_ino, reals);
@@ -129,11 +129,11 @@ impl Overlay {
     pub(crate) fn attr(&self, node: &Inode) -> Result<libc::stat> {
         let reals = node.reals();
         let top = reals.first().ok_or(crate::error::EIO)?;
-        let mut st = sys::fstat(top.fd())?;
+        let mut st = top.stat()?;
         st.st_ino = node.ino;
         if let Some(data) = &node.state.read().lower_data {
             // A metadata-only copy: the blocks are the lower file's.
-            st.st_blocks = sys::fstat(data.fd())?.st_blocks;
+            st.st_blocks = data.stat()?.st_blocks;
         }
         if node.kind == Kind::Directory && reals.len() > 1 {
             // Like the kernel: the link count of a merged directory cannot be known cheaply.
@@ -156,12 +156,16 @@ impl Overlay {
         let resolved = lookup::lookup(&self.layers, &parents, name)?;
         let ino = self.ino_of(&resolved.reals[0], &resolved.stat)?;
         let kind = resolved.kind;
-        let node = self
-            .inodes
-            .lookup_or_insert(ino, kind, parent, name, || NodeState {
-                reals: Arc::new(resolved.reals),
-                lower_data: resolved.lower_data,
-            })?;
+        let fresh = resolved.reals[0].clone();
+        let (node, created) =
+            self.inodes
+                .lookup_or_insert(ino, kind, parent, name, || NodeState {
+                    reals: Arc::new(resolved.reals),
+                    lower_data: resolved.lower_data,
+                })?;
+        if !created && kind != Kind::Directory {
+            self.refresh_name(&node, fresh);
+        }
         match self.attr(&node) {
             Ok(attr) => Ok(Entry {
                 node: node.id,
@@ -182,7 +186,7 @@ impl Overlay {
         {
             return Ok(ino);
         }
-        match sys::getxattr(real.fd(), self.record_ns.ino_record()) {
+        match real.getxattr(self.record_ns.ino_record()) {
             Ok(v) => {
                 if let Some(ino) = crate::copy_up::parse_ino_record(&v) {
                     return Ok(ino);
@@ -199,9 +203,63 @@ impl Overlay {
         self.inodes.forget(node, n);
     }
 
-    pub fn getattr(&self, node: u64) -> Result<libc::stat> {
+    /// A live non-directory node reached again by name: when the name its real entry was
+    /// recorded under has gone (another name of a hard-linked file was removed), it takes the
+    /// name just resolved. A lower entry never replaces an upper one (the node may have been
+    /// copied up since the name was resolved).
+    fn refresh_name(&self, node: &Inode, fresh: RealEntry) {
+        let current = match node.reals().first() {
+            Some(c) => c.clone(),
+            None => return,
+        };
+        if !matches!(current.real, crate::inode::Real::Named { .. })
+            || fresh.layer > current.layer
+            || current.stat().is_ok()
+        {
+            return;
+        }
+        let mut st = node.state.write();
+        if st.reals.first().is_some_and(|c| c.layer >= fresh.layer) {
+            let mut reals = (*st.reals).clone();
+            reals[0] = fresh;
+            st.reals = Arc::new(reals);
+        }
+    }
+
+    /// Attributes of a node; through the open file `fh` when the kernel names one (so a file
+    /// unlinked while open still answers).
+    pub fn getattr(&self, node: u64, fh: Option<u64>) -> Result<libc::stat> {
         let node = self.inodes.get(node)?;
+        if let Some(h) = fh.and_then(|fh| self.files.get(&fh).map(|h| h.clone()))
+            && node.state.read().lower_data.is_none()
+        {
+            let mut st = sys::fstat(h.file.as_fd())?;
+            st.st_ino = node.ino;
+            return Ok(st);
+        }
         self.attr(&node)
+    }
+
+    /// Pins the live node of the non-directory `resolved` (about to lose the name it is known
+    /// by) to its object with an fd, so that it keeps answering while the kernel holds it.
+    pub(crate) fn pin_if_alive(&self, resolved: &lookup::Resolved) -> Result<()> {
+        if resolved.kind == Kind::Directory {
+            return Ok(());
+        }
+        let ino = self.ino_of(&resolved.reals[0], &resolved.stat)?;
+        let Ok(node) = self.inodes.get(ino) else {
+            return Ok(());
+        };
+        let mut st = node.state.write();
+        if let Some(top) = st.reals.first()
+            && matches!(top.real, crate::inode::Real::Named { .. })
+        {
+            let pinned = RealEntry::new(top.layer, top.fd()?.into_owned()?);
+            let mut reals = (*st.reals).clone();
+            reals[0] = pinned;
+            st.reals = Arc::new(reals);
+        }
+        Ok(())
     }
 
     pub fn readlink(&self, node: u64) -> Result<Vec<u8>> {
@@ -211,7 +269,7 @@ impl Overlay {
         }
         let reals = node.reals();
         let top = reals.first().ok_or(crate::error::EIO)?;
-        sys::readlink(top.fd())
+        sys::readlink(top.fd()?.as_fd())
     }
 
     pub fn open(&self, node: u64, flags: i32) -> Result<Opened> {
@@ -249,7 +307,7 @@ impl Overlay {
                 | libc::O_NOATIME
                 | libc::O_SYNC
                 | libc::O_DSYNC);
-        let file = sys::reopen(top.fd(), pass)?;
+        let file = top.open_file(pass)?;
         Ok(Opened {
             fh: self.add_file(node.id, file, writes),
             keep_cache,
@@ -348,7 +406,7 @@ impl Overlay {
         let node = self.inodes.get(node)?;
         let reals = node.reals();
         let top = reals.first().ok_or(crate::error::EIO)?;
-        sys::getxattr(top.fd(), &sys::cstr(name)?)
+        top.getxattr(&sys::cstr(name)?)
     }
 
     /// The NUL-separated list of visible xattr names.
@@ -356,7 +414,7 @@ impl Overlay {
         let node = self.inodes.get(node)?;
         let reals = node.reals();
         let top = reals.first().ok_or(crate::error::EIO)?;
-        match sys::listxattr(top.fd()) {
+        match sys::listxattr(top.fd()?.as_fd()) {
             Ok(names) => Ok(xattr::visible_list(&names)),
             // A filesystem without xattrs has an empty list.
             Err(e) if e.errno() == libc::EOPNOTSUPP => Ok(Vec::new()),
@@ -420,24 +478,28 @@ impl Overlay {
         let reals = self.ensure_upper(&node, data)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
         if change.uid.is_some() || change.gid.is_some() {
-            sys::fchown(top.fd(), change.uid, change.gid)?;
+            sys::fchown(top.fd()?.as_fd(), change.uid, change.gid)?;
         }
         if let Some(mode) = change.mode
             && node.kind != Kind::Symlink
         {
-            sys::fchmod(top.fd(), mode & 0o7777)?;
+            sys::fchmod(top.fd()?.as_fd(), mode & 0o7777)?;
         }
         if let Some(size) = change.size {
             match change.fh.map(|fh| self.file(fh)) {
                 Some(Ok(h)) if h.writable => sys::ftruncate(h.file.as_fd(), size)?,
                 _ => {
-                    let f = sys::reopen(top.fd(), libc::O_WRONLY)?;
+                    let f = sys::reopen(top.fd()?.as_fd(), libc::O_WRONLY)?;
                     sys::ftruncate(f.as_fd(), size)?;
                 }
             }
         }
         if change.atime.is_some() || change.mtime.is_some() {
-            sys::futimens(top.fd(), timespec(change.atime), timespec(change.mtime))?;
+            sys::futimens(
+                top.fd()?.as_fd(),
+                timespec(change.atime),
+                timespec(change.mtime),
+            )?;
         }
         self.attr(&node)
     }
@@ -482,7 +544,7 @@ impl Overlay {
         let reals = node.reals();
         match reals.first() {
             Some(top) if Some(top.layer) == self.layers.upper() => {
-                crate::copy_up::sync_dir(top.fd())
+                crate::copy_up::sync_dir(top.dir_fd()?)
             }
             _ => Ok(()),
         }
@@ -525,7 +587,7 @@ impl Overlay {
         let node = self.inodes.get(node)?;
         let reals = self.ensure_upper(&node, CopyData::Metadata)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
-        sys::setxattr(top.fd(), &sys::cstr(name)?, value, flags)
+        sys::setxattr(top.fd()?.as_fd(), &sys::cstr(name)?, value, flags)
     }
 
     pub fn removexattr(&self, node: u64, name: &OsStr) -> Result<()> {
@@ -536,12 +598,12 @@ impl Overlay {
         // Nothing to copy up for an xattr that is not there.
         let top_fd = node.reals();
         sys::getxattr(
-            top_fd.first().ok_or(crate::error::EIO)?.fd(),
+            top_fd.first().ok_or(crate::error::EIO)?.fd()?.as_fd(),
             &sys::cstr(name)?,
         )?;
         let reals = self.ensure_upper(&node, CopyData::Metadata)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
-        sys::removexattr(top.fd(), &sys::cstr(name)?)
+        sys::removexattr(top.fd()?.as_fd(), &sys::cstr(name)?)
     }
 }
 

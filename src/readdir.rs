@@ -38,8 +38,8 @@ pub fn merged_listing(
     let mut seen: HashSet<OsString> = HashSet::new();
     let mut out = Vec::new();
     for real in reals {
-        let entries = sys::read_dir(real.fd())?;
-        let impure = match sys::getxattr(real.fd(), ns.impure()) {
+        let entries = sys::read_dir(real.dir_fd()?)?;
+        let impure = match sys::getxattr(real.dir_fd()?, ns.impure()) {
             Ok(v) => v == b"y",
             Err(e) if is_no_xattr(e.errno()) => false,
             Err(e) => return Err(e),
@@ -59,7 +59,7 @@ pub fn merged_listing(
             }
             let kind = match Kind::from_dtype(e.d_type) {
                 Some(Kind::CharDevice) | None => {
-                    let st = match sys::fstatat(real.fd(), &sys::cstr(&e.name)?) {
+                    let st = match sys::fstatat(real.dir_fd()?, &sys::cstr(&e.name)?) {
                         Ok(st) => st,
                         // Vanished since getdents: layers must not change under a mount, but
                         // a listing should not fail for it.
@@ -81,7 +81,7 @@ pub fn merged_listing(
                 && (ns == XattrNamespace::Trusted
                     || matches!(kind, Kind::Regular | Kind::Directory))
             {
-                match sys::getxattr_at(real.fd(), &sys::cstr(&e.name)?, ns.ino_record()) {
+                match sys::getxattr_at(real.dir_fd()?, &sys::cstr(&e.name)?, ns.ino_record()) {
                     Ok(v) => parse_ino_record(&v),
                     Err(err) if is_no_xattr(err.errno()) || err.errno() == libc::ENOENT => None,
                     Err(err) => return Err(err),

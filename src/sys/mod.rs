@@ -252,19 +252,33 @@ pub fn getxattr_at(dir: BorrowedFd<'_>, name: &CStr, xname: &CStr) -> Result<Vec
     path.push(b'/');
     path.extend_from_slice(name.to_bytes());
     let path = CString::new(path).map_err(|_| crate::error::EINVAL)?;
-    let mut buf = vec![0u8; 64];
-    // SAFETY: `buf` is writable for `buf.len()` bytes; `path` and `xname` are NUL-terminated.
-    // `lgetxattr` does not follow `name` if it is a symlink.
-    let n = cvt_size(unsafe {
-        libc::lgetxattr(
-            path.as_ptr(),
-            xname.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    })?;
-    buf.truncate(n);
-    Ok(buf)
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: `buf` is writable for `buf.len()` bytes; `path` and `xname` are
+        // NUL-terminated. `lgetxattr` does not follow `name` if it is a symlink.
+        let r = cvt_size(unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                xname.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        });
+        match r {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(e) if e.errno() == libc::ERANGE => {
+                // SAFETY: a NULL buffer of size 0 asks only for the size.
+                let size = cvt_size(unsafe {
+                    libc::lgetxattr(path.as_ptr(), xname.as_ptr(), std::ptr::null_mut(), 0)
+                })?;
+                buf = vec![0u8; size.max(1)];
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The names of the xattrs on the object behind `fd`.
@@ -314,8 +328,9 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> Result<usize> {
     }
 }
 
-/// Raises the soft open-file limit to the hard limit: ufs holds one `O_PATH` fd per real
-/// object the kernel has looked up.
+/// Raises the open-file limit as far as allowed: ufs holds one `O_PATH` fd per real object the
+/// kernel has looked up. A privileged daemon raises the hard limit to the kernel's maximum
+/// (`fs.nr_open`); otherwise the soft limit goes up to the hard one.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -324,6 +339,20 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     // SAFETY: `lim` is a valid, writable rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } < 0 {
         return Err(io::Error::last_os_error());
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(lim.rlim_max);
+    if nr_open > lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: nr_open,
+            rlim_max: nr_open,
+        };
+        // SAFETY: `raised` is a valid rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(nr_open);
+        }
     }
     lim.rlim_cur = lim.rlim_max;
     // SAFETY: `lim` is a valid rlimit.
