@@ -62,6 +62,13 @@ impl XattrNamespace {
         }
     }
 
+    pub fn origin(self) -> &'static std::ffi::CStr {
+        match self {
+            XattrNamespace::Trusted => c"trusted.overlay.origin",
+            XattrNamespace::User => c"user.overlay.origin",
+        }
+    }
+
     pub fn metacopy(self) -> &'static std::ffi::CStr {
         match self {
             XattrNamespace::Trusted => c"trusted.overlay.metacopy",
@@ -82,6 +89,9 @@ impl XattrNamespace {
 pub struct Workdir {
     /// `O_PATH` fd on `WORKDIR/work`.
     pub fd: OwnedFd,
+    /// `O_PATH` fd on `WORKDIR/index` (the kernel's name), with `index=on`: one hard link per
+    /// copied-up lower file that had several names, named by its origin file handle.
+    pub index: Option<Arc<OwnedFd>>,
     counter: AtomicU64,
     /// Make copies durable before publishing them.
     pub fsync: bool,
@@ -91,7 +101,7 @@ pub struct Workdir {
 impl Workdir {
     /// Opens `workdir/work` (creating it), removes what an earlier mount left in it, and probes
     /// whether `trusted.*` xattrs can be written.
-    pub fn open(workdir: &Path, fsync: bool) -> std::io::Result<Workdir> {
+    pub fn open(workdir: &Path, fsync: bool, index: bool) -> std::io::Result<Workdir> {
         let wd = sys::open_dir_path(workdir)?;
         match sys::mkdirat(wd.as_fd(), c"work", 0o700) {
             Ok(()) => {}
@@ -117,8 +127,19 @@ impl Workdir {
                 XattrNamespace::User
             }
         };
+        let index = if index {
+            match sys::mkdirat(wd.as_fd(), c"index", 0o700) {
+                Ok(()) => {}
+                Err(e) if e.errno() == libc::EEXIST => {}
+                Err(e) => return Err(e.into()),
+            }
+            Some(Arc::new(sys::open_path(wd.as_fd(), c"index")?))
+        } else {
+            None
+        };
         Ok(Workdir {
             fd,
+            index,
             counter: AtomicU64::new(0),
             fsync,
             xattr_ns,
@@ -183,9 +204,13 @@ pub fn copy_up(
     name: &std::ffi::CStr,
     data: CopyData,
     ino_record: Option<u64>,
-) -> Result<RealEntry> {
+    index: Option<&IndexKey>,
+) -> Result<(RealEntry, bool)> {
     let upper_dir = upper_dir_arc.as_fd();
     let st = src.stat()?;
+    // Publishing the copy must not show as a change of the parent (the kernel restores its
+    // times too, `ovl_set_timestamps`).
+    let parent_st = sys::fstat(upper_dir)?;
     let tmp = work.temp_name();
     let result = build_copy(work, src, kind, &st, &tmp, data).and_then(|fd| {
         if let Some(ino) = ino_record {
@@ -193,20 +218,118 @@ pub fn copy_up(
             // Tells readdir (ufs's and the kernel's) to look for records in this directory.
             sys::setxattr(upper_dir, work.xattr_ns.impure(), b"y", 0)?;
         }
+        if let Some(key) = index {
+            // Every name of the lower file finds the copy through the index from now on.
+            let index_dir = work.index.as_ref().ok_or(crate::error::EIO)?;
+            sys::setxattr(fd.as_fd(), work.xattr_ns.origin(), &key.origin, 0)?;
+            sys::link_fd(fd.as_fd(), index_dir.as_fd(), &key.name)?;
+            let published =
+                match sys::renameat2(work.dir(), &tmp, upper_dir, name, libc::RENAME_NOREPLACE) {
+                    Ok(()) => {
+                        restore_times(upper_dir, &parent_st)?;
+                        true
+                    }
+                    // The name the node was last reached by now holds something else: the copy
+                    // is in the index, and the caller links it under another of its names.
+                    Err(e) if e.errno() == libc::EEXIST => {
+                        sys::unlinkat(work.dir(), &tmp, 0)?;
+                        false
+                    }
+                    Err(e) => return Err(e),
+                };
+            if work.fsync {
+                sync_dir(upper_dir)?;
+            }
+            return Ok((fd, published));
+        }
         sys::renameat2(work.dir(), &tmp, upper_dir, name, libc::RENAME_NOREPLACE)?;
+        restore_times(upper_dir, &parent_st)?;
         if work.fsync {
             sync_dir(upper_dir)?;
         }
-        Ok(fd)
+        Ok((fd, true))
     });
     match result {
-        Ok(fd) if kind == Kind::Directory => Ok(RealEntry::new(upper_layer, fd)),
-        Ok(_) => Ok(RealEntry::named(upper_layer, upper_dir_arc.clone(), name)),
+        Ok((fd, _)) if kind == Kind::Directory => Ok((RealEntry::new(upper_layer, fd), true)),
+        Ok((_, published)) => match (index, &work.index) {
+            (Some(key), Some(dir)) => Ok((
+                RealEntry::named(upper_layer, dir.clone(), &key.name),
+                published,
+            )),
+            _ => Ok((
+                RealEntry::named(upper_layer, upper_dir_arc.clone(), name),
+                published,
+            )),
+        },
         Err(e) => {
             work.discard(&tmp);
             Err(e)
         }
     }
+}
+
+/// Where a multiply-linked lower file's copy lives in the index: its origin file handle (the
+/// kernel's `struct ovl_fb` encoding) and the index entry name (the handle in hex).
+#[derive(Debug, Clone)]
+pub struct IndexKey {
+    pub origin: Vec<u8>,
+    pub name: CString,
+}
+
+impl IndexKey {
+    /// The key of lower entry `entry`. The uuid field is left null, as the kernel writes it
+    /// for layers that share the upper's filesystem.
+    pub fn of(entry: &RealEntry) -> Result<IndexKey> {
+        let (handle_type, handle) = match &entry.real {
+            crate::inode::Real::Held(fd) => sys::name_to_handle(fd.as_fd(), c"")?,
+            crate::inode::Real::Named { dir, name } => sys::name_to_handle(dir.as_fd(), name)?,
+        };
+        const OVL_FH_MAGIC: u8 = 0xfb;
+        let endian = if cfg!(target_endian = "big") { 1 } else { 0 };
+        let mut fb = vec![0u8, OVL_FH_MAGIC, 0, endian, handle_type as u8];
+        fb.extend_from_slice(&[0u8; 16]);
+        fb.extend_from_slice(&handle);
+        fb[2] = fb.len() as u8;
+        let hex: String = fb.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(IndexKey {
+            origin: fb,
+            name: CString::new(hex).map_err(|_| crate::error::EIO)?,
+        })
+    }
+}
+
+/// The kernel's link-count record of an indexed copy (`overlay.nlink`): `U+N` means the
+/// merged link count is the upper inode's plus N.
+pub fn nlink_record(entry: &RealEntry) -> Result<Option<i64>> {
+    for name in [c"trusted.overlay.nlink", c"user.overlay.nlink"] {
+        match entry.getxattr(name) {
+            Ok(v) => {
+                let s = String::from_utf8_lossy(&v);
+                return Ok(s.strip_prefix('U').and_then(|n| n.parse::<i64>().ok()));
+            }
+            Err(e) if is_no_xattr(e.errno()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Writes the link-count record of an indexed copy: the merged count is the upper's plus `n`.
+pub fn set_nlink_record(work: &Workdir, entry: &RealEntry, n: i64) -> Result<()> {
+    let name = match work.xattr_ns {
+        XattrNamespace::Trusted => c"trusted.overlay.nlink",
+        XattrNamespace::User => c"user.overlay.nlink",
+    };
+    sys::setxattr(entry.fd()?.as_fd(), name, format!("U{n:+}").as_bytes(), 0)
+}
+
+/// Sets the access and modification times of `fd` back to those in `st`.
+pub fn restore_times(fd: BorrowedFd<'_>, st: &libc::stat) -> Result<()> {
+    sys::futimens(
+        fd,
+        (st.st_atime, st.st_atime_nsec),
+        (st.st_mtime, st.st_mtime_nsec),
+    )
 }
 
 /// Writes the inode-number record on a copy. `user.*` xattrs cannot be set on symlinks and
@@ -416,6 +539,7 @@ pub fn complete_metacopy(
     lower: BorrowedFd<'_>,
     data: CopyData,
 ) -> Result<()> {
+    let times = sys::fstat(upper)?;
     let out = sys::reopen(upper, libc::O_WRONLY)?;
     if data == CopyData::All {
         let size = sys::fstat(lower)?.st_size as u64;
@@ -428,9 +552,11 @@ pub fn complete_metacopy(
         sys::fsync(out.as_fd(), false)?;
     }
     match sys::removexattr(upper, work.xattr_ns.metacopy()) {
-        Err(e) if e.errno() == libc::ENODATA => Ok(()),
-        other => other,
+        Err(e) if e.errno() == libc::ENODATA => {}
+        other => other?,
     }
+    // Completing the copy is not a modification the user made.
+    restore_times(upper, &times)
 }
 
 /// `fsync` of a directory held by an `O_PATH` fd.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::copy_up::{self, CopyData, Workdir, remove_tree, set_owner};
 use crate::error::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS, EXDEV, Result};
-use crate::inode::{Inode, Kind, ROOT_ID, RealEntry, Reals};
+use crate::inode::{Inode, Kind, Location, ROOT_ID, RealEntry, Reals};
 use crate::lookup::{self, Resolved, is_hidden_name, whiteout_name};
 use crate::overlay::{Caller, Entry, Overlay};
 use crate::readdir;
@@ -103,11 +103,25 @@ impl Overlay {
             let name = sys::cstr(&loc.name)?;
             let src = st.reals.first().ok_or(EIO)?.clone();
             let src_st = src.stat()?;
-            // Keep the object's number, unless other names still share the lower inode: a
-            // copy no longer shares their content, so it must not share their number (the
-            // kernel's rule without `index`).
-            let keep_ino = node.kind == Kind::Directory || src_st.st_nlink <= 1;
-            let entry = copy_up::copy_up(
+            // With `index=on`, a lower file with several names is copied once, into the index,
+            // and every name finds that copy. Without it, the copy no longer shares the other
+            // names' content, so it must not share their number either (the kernel's rule).
+            let indexed = self.index
+                && node.kind != Kind::Directory
+                && src_st.st_nlink > 1
+                && work.index.is_some();
+            let key = if indexed {
+                Some(copy_up::IndexKey::of(&src)?)
+            } else {
+                None
+            };
+            let data = if indexed && data == CopyData::Metadata {
+                CopyData::All
+            } else {
+                data
+            };
+            let keep_ino = node.kind == Kind::Directory || src_st.st_nlink <= 1 || indexed;
+            let (entry, published) = copy_up::copy_up(
                 work,
                 upper,
                 &src,
@@ -117,21 +131,98 @@ impl Overlay {
                 data,
                 // `xino=off`: no record, so the number lasts only as long as this mount.
                 (keep_ino && self.xino).then_some(node.ino),
+                key.as_ref(),
             )?;
             if keep_ino {
                 let real = entry.stat()?.st_ino;
                 self.layers.remember_copy_up(real, node.ino);
             }
             let mut new_reals = vec![entry];
-            if node.kind == Kind::Directory {
+            if node.kind == Kind::Directory || indexed {
                 new_reals.extend(st.reals.iter().cloned());
             }
             st.reals = Arc::new(new_reals);
             if data == CopyData::Metadata {
-                st.lower_data = Some(src);
+                st.lower_data = Some(src.clone());
             }
             log::debug!("copied up {:?} (node {})", loc.name, node.id);
-            return Ok(st.reals.clone());
+            let reals = st.reals.clone();
+            drop(st);
+            if indexed {
+                let linked = if published {
+                    true
+                } else {
+                    self.link_some_alias(node, &loc, &src_st)?
+                };
+                let upper_links = if linked { 2 } else { 1 };
+                copy_up::set_nlink_record(work, &reals[0], src_st.st_nlink as i64 - upper_links)?;
+            }
+            return Ok(reals);
+        }
+    }
+
+    /// Links the indexed copy of `node` under one of the other names it was reached by that
+    /// still names its lower object (the kernel removes index entries without any upper name).
+    fn link_some_alias(&self, node: &Inode, loc: &Location, lower: &libc::stat) -> Result<bool> {
+        for (parent, name) in loc.aliases.iter().rev() {
+            let Ok(pnode) = self.inodes.get(*parent) else {
+                continue;
+            };
+            let Ok(found) = self.resolve(&pnode, name) else {
+                continue;
+            };
+            let st = found.reals[0].stat()?;
+            if found.reals[0].layer == self.upper_layer()?.0
+                || st.st_dev != lower.st_dev
+                || st.st_ino != lower.st_ino
+            {
+                continue;
+            }
+            let preals = self.ensure_upper(&pnode, CopyData::All)?;
+            link_alias(node, preals[0].dir_fd()?, &sys::cstr(name)?)?;
+            node.set_location(*parent, name);
+            return Ok(true);
+        }
+        log::warn!("no name left to publish the copy of node {}", node.id);
+        Ok(false)
+    }
+
+    /// A lower name of an indexed copy got its upper link: the upper link count grew while the
+    /// merged one did not, so the record drops by one.
+    fn alias_linked(&self, node: &Inode) -> Result<()> {
+        let (_, work) = self.upper_layer()?;
+        let reals = node.reals();
+        if reals.len() < 2 {
+            return Ok(());
+        }
+        if let Some(n) = copy_up::nlink_record(&reals[0])? {
+            copy_up::set_nlink_record(work, &reals[0], n - 1)?;
+        }
+        Ok(())
+    }
+
+    /// A name that exists only in a lower layer goes away (whiteout or replaced): when it is a
+    /// name of an indexed copy, the copy's link-count record drops by one.
+    fn lower_alias_removed(&self, removed: &Resolved) -> Result<()> {
+        let Some((upper, work)) = self.upper_layer().ok() else {
+            return Ok(());
+        };
+        if removed.kind == Kind::Directory
+            || removed.stat.st_nlink <= 1
+            || removed.reals[0].layer == upper
+        {
+            return Ok(());
+        }
+        let Some(index_dir) = &work.index else {
+            return Ok(());
+        };
+        let key = copy_up::IndexKey::of(&removed.reals[0])?;
+        let entry = RealEntry::named(upper, index_dir.clone(), &key.name);
+        match copy_up::nlink_record(&entry) {
+            Ok(Some(n)) => copy_up::set_nlink_record(work, &entry, n - 1),
+            Ok(None) => Ok(()),
+            Err(e) if e.errno() == libc::ENOENT => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -365,6 +456,7 @@ impl Overlay {
             self.upper_name_removed(&child.stat);
         } else {
             self.make_whiteout(udir, name)?;
+            self.lower_alias_removed(&child)?;
         }
         Ok(())
     }
@@ -547,8 +639,18 @@ impl Overlay {
                     Err(e) => return Err(e),
                 }
             }
+            if src.kind != Kind::Directory && link_alias(src_node, odir, &cname)? {
+                self.alias_linked(src_node)?;
+            }
+            if let Some(d) = &dst_node
+                && d.kind != Kind::Directory
+                && link_alias(d, ndir, &cnewname)?
+            {
+                self.alias_linked(d)?;
+            }
             if !exchange && let Some(d) = &dst {
                 self.pin_if_alive(d)?;
+                self.lower_alias_removed(d)?;
             }
             let needs_whiteout = !exchange && self.lower_has(&oreals, name)?;
             let real_flags = if exchange { libc::RENAME_EXCHANGE } else { 0 };
@@ -646,6 +748,21 @@ impl Overlay {
     }
 }
 
+/// Makes sure `name` in upper directory `dir` stands for the (copied-up) node `node`: a lower
+/// name of an indexed file has no upper entry until it is renamed (or linked) like this.
+fn link_alias(node: &Inode, dir: BorrowedFd<'_>, name: &CStr) -> Result<bool> {
+    match sys::fstatat(dir, name) {
+        Ok(_) => Ok(false),
+        Err(e) if e.errno() == libc::ENOENT => {
+            let reals = node.reals();
+            let top = reals.first().ok_or(EIO)?;
+            sys::link_fd(top.fd()?.as_fd(), dir, name)?;
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// After a rename, points a non-directory node's upper entry at its new name (a directory's
 /// entry is an fd, which moves with it).
 fn repoint(node: &Inode, dir: &Arc<OwnedFd>, name: &CStr) {
@@ -653,7 +770,9 @@ fn repoint(node: &Inode, dir: &Arc<OwnedFd>, name: &CStr) {
         return;
     }
     let mut st = node.state.write();
+    // An indexed copy (lower entry kept second) stays named by its index entry.
     if let Some(top) = st.reals.first()
+        && st.reals.len() == 1
         && matches!(top.real, crate::inode::Real::Named { .. })
     {
         let mut reals = (*st.reals).clone();

@@ -208,7 +208,13 @@ pub struct NodeState {
 pub struct Location {
     pub parent: u64,
     pub name: OsString,
+    /// Other names a non-directory with several links was reached by (most recent last,
+    /// bounded): copy-up links the index entry under one that still names the object.
+    pub aliases: Vec<(u64, OsString)>,
 }
+
+/// How many other names of a hard-linked file a node remembers.
+const MAX_ALIASES: usize = 8;
 
 #[derive(Debug)]
 pub struct Inode {
@@ -240,6 +246,17 @@ impl Inode {
 
     pub fn set_location(&self, parent: u64, name: &OsStr) {
         let mut l = self.location.lock();
+        if self.kind != Kind::Directory && (l.parent != parent || l.name != name) {
+            let old = (l.parent, std::mem::take(&mut l.name));
+            l.aliases
+                .retain(|(p, n)| !(*p == parent && n == name) && *p != 0);
+            if !old.1.is_empty() {
+                l.aliases.push(old);
+            }
+            if l.aliases.len() > MAX_ALIASES {
+                l.aliases.remove(0);
+            }
+        }
         l.parent = parent;
         l.name = name.to_os_string();
     }
@@ -273,6 +290,7 @@ impl InodeTable {
             location: Mutex::new(Location {
                 parent: ROOT_ID,
                 name: OsString::new(),
+                aliases: Vec::new(),
             }),
         });
         self.nodes.insert(ROOT_ID, node);
@@ -316,6 +334,7 @@ impl InodeTable {
             location: Mutex::new(Location {
                 parent,
                 name: name.to_os_string(),
+                aliases: Vec::new(),
             }),
         });
         slot.insert(node.clone());

@@ -196,6 +196,19 @@ fn find_lower_data(
     Ok(None)
 }
 
+/// The redirect record of a non-directory entry, if it has one.
+fn file_redirect(entry: &RealEntry) -> Result<Option<Vec<u8>>> {
+    for name in REDIRECT_XATTRS {
+        match entry.getxattr(name) {
+            Ok(v) if !v.is_empty() => return Ok(Some(v)),
+            Ok(_) => {}
+            Err(e) if is_no_xattr(e.errno()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 /// The redirect record of a real directory, if it has one.
 pub fn redirect(dir: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
     for name in REDIRECT_XATTRS {
@@ -283,6 +296,11 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
                 }
             }
             (None, _) => {
+                let redirect = if metacopy {
+                    file_redirect(&entry)?
+                } else {
+                    None
+                };
                 found = Some(Resolved {
                     kind,
                     stat: st,
@@ -292,8 +310,23 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
                 if !metacopy {
                     break;
                 }
-                // A metadata-only copy: its data is the same name's in the layers below.
-                let lower_data = find_lower_data(&candidates[i..], &target)?;
+                // A metadata-only copy: its data is the same name's in the layers below, or
+                // where its redirect record says (the kernel records one when it renames such
+                // a file).
+                let lower_data = match redirect {
+                    Some(r) => {
+                        let t = Target::redirect(&r)?;
+                        if let Target::Path(_) = t {
+                            let roots: Vec<(usize, Arc<OwnedFd>)> = (layer + 1..layers.len())
+                                .map(|l| (l, layers.get(l).root.clone()))
+                                .collect();
+                            find_lower_data(&roots, &t)?
+                        } else {
+                            find_lower_data(&candidates[i..], &t)?
+                        }
+                    }
+                    None => find_lower_data(&candidates[i..], &target)?,
+                };
                 match (&mut found, lower_data) {
                     (Some(r), Some(data)) => r.lower_data = Some(data),
                     _ => {

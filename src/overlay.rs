@@ -41,6 +41,10 @@ pub struct FileHandle {
     pub file: OwnedFd,
     /// Opened for writing (so on the upper copy).
     pub writable: bool,
+    /// Opened for reading on a lower layer: once the file is copied up, reads go to the copy
+    /// (as the kernel re-resolves the real file on every read), through `upper_file`.
+    pub from_lower: bool,
+    pub upper_file: parking_lot::Mutex<Option<Arc<OwnedFd>>>,
 }
 
 /// What `open` answers besides the handle.
@@ -95,7 +99,7 @@ impl Overlay {
         inodes.insert_root(root_ino, reals);
         let read_only = opts.read_only || layers.upper().is_none();
         let work = match (&opts.workdir, read_only) {
-            (Some(w), false) => Some(Workdir::open(w, opts.fsync)?),
+            (Some(w), false) => Some(Workdir::open(w, opts.fsync, opts.index)?),
             _ => None,
         };
         let record_ns = work
@@ -138,6 +142,17 @@ impl Overlay {
         if node.kind == Kind::Directory && reals.len() > 1 {
             // Like the kernel: the link count of a merged directory cannot be known cheaply.
             st.st_nlink = 1;
+        } else if node.kind != Kind::Directory
+            && st.st_nlink > 1
+            && Some(top.layer) == self.layers.upper()
+        {
+            // Perhaps an indexed copy: one of its links is the index entry, and names still
+            // only in a lower layer count too (the kernel's `overlay.nlink` record).
+            if let Some(n) = crate::copy_up::nlink_record(top)? {
+                st.st_nlink = (st.st_nlink as i64 + n).max(1) as u64;
+            } else if reals.len() > 1 {
+                st.st_nlink = st.st_nlink.saturating_sub(1).max(reals[1].stat()?.st_nlink);
+            }
         }
         Ok(st)
     }
@@ -153,7 +168,8 @@ impl Overlay {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry> {
         let dir = self.dir_node(parent)?;
         let parents = dir.reals();
-        let resolved = lookup::lookup(&self.layers, &parents, name)?;
+        let mut resolved = lookup::lookup(&self.layers, &parents, name)?;
+        self.find_in_index(&mut resolved)?;
         let ino = self.ino_of(&resolved.reals[0], &resolved.stat)?;
         let kind = resolved.kind;
         let fresh = resolved.reals[0].clone();
@@ -201,6 +217,34 @@ impl Overlay {
 
     pub fn forget(&self, node: u64, n: u64) {
         self.inodes.forget(node, n);
+    }
+
+    /// A lower file with several names whose copy is in the index (copied up through another
+    /// name): it resolves to that copy, keeping the lower entry second for its link count.
+    fn find_in_index(&self, resolved: &mut lookup::Resolved) -> Result<()> {
+        let Some(index_dir) = self.work.as_ref().and_then(|w| w.index.as_ref()) else {
+            return Ok(());
+        };
+        let Some(upper) = self.layers.upper() else {
+            return Ok(());
+        };
+        if resolved.kind == Kind::Directory
+            || resolved.stat.st_nlink <= 1
+            || resolved.reals[0].layer == upper
+        {
+            return Ok(());
+        }
+        let key = crate::copy_up::IndexKey::of(&resolved.reals[0])?;
+        match sys::fstatat(index_dir.as_fd(), &key.name) {
+            Ok(st) => {
+                let lower = resolved.reals[0].clone();
+                resolved.reals = vec![RealEntry::named(upper, index_dir.clone(), &key.name), lower];
+                resolved.stat = st;
+                Ok(())
+            }
+            Err(e) if e.errno() == libc::ENOENT => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// A live non-directory node reached again by name: when the name its real entry was
@@ -308,13 +352,20 @@ impl Overlay {
                 | libc::O_SYNC
                 | libc::O_DSYNC);
         let file = top.open_file(pass)?;
+        let from_lower = Some(top.layer) != self.layers.upper();
         Ok(Opened {
-            fh: self.add_file(node.id, file, writes),
+            fh: self.add_file(node.id, file, writes, from_lower),
             keep_cache,
         })
     }
 
-    pub(crate) fn add_file(&self, node: u64, file: OwnedFd, writable: bool) -> u64 {
+    pub(crate) fn add_file(
+        &self,
+        node: u64,
+        file: OwnedFd,
+        writable: bool,
+        from_lower: bool,
+    ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.insert(
             fh,
@@ -322,6 +373,8 @@ impl Overlay {
                 node,
                 file,
                 writable,
+                from_lower,
+                upper_file: parking_lot::Mutex::new(None),
             }),
         );
         fh
@@ -331,13 +384,31 @@ impl Overlay {
         self.files.get(&fh).map(|h| h.clone()).ok_or(EBADF)
     }
 
+    /// The fd a read through handle `h` uses: its own, or the upper copy made since it opened.
+    fn read_fd(&self, h: &FileHandle) -> Result<Option<Arc<OwnedFd>>> {
+        if !h.from_lower {
+            return Ok(None);
+        }
+        let mut upper_file = h.upper_file.lock();
+        if upper_file.is_none()
+            && let Ok(node) = self.inodes.get(h.node)
+            && let Some(src) = node.data_source()
+            && Some(src.layer) == self.layers.upper()
+        {
+            *upper_file = Some(Arc::new(src.open_file(libc::O_RDONLY)?));
+        }
+        Ok(upper_file.clone())
+    }
+
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let h = self.file(fh)?;
+        let upper = self.read_fd(&h)?;
+        let fd = upper.as_ref().map_or(h.file.as_fd(), |f| f.as_fd());
         let mut buf = vec![0u8; size as usize];
         let mut done = 0usize;
         // The kernel expects a full buffer unless the file ends first.
         while done < buf.len() {
-            let n = sys::pread(h.file.as_fd(), &mut buf[done..], offset + done as u64)?;
+            let n = sys::pread(fd, &mut buf[done..], offset + done as u64)?;
             if n == 0 {
                 break;
             }
@@ -521,7 +592,7 @@ impl Overlay {
             crate::dir::NewEntry::File { flags },
         )?;
         let file = file.ok_or(crate::error::EIO)?;
-        Ok((entry, self.add_file(entry.node, file, true)))
+        Ok((entry, self.add_file(entry.node, file, true, false)))
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {

@@ -605,6 +605,37 @@ pub fn clear_umask() {
     unsafe { libc::umask(0) };
 }
 
+/// The file handle of entry `name` in `dir` (empty `name`: `dir` itself), not following a
+/// symlink: `(handle_type, handle bytes)`.
+pub fn name_to_handle(dir: BorrowedFd<'_>, name: &CStr) -> Result<(i32, Vec<u8>)> {
+    const MAX_HANDLE_SZ: usize = 128;
+    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
+    let mut buf = vec![0u8; 8 + MAX_HANDLE_SZ];
+    buf[0..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    let flags = if name.is_empty() {
+        libc::AT_EMPTY_PATH
+    } else {
+        0
+    };
+    // SAFETY: `buf` holds a file_handle header announcing MAX_HANDLE_SZ bytes of room, and is
+    // that large; `name` is NUL-terminated; `mount_id` is writable.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            flags,
+        ) as libc::c_int
+    })?;
+    let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap_or([0; 4])) as usize;
+    let handle_type = i32::from_ne_bytes(buf[4..8].try_into().unwrap_or([0; 4]));
+    let end = (8 + len).min(buf.len());
+    Ok((handle_type, buf[8..end].to_vec()))
+}
+
 /// The effective uid and gid of the daemon.
 pub fn euid_egid() -> (u32, u32) {
     // SAFETY: geteuid and getegid cannot fail.
