@@ -11,7 +11,7 @@
 //! Locking: an operation holds at most one node lock at a time. Copy-up takes the ancestors'
 //! locks one after the other, top-down, never nested; see `docs/DESIGN.md`.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
@@ -306,26 +306,44 @@ impl Overlay {
         } else {
             caller.gid
         };
-        let tmp = work.temp_name();
-        let built = self.build_new(work, &tmp, mode, caller.uid, gid, what, opaque);
-        let file = match built {
-            Ok(file) => file,
-            Err(e) => {
+        let file = if !over_whiteout && !opaque {
+            // Nothing to replace and no marker to set: made in place, as the kernel does
+            // (`ovl_create_upper`). A failure part way removes what was made.
+            match self.build_new(udir, &cname, mode, caller.uid, gid, what, opaque) {
+                Ok(file) => file,
+                // `EEXIST`: someone else made the name meanwhile; it is theirs, not half-made.
+                Err(e) if e == EEXIST => return Err(e),
+                Err(e) => {
+                    if let Err(e2) = remove_tree(udir, &cname) {
+                        log::warn!("cannot remove the half-made {name:?}: {e2}");
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            // Built complete in the work directory, then swapped with the whiteout in one step.
+            let tmp = work.temp_name();
+            let file = match self.build_new(work.dir(), &tmp, mode, caller.uid, gid, what, opaque) {
+                Ok(file) => file,
+                Err(e) => {
+                    work.discard(&tmp);
+                    return Err(e);
+                }
+            };
+            let published = if over_whiteout {
+                sys::renameat2(work.dir(), &tmp, udir, &cname, libc::RENAME_EXCHANGE)
+                    .map(|()| work.discard(&tmp))
+            } else {
+                sys::renameat2(work.dir(), &tmp, udir, &cname, libc::RENAME_NOREPLACE)
+            };
+            if let Err(e) = published {
                 work.discard(&tmp);
                 return Err(e);
             }
+            file
         };
-        let published = if over_whiteout {
-            sys::renameat2(work.dir(), &tmp, udir, &cname, libc::RENAME_EXCHANGE)
-                .map(|()| work.discard(&tmp))
-        } else {
-            sys::renameat2(work.dir(), &tmp, udir, &cname, libc::RENAME_NOREPLACE)
-        };
-        if let Err(e) = published {
-            work.discard(&tmp);
-            return Err(e);
-        }
         remove_wh_file(udir, name)?;
+        pnode.listing_changed();
         let entry = self.lookup(parent, name)?;
         Ok((entry, file))
     }
@@ -333,15 +351,15 @@ impl Overlay {
     #[allow(clippy::too_many_arguments)]
     fn build_new(
         &self,
-        work: &Workdir,
-        tmp: &CString,
+        wd: BorrowedFd<'_>,
+        tmp: &CStr,
         mode: u32,
         uid: u32,
         gid: u32,
         what: NewEntry<'_>,
         opaque: bool,
     ) -> Result<Option<OwnedFd>> {
-        let wd = work.dir();
+        let work = self.upper_layer()?.1;
         let file = match what {
             NewEntry::File { flags } => {
                 let keep = flags
@@ -458,6 +476,7 @@ impl Overlay {
             self.make_whiteout(udir, name)?;
             self.lower_alias_removed(&child)?;
         }
+        pnode.listing_changed();
         Ok(())
     }
 
@@ -484,6 +503,7 @@ impl Overlay {
         } else {
             self.make_whiteout(udir, name)?;
         }
+        pnode.listing_changed();
         Ok(())
     }
 
@@ -525,6 +545,7 @@ impl Overlay {
             sys::link_fd(reals[0].fd()?.as_fd(), ndir, &cname)?;
         }
         remove_wh_file(ndir, newname)?;
+        np.listing_changed();
         self.lookup(newparent, newname)
     }
 
@@ -680,6 +701,8 @@ impl Overlay {
             if let Some(st) = replaced {
                 self.upper_name_removed(&st);
             }
+            op.listing_changed();
+            np.listing_changed();
             src_node.set_location(newparent, newname);
             repoint(src_node, nreals[0].dir_arc()?, &cnewname);
             if let Some(d) = dst_node {
@@ -744,6 +767,8 @@ impl Overlay {
         // The lower parts no longer take part in the merge.
         let mut st = node.state.write();
         st.reals = Arc::new(vec![top.clone()]);
+        drop(st);
+        node.listing_changed();
         Ok(())
     }
 }

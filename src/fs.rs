@@ -281,7 +281,12 @@ impl Filesystem for UfsFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         debug!("opendir(ino={ino})");
         match self.ov.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may keep listings in its cache: every change to a directory goes
+            // through ufs, and the kernel drops a directory's cache when it changes.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -299,7 +304,8 @@ impl Filesystem for UfsFs {
             Ok(h) => h,
             Err(e) => return reply.error(errno(e)),
         };
-        for (i, e) in h.entries.iter().enumerate().skip(offset as usize) {
+        for i in offset as usize..h.len() {
+            let Some(e) = h.get(i) else { break };
             if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), &e.name) {
                 break;
             }
@@ -320,7 +326,8 @@ impl Filesystem for UfsFs {
             Ok(h) => h,
             Err(e) => return reply.error(errno(e)),
         };
-        for (i, e) in h.entries.iter().enumerate().skip(offset as usize) {
+        for i in offset as usize..h.len() {
+            let Some(e) = h.get(i) else { break };
             let off = i as u64 + 1;
             if i < 2 {
                 // `.` and `..` are not looked up by the kernel: no node id, no lookup count.

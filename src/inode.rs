@@ -20,6 +20,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{ENOENT, Result};
+use crate::readdir::DirEntry;
 use crate::sys;
 
 /// FUSE's fixed node id for the root directory.
@@ -225,6 +226,10 @@ pub struct Inode {
     lookups: AtomicU64,
     pub state: RwLock<NodeState>,
     pub location: Mutex<Location>,
+    /// For a directory: its merged listing, kept while nothing changes in it. `listing_gen`
+    /// counts the changes; a listing built across a change is not kept.
+    listing: Mutex<Option<(u64, Arc<Vec<DirEntry>>)>>,
+    listing_gen: AtomicU64,
 }
 
 impl Inode {
@@ -238,6 +243,34 @@ impl Inode {
     /// A snapshot of the real entries, usable without holding the node lock.
     pub fn reals(&self) -> Reals {
         self.state.read().reals.clone()
+    }
+
+    /// The cached listing of this directory, if it is still current.
+    pub fn cached_listing(&self) -> Option<Arc<Vec<DirEntry>>> {
+        let generation = self.listing_gen.load(Ordering::Acquire);
+        match &*self.listing.lock() {
+            Some((g, l)) if *g == generation => Some(l.clone()),
+            _ => None,
+        }
+    }
+
+    /// The change count to pass to [`Inode::keep_listing`] for a listing built from now on.
+    pub fn listing_generation(&self) -> u64 {
+        self.listing_gen.load(Ordering::Acquire)
+    }
+
+    /// Keeps `listing`, built when the change count was `gen`, unless something changed since.
+    pub fn keep_listing(&self, generation: u64, listing: Arc<Vec<DirEntry>>) {
+        let mut slot = self.listing.lock();
+        if self.listing_gen.load(Ordering::Acquire) == generation {
+            *slot = Some((generation, listing));
+        }
+    }
+
+    /// Something changed in this directory: its listing must be built again.
+    pub fn listing_changed(&self) {
+        self.listing_gen.fetch_add(1, Ordering::AcqRel);
+        *self.listing.lock() = None;
     }
 
     pub fn location(&self) -> Location {
@@ -292,6 +325,8 @@ impl InodeTable {
                 name: OsString::new(),
                 aliases: Vec::new(),
             }),
+            listing: Mutex::new(None),
+            listing_gen: AtomicU64::new(0),
         });
         self.nodes.insert(ROOT_ID, node);
     }
@@ -336,6 +371,8 @@ impl InodeTable {
                 name: name.to_os_string(),
                 aliases: Vec::new(),
             }),
+            listing: Mutex::new(None),
+            listing_gen: AtomicU64::new(0),
         });
         slot.insert(node.clone());
         Ok((node, true))

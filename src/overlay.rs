@@ -26,12 +26,30 @@ pub struct Entry {
     pub attr: libc::stat,
 }
 
-/// An open directory: its listing, fixed when it was opened.
+/// An open directory: its listing, fixed when it was opened. Entry `i` is `.` and `..` for 0
+/// and 1, then the merged entries; offsets are these indexes.
 #[derive(Debug)]
 pub struct DirHandle {
     pub node: u64,
-    /// `.` and `..` first, then the merged entries.
-    pub entries: Vec<DirEntry>,
+    dots: [DirEntry; 2],
+    merged: Arc<Vec<DirEntry>>,
+}
+
+impl DirHandle {
+    pub fn len(&self) -> usize {
+        self.merged.len() + 2
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn get(&self, i: usize) -> Option<&DirEntry> {
+        match i {
+            0 | 1 => Some(&self.dots[i]),
+            _ => self.merged.get(i - 2),
+        }
+    }
 }
 
 /// An open file.
@@ -429,29 +447,42 @@ impl Overlay {
             let parent = dir.location().parent;
             self.inodes.get(parent).map(|p| p.ino).unwrap_or(dir.ino)
         };
-        let merged = readdir::merged_listing(&self.layers, &reals, self.record_ns)?;
-        let mut entries = Vec::with_capacity(merged.len() + 2);
-        entries.push(DirEntry {
-            name: OsString::from("."),
-            kind: Kind::Directory,
-            ino: dir.ino,
-        });
-        entries.push(DirEntry {
-            name: OsString::from(".."),
-            kind: Kind::Directory,
-            ino: if dir.id == ROOT_ID {
-                dir.ino
-            } else {
-                parent_ino
+        let merged = match dir.cached_listing() {
+            Some(l) => l,
+            None => {
+                let generation = dir.listing_generation();
+                let l = Arc::new(readdir::merged_listing(
+                    &self.layers,
+                    &reals,
+                    self.record_ns,
+                )?);
+                dir.keep_listing(generation, l.clone());
+                l
+            }
+        };
+        let dots = [
+            DirEntry {
+                name: OsString::from("."),
+                kind: Kind::Directory,
+                ino: dir.ino,
             },
-        });
-        entries.extend(merged);
+            DirEntry {
+                name: OsString::from(".."),
+                kind: Kind::Directory,
+                ino: if dir.id == ROOT_ID {
+                    dir.ino
+                } else {
+                    parent_ino
+                },
+            },
+        ];
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dirs.insert(
             fh,
             Arc::new(DirHandle {
                 node: dir.id,
-                entries,
+                dots,
+                merged,
             }),
         );
         Ok(fh)
