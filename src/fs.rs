@@ -32,6 +32,9 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
         Err(e) => log::warn!("cannot raise the open file limit: {e}"),
     }
     crate::sys::clear_umask();
+    if !opts.uid_mappings.is_empty() || !opts.gid_mappings.is_empty() {
+        log::warn!("uidmapping= and gidmapping= are accepted but not applied yet");
+    }
     let overlay = Overlay::new(opts)?;
     let mut mount_options = vec![
         MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| "ufs".into())),
@@ -206,7 +209,17 @@ impl Filesystem for UfsFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!("lookup(parent={parent}, name={name:?})");
-        self.reply_entry(self.ov.lookup(parent.0, name), reply);
+        match self.ov.lookup(parent.0, name) {
+            Ok(e) => reply.entry(&self.ttl, &to_attr(&e.attr), Generation(0)),
+            // A negative entry (node id 0) lets the kernel cache the absence too; it drops it
+            // when the name is created through the mount.
+            Err(e) if e.errno() == libc::ENOENT => {
+                let mut attr = to_attr(&crate::sys::zeroed_stat());
+                attr.ino = INodeNo(0);
+                reply.entry(&self.ttl, &attr, Generation(0))
+            }
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

@@ -79,7 +79,9 @@ pub struct Options {
 }
 
 /// The cache timeout when `timeout=` is not given; the same default as the other FUSE overlays.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Layers must not change under a mount (as with the kernel overlay), and every change made
+/// through the mount updates the kernel's cache, so names and attributes may be cached for long.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 impl Default for Options {
     /// A read-only union of no layers with every flag at its documented default; [`parse`]

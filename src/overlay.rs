@@ -99,6 +99,9 @@ pub struct Overlay {
     pub(crate) metacopy: bool,
     /// Keep inode numbers across copy-up and remount (`xino=on`).
     pub(crate) xino: bool,
+    /// `squash_to_root` / `squash_to_uid=` / `squash_to_gid=`: the owner every object reports.
+    pub(crate) squash_uid: Option<u32>,
+    pub(crate) squash_gid: Option<u32>,
     /// The xattr namespace of the records this mount reads and writes.
     pub(crate) record_ns: XattrNamespace,
 }
@@ -123,7 +126,11 @@ impl Overlay {
         let record_ns = work
             .as_ref()
             .map_or_else(XattrNamespace::for_daemon, |w| w.xattr_ns);
+        let squash_uid = opts.squash_to_uid.or(opts.squash_to_root.then_some(0));
+        let squash_gid = opts.squash_to_gid.or(opts.squash_to_root.then_some(0));
         Ok(Overlay {
+            squash_uid,
+            squash_gid,
             record_ns,
             redirect_dir: opts.redirect_dir,
             index: opts.index,
@@ -148,7 +155,23 @@ impl Overlay {
     }
 
     /// Attributes of a node as the mount reports them.
+    /// Applies the owner squashing options to attributes about to be reported.
+    fn present(&self, st: &mut libc::stat) {
+        if let Some(uid) = self.squash_uid {
+            st.st_uid = uid;
+        }
+        if let Some(gid) = self.squash_gid {
+            st.st_gid = gid;
+        }
+    }
+
     pub(crate) fn attr(&self, node: &Inode) -> Result<libc::stat> {
+        let mut st = self.real_attr(node)?;
+        self.present(&mut st);
+        Ok(st)
+    }
+
+    fn real_attr(&self, node: &Inode) -> Result<libc::stat> {
         let reals = node.reals();
         let top = reals.first().ok_or(crate::error::EIO)?;
         let mut st = top.stat()?;
@@ -297,6 +320,7 @@ impl Overlay {
         {
             let mut st = sys::fstat(h.file.as_fd())?;
             st.st_ino = node.ino;
+            self.present(&mut st);
             return Ok(st);
         }
         self.attr(&node)

@@ -636,6 +636,12 @@ pub fn name_to_handle(dir: BorrowedFd<'_>, name: &CStr) -> Result<(i32, Vec<u8>)
     Ok((handle_type, buf[8..end].to_vec()))
 }
 
+/// An all-zero `stat` (for replies that carry no object, such as negative entries).
+pub fn zeroed_stat() -> libc::stat {
+    // SAFETY: `libc::stat` is plain integer data, for which all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
 /// The effective uid and gid of the daemon.
 pub fn euid_egid() -> (u32, u32) {
     // SAFETY: geteuid and getegid cannot fail.
