@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::copy_up::{self, CopyData, Workdir, remove_tree, set_owner};
 use crate::error::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS, EXDEV, Result};
-use crate::inode::{Inode, Kind, Location, ROOT_ID, RealEntry, Reals};
+use crate::inode::{Inode, Kind, Location, NodeState, ROOT_ID, RealEntry, Reals};
 use crate::lookup::{self, Resolved, is_hidden_name, whiteout_name};
 use crate::overlay::{Caller, Entry, Overlay};
 use crate::readdir;
@@ -282,14 +282,10 @@ impl Overlay {
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
         let udir = preals[0].dir_fd()?;
         let cname = sys::cstr(name)?;
-        match lookup::lookup(&self.layers, &preals, name) {
-            Ok(_) => return Err(EEXIST),
-            Err(e) if e == ENOENT => {}
-            Err(e) => return Err(e),
-        }
+        // The kernel asks to create only names it has looked up and found absent, so only the
+        // upper slot needs a look: a whiteout there is replaced, anything else exists.
         let over_whiteout = match sys::fstatat(udir, &cname) {
             Ok(st) if sys::is_whiteout(&st) => true,
-            // Something the merged view does not show (it cannot be anything but a whiteout).
             Ok(_) => return Err(EEXIST),
             Err(e) if e.errno() == libc::ENOENT => false,
             Err(e) => return Err(e),
@@ -344,8 +340,44 @@ impl Overlay {
         };
         remove_wh_file(udir, name)?;
         pnode.listing_changed();
-        let entry = self.lookup(parent, name)?;
+        let kind = match what {
+            NewEntry::File { .. } => Kind::Regular,
+            NewEntry::Directory => Kind::Directory,
+            NewEntry::Symlink { .. } => Kind::Symlink,
+            NewEntry::Node { file_type, .. } => Kind::from_mode(file_type).ok_or(EIO)?,
+        };
+        let real = if kind == Kind::Directory {
+            RealEntry::new(preals[0].layer, sys::open_path(udir, &cname)?)
+        } else {
+            RealEntry::named(preals[0].layer, preals[0].dir_arc()?.clone(), &cname)
+        };
+        let entry = self.new_node(parent, name, kind, real)?;
         Ok((entry, file))
+    }
+
+    /// Enters a node for an entry ufs just made in the upper layer (one lookup counted).
+    fn new_node(&self, parent: u64, name: &OsStr, kind: Kind, real: RealEntry) -> Result<Entry> {
+        let st = real.stat()?;
+        let ino = self
+            .layers
+            .copied_up(st.st_ino)
+            .unwrap_or_else(|| self.layers.map_ino(real.layer, st.st_ino));
+        let (node, _) = self
+            .inodes
+            .lookup_or_insert(ino, kind, parent, name, || NodeState {
+                reals: Arc::new(vec![real]),
+                lower_data: None,
+            })?;
+        match self.attr(&node) {
+            Ok(attr) => Ok(Entry {
+                node: node.id,
+                attr,
+            }),
+            Err(e) => {
+                self.inodes.forget(node.id, 1);
+                Err(e)
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
