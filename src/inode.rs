@@ -20,7 +20,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{ENOENT, Result};
-use crate::readdir::DirEntry;
+use crate::readdir::Listing;
 use crate::sys;
 
 /// FUSE's fixed node id for the root directory.
@@ -228,7 +228,7 @@ pub struct Inode {
     pub location: Mutex<Location>,
     /// For a directory: its merged listing, kept while nothing changes in it. `listing_gen`
     /// counts the changes; a listing built across a change is not kept.
-    listing: Mutex<Option<(u64, Arc<Vec<DirEntry>>)>>,
+    listing: Mutex<Option<(u64, Arc<Listing>)>>,
     listing_gen: AtomicU64,
 }
 
@@ -246,7 +246,7 @@ impl Inode {
     }
 
     /// The cached listing of this directory, if it is still current.
-    pub fn cached_listing(&self) -> Option<Arc<Vec<DirEntry>>> {
+    pub fn cached_listing(&self) -> Option<Arc<Listing>> {
         let generation = self.listing_gen.load(Ordering::Acquire);
         match &*self.listing.lock() {
             Some((g, l)) if *g == generation => Some(l.clone()),
@@ -260,7 +260,7 @@ impl Inode {
     }
 
     /// Keeps `listing`, built when the change count was `gen`, unless something changed since.
-    pub fn keep_listing(&self, generation: u64, listing: Arc<Vec<DirEntry>>) {
+    pub fn keep_listing(&self, generation: u64, listing: Arc<Listing>) {
         let mut slot = self.listing.lock();
         if self.listing_gen.load(Ordering::Acquire) == generation {
             *slot = Some((generation, listing));

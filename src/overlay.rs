@@ -16,7 +16,7 @@ use crate::error::{EBADF, EISDIR, ENODATA, ENOTDIR, EROFS, Result};
 use crate::inode::{Inode, InodeTable, Kind, NodeState, ROOT_ID, RealEntry};
 use crate::layer::LayerStack;
 use crate::options::Options;
-use crate::readdir::{self, DirEntry};
+use crate::readdir::{self, DirEntry, Listing};
 use crate::{lookup, sys, xattr};
 
 /// An entry handed to the kernel: a node id (one lookup counted) and its attributes.
@@ -32,12 +32,12 @@ pub struct Entry {
 pub struct DirHandle {
     pub node: u64,
     dots: [DirEntry; 2],
-    merged: Arc<Vec<DirEntry>>,
+    merged: Arc<Listing>,
 }
 
 impl DirHandle {
     pub fn len(&self) -> usize {
-        self.merged.len() + 2
+        self.merged.entries.len() + 2
     }
 
     pub fn is_empty(&self) -> bool {
@@ -47,7 +47,7 @@ impl DirHandle {
     pub fn get(&self, i: usize) -> Option<&DirEntry> {
         match i {
             0 | 1 => Some(&self.dots[i]),
-            _ => self.merged.get(i - 2),
+            _ => self.merged.entries.get(i - 2),
         }
     }
 }
@@ -209,9 +209,17 @@ impl Overlay {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry> {
         let dir = self.dir_node(parent)?;
         let parents = dir.reals();
-        let mut resolved = lookup::lookup(&self.layers, &parents, name)?;
+        let (mut resolved, listed_ino) = match self.lookup_listed(&dir, &parents, name)? {
+            Listed::Absent => return Err(crate::error::ENOENT),
+            Listed::Found(r, ino) => (r, Some(ino)),
+            Listed::Unknown => (lookup::lookup(&self.layers, &parents, name)?, None),
+        };
+        let before = resolved.reals[0].layer;
         self.find_in_index(&mut resolved)?;
-        let ino = self.ino_of(&resolved.reals[0], &resolved.stat)?;
+        let ino = match listed_ino {
+            Some(ino) if resolved.reals[0].layer == before => ino,
+            _ => self.ino_of(&resolved.reals[0], &resolved.stat)?,
+        };
         let kind = resolved.kind;
         let fresh = resolved.reals[0].clone();
         let (node, created) =
@@ -258,6 +266,47 @@ impl Overlay {
 
     pub fn forget(&self, node: u64, n: u64) {
         self.inodes.forget(node, n);
+    }
+
+    /// Answers a lookup from the directory's cached listing where that is exact: a name not
+    /// listed does not exist, and a lower non-directory is the listed layer's entry (its number is
+    /// the listed `d_ino`, so `stat` and `readdir` agree by construction). Directories (merges)
+    /// and upper files (metadata-only copies) take the full walk.
+    fn lookup_listed(&self, dir: &Inode, parents: &[RealEntry], name: &OsStr) -> Result<Listed> {
+        let Some(listing) = dir.cached_listing() else {
+            return Ok(Listed::Unknown);
+        };
+        let Some(e) = listing.find(name) else {
+            return Ok(if lookup::is_hidden_name(name) {
+                Listed::Unknown
+            } else {
+                Listed::Absent
+            });
+        };
+        if e.kind == Kind::Directory || Some(e.layer) == self.layers.upper() {
+            return Ok(Listed::Unknown);
+        }
+        let Some(parent) = parents.iter().find(|p| p.layer == e.layer) else {
+            return Ok(Listed::Unknown);
+        };
+        let real = RealEntry::named(e.layer, parent.dir_arc()?.clone(), &sys::cstr(name)?);
+        let st = match real.stat() {
+            Ok(st) => st,
+            Err(err) if err.errno() == libc::ENOENT => return Ok(Listed::Unknown),
+            Err(err) => return Err(err),
+        };
+        if Kind::from_mode(st.st_mode) != Some(e.kind) {
+            return Ok(Listed::Unknown);
+        }
+        Ok(Listed::Found(
+            lookup::Resolved {
+                kind: e.kind,
+                stat: st,
+                reals: vec![real],
+                lower_data: None,
+            },
+            e.ino,
+        ))
     }
 
     /// A lower file with several names whose copy is in the index (copied up through another
@@ -475,11 +524,11 @@ impl Overlay {
             Some(l) => l,
             None => {
                 let generation = dir.listing_generation();
-                let l = Arc::new(readdir::merged_listing(
+                let l = Arc::new(Listing::new(readdir::merged_listing(
                     &self.layers,
                     &reals,
                     self.record_ns,
-                )?);
+                )?));
                 dir.keep_listing(generation, l.clone());
                 l
             }
@@ -489,6 +538,7 @@ impl Overlay {
                 name: OsString::from("."),
                 kind: Kind::Directory,
                 ino: dir.ino,
+                layer: 0,
             },
             DirEntry {
                 name: OsString::from(".."),
@@ -498,6 +548,7 @@ impl Overlay {
                 } else {
                     parent_ino
                 },
+                layer: 0,
             },
         ];
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -558,6 +609,14 @@ impl Overlay {
         }
         check_permission(&st, mask, caller)
     }
+}
+
+/// What a directory's cached listing says about a name.
+enum Listed {
+    /// No current listing, or one that cannot answer exactly: walk the layers.
+    Unknown,
+    Absent,
+    Found(lookup::Resolved, u64),
 }
 
 /// A time to set: `None` leaves it, `Some(Now)` is the current time.

@@ -6,7 +6,7 @@
 //! `fs/overlayfs/readdir.c`, which likewise builds the whole list when the directory is opened,
 //! so offsets are plain indexes into a list that never changes for the life of the handle.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 
@@ -24,6 +24,30 @@ pub struct DirEntry {
     pub kind: Kind,
     /// The `st_ino` that `stat` reports for this entry.
     pub ino: u64,
+    /// The layer of the winning (top-most) real entry.
+    pub layer: usize,
+}
+
+/// A merged listing with an index by name, so that lookups can be answered from it.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<DirEntry>,
+    by_name: HashMap<OsString, usize>,
+}
+
+impl Listing {
+    pub fn new(entries: Vec<DirEntry>) -> Listing {
+        let by_name = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
+        Listing { entries, by_name }
+    }
+
+    pub fn find(&self, name: &std::ffi::OsStr) -> Option<&DirEntry> {
+        self.by_name.get(name).map(|&i| &self.entries[i])
+    }
 }
 
 /// Lists a merged directory (without `.` and `..`).
@@ -98,6 +122,7 @@ pub fn merged_listing(
                 ino: in_mount
                     .or(recorded)
                     .unwrap_or_else(|| layers.map_ino(real.layer, e.ino)),
+                layer: real.layer,
                 name: e.name.clone(),
                 kind,
             });
