@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::copy_up::{self, CopyData, Workdir, remove_tree, set_owner};
 use crate::error::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS, EXDEV, Result};
-use crate::inode::{Inode, Kind, Location, NodeState, ROOT_ID, RealEntry, Reals};
+use crate::inode::{Inode, Kind, Location, NodeState, ROOT_ID, RealEntry, Reals, Top};
 use crate::lookup::{self, Resolved, is_hidden_name, whiteout_name};
 use crate::overlay::{Caller, Entry, Overlay};
 use crate::readdir;
@@ -72,7 +72,7 @@ impl Overlay {
                     if let Some(lower) = st.lower_data.clone() {
                         copy_up::complete_metacopy(
                             work,
-                            st.reals[0].fd()?.as_fd(),
+                            st.reals.top()?.fd()?.as_fd(),
                             lower.fd()?.as_fd(),
                             data,
                         )?;
@@ -126,7 +126,7 @@ impl Overlay {
                 upper,
                 &src,
                 node.kind,
-                preals[0].dir_arc()?,
+                preals.top()?.dir_arc()?,
                 &name,
                 data,
                 // `xino=off`: no record, so the number lasts only as long as this mount.
@@ -155,7 +155,11 @@ impl Overlay {
                     self.link_some_alias(node, &loc, &src_st)?
                 };
                 let upper_links = if linked { 2 } else { 1 };
-                copy_up::set_nlink_record(work, &reals[0], src_st.st_nlink as i64 - upper_links)?;
+                copy_up::set_nlink_record(
+                    work,
+                    reals.top()?,
+                    src_st.st_nlink as i64 - upper_links,
+                )?;
             }
             return Ok(reals);
         }
@@ -171,15 +175,15 @@ impl Overlay {
             let Ok(found) = self.resolve(&pnode, name) else {
                 continue;
             };
-            let st = found.reals[0].stat()?;
-            if found.reals[0].layer == self.upper_layer()?.0
+            let st = found.reals.top()?.stat()?;
+            if found.reals.top()?.layer == self.upper_layer()?.0
                 || st.st_dev != lower.st_dev
                 || st.st_ino != lower.st_ino
             {
                 continue;
             }
             let preals = self.ensure_upper(&pnode, CopyData::All)?;
-            link_alias(node, preals[0].dir_fd()?, &sys::cstr(name)?)?;
+            link_alias(node, preals.top()?.dir_fd()?, &sys::cstr(name)?)?;
             node.set_location(*parent, name);
             return Ok(true);
         }
@@ -195,8 +199,8 @@ impl Overlay {
         if reals.len() < 2 {
             return Ok(());
         }
-        if let Some(n) = copy_up::nlink_record(&reals[0])? {
-            copy_up::set_nlink_record(work, &reals[0], n - 1)?;
+        if let Some(n) = copy_up::nlink_record(reals.top()?)? {
+            copy_up::set_nlink_record(work, reals.top()?, n - 1)?;
         }
         Ok(())
     }
@@ -209,14 +213,14 @@ impl Overlay {
         };
         if removed.kind == Kind::Directory
             || removed.stat.st_nlink <= 1
-            || removed.reals[0].layer == upper
+            || removed.reals.top()?.layer == upper
         {
             return Ok(());
         }
         let Some(index_dir) = &work.index else {
             return Ok(());
         };
-        let key = copy_up::IndexKey::of(&removed.reals[0])?;
+        let key = copy_up::IndexKey::of(removed.reals.top()?)?;
         let entry = RealEntry::named(upper, index_dir.clone(), &key.name);
         match copy_up::nlink_record(&entry) {
             Ok(Some(n)) => copy_up::set_nlink_record(work, &entry, n - 1),
@@ -280,7 +284,7 @@ impl Overlay {
         }
         let pnode = self.dir_node(parent)?;
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
-        let udir = preals[0].dir_fd()?;
+        let udir = preals.top()?.dir_fd()?;
         let cname = sys::cstr(name)?;
         // The kernel asks to create only names it has looked up and found absent, so only the
         // upper slot needs a look: a whiteout there is replaced, anything else exists.
@@ -347,9 +351,13 @@ impl Overlay {
             NewEntry::Node { file_type, .. } => Kind::from_mode(file_type).ok_or(EIO)?,
         };
         let real = if kind == Kind::Directory {
-            RealEntry::new(preals[0].layer, sys::open_path(udir, &cname)?)
+            RealEntry::new(preals.top()?.layer, sys::open_path(udir, &cname)?)
         } else {
-            RealEntry::named(preals[0].layer, preals[0].dir_arc()?.clone(), &cname)
+            RealEntry::named(
+                preals.top()?.layer,
+                preals.top()?.dir_arc()?.clone(),
+                &cname,
+            )
         };
         let entry = self.new_node(parent, name, kind, real)?;
         Ok((entry, file))
@@ -494,10 +502,10 @@ impl Overlay {
             return Err(EISDIR);
         }
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
-        let udir = preals[0].dir_fd()?;
+        let udir = preals.top()?.dir_fd()?;
         let needs_whiteout = self.lower_has(&preals, name)?;
         self.pin_if_alive(&child)?;
-        if child.reals[0].layer == upper {
+        if child.reals.top()?.layer == upper {
             if needs_whiteout {
                 self.whiteout_over(work, udir, name)?;
             } else {
@@ -523,9 +531,9 @@ impl Overlay {
             return Err(ENOTEMPTY);
         }
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
-        let udir = preals[0].dir_fd()?;
+        let udir = preals.top()?.dir_fd()?;
         let needs_whiteout = self.lower_has(&preals, name)?;
-        if child.reals[0].layer == upper {
+        if child.reals.top()?.layer == upper {
             if needs_whiteout {
                 self.whiteout_over(work, udir, name)?;
             } else {
@@ -552,7 +560,7 @@ impl Overlay {
         let reals = self.ensure_upper(&node, CopyData::All)?;
         let np = self.dir_node(newparent)?;
         let nreals = self.ensure_upper(&np, CopyData::All)?;
-        let ndir = nreals[0].dir_fd()?;
+        let ndir = nreals.top()?.dir_fd()?;
         match lookup::lookup(&self.layers, &nreals, newname) {
             Ok(_) => return Err(EEXIST),
             Err(e) if e == ENOENT => {}
@@ -567,14 +575,14 @@ impl Overlay {
         };
         if over_whiteout {
             let tmp = work.temp_name();
-            sys::link_fd(reals[0].fd()?.as_fd(), work.dir(), &tmp)?;
+            sys::link_fd(reals.top()?.fd()?.as_fd(), work.dir(), &tmp)?;
             // A plain rename replaces the whiteout (a non-directory) in one step.
             if let Err(e) = sys::renameat2(work.dir(), &tmp, ndir, &cname, 0) {
                 work.discard(&tmp);
                 return Err(e);
             }
         } else {
-            sys::link_fd(reals[0].fd()?.as_fd(), ndir, &cname)?;
+            sys::link_fd(reals.top()?.fd()?.as_fd(), ndir, &cname)?;
         }
         remove_wh_file(ndir, newname)?;
         np.listing_changed();
@@ -614,14 +622,15 @@ impl Overlay {
             return Err(ENOENT);
         }
         if let Some(d) = &dst {
-            let (a, b) = (src.reals[0].stat()?, d.reals[0].stat()?);
+            let (a, b) = (src.reals.top()?.stat()?, d.reals.top()?.stat()?);
             if a.st_dev == b.st_dev && a.st_ino == b.st_ino {
                 // Two names of one object: rename does nothing (POSIX).
                 return Ok(());
             }
         }
         let has_lower = |r: &Resolved| {
-            r.kind == Kind::Directory && !(r.reals.len() == 1 && r.reals[0].layer == upper)
+            r.kind == Kind::Directory
+                && !(r.reals.len() == 1 && r.reals.first().is_some_and(|t| t.layer == upper))
         };
         let src_redirect = has_lower(&src);
         let dst_redirect = exchange && dst.as_ref().is_some_and(has_lower);
@@ -657,7 +666,7 @@ impl Overlay {
             };
             let oreals = self.ensure_upper(&op, CopyData::All)?;
             let nreals = self.ensure_upper(&np, CopyData::All)?;
-            let (odir, ndir) = (oreals[0].dir_fd()?, nreals[0].dir_fd()?);
+            let (odir, ndir) = (oreals.top()?.dir_fd()?, nreals.top()?.dir_fd()?);
             let (cname, cnewname) = (sys::cstr(name)?, sys::cstr(newname)?);
             let samedir = parent == newparent;
             // A directory with lower parts records where they are; one without any must not
@@ -736,10 +745,10 @@ impl Overlay {
             op.listing_changed();
             np.listing_changed();
             src_node.set_location(newparent, newname);
-            repoint(src_node, nreals[0].dir_arc()?, &cnewname);
+            repoint(src_node, nreals.top()?.dir_arc()?, &cnewname);
             if let Some(d) = dst_node {
                 d.set_location(parent, name);
-                repoint(&d, oreals[0].dir_arc()?, &cname);
+                repoint(&d, oreals.top()?.dir_arc()?, &cname);
             }
             Ok(())
         })
@@ -833,7 +842,9 @@ fn repoint(node: &Inode, dir: &Arc<OwnedFd>, name: &CStr) {
         && matches!(top.real, crate::inode::Real::Named { .. })
     {
         let mut reals = (*st.reals).clone();
-        reals[0] = RealEntry::named(top.layer, dir.clone(), name);
+        if let Some(slot) = reals.first_mut() {
+            *slot = RealEntry::named(top.layer, dir.clone(), name);
+        }
         st.reals = Arc::new(reals);
     }
 }

@@ -189,6 +189,18 @@ impl RealEntry {
     }
 }
 
+/// The top-most of a list of real entries, as an error rather than a panic if the list is empty
+/// (every node and every lookup result has at least one).
+pub trait Top {
+    fn top(&self) -> Result<&RealEntry>;
+}
+
+impl Top for [RealEntry] {
+    fn top(&self) -> Result<&RealEntry> {
+        self.first().ok_or(crate::error::EIO)
+    }
+}
+
 /// The real entries of an object, top-down. For a directory: every real directory that takes
 /// part in the merge (cut at an opaque one). For anything else: exactly one.
 pub type Reals = Arc<Vec<RealEntry>>;

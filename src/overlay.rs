@@ -13,7 +13,7 @@ use dashmap::DashMap;
 
 use crate::copy_up::{CopyData, Workdir, XattrNamespace};
 use crate::error::{EBADF, EISDIR, ENODATA, ENOTDIR, EROFS, Result};
-use crate::inode::{Inode, InodeTable, Kind, NodeState, ROOT_ID, RealEntry};
+use crate::inode::{Inode, InodeTable, Kind, NodeState, ROOT_ID, RealEntry, Top};
 use crate::layer::LayerStack;
 use crate::options::Options;
 use crate::readdir::{self, DirEntry, Listing};
@@ -114,7 +114,7 @@ impl Overlay {
         for (i, layer) in layers.iter() {
             reals.push(RealEntry::new(i, layer.root.try_clone()?));
         }
-        let st = reals[0].stat().map_err(std::io::Error::from)?;
+        let st = reals.top()?.stat().map_err(std::io::Error::from)?;
         let root_ino = layers.map_ino(0, st.st_ino);
         let inodes = InodeTable::new();
         inodes.insert_root(root_ino, reals);
@@ -192,7 +192,10 @@ impl Overlay {
             if let Some(n) = crate::copy_up::nlink_record(top)? {
                 st.st_nlink = (st.st_nlink as i64 + n).max(1) as u64;
             } else if reals.len() > 1 {
-                st.st_nlink = st.st_nlink.saturating_sub(1).max(reals[1].stat()?.st_nlink);
+                st.st_nlink = st
+                    .st_nlink
+                    .saturating_sub(1)
+                    .max(reals.get(1).ok_or(crate::error::EIO)?.stat()?.st_nlink);
             }
         }
         Ok(st)
@@ -214,14 +217,14 @@ impl Overlay {
             Listed::Found(r, ino) => (r, Some(ino)),
             Listed::Unknown => (lookup::lookup(&self.layers, &parents, name)?, None),
         };
-        let before = resolved.reals[0].layer;
+        let before = resolved.reals.top()?.layer;
         self.find_in_index(&mut resolved)?;
         let ino = match listed_ino {
-            Some(ino) if resolved.reals[0].layer == before => ino,
-            _ => self.ino_of(&resolved.reals[0], &resolved.stat)?,
+            Some(ino) if resolved.reals.top()?.layer == before => ino,
+            _ => self.ino_of(resolved.reals.top()?, &resolved.stat)?,
         };
         let kind = resolved.kind;
-        let fresh = resolved.reals[0].clone();
+        let fresh = resolved.reals.top()?.clone();
         let (node, created) =
             self.inodes
                 .lookup_or_insert(ino, kind, parent, name, || NodeState {
@@ -320,14 +323,14 @@ impl Overlay {
         };
         if resolved.kind == Kind::Directory
             || resolved.stat.st_nlink <= 1
-            || resolved.reals[0].layer == upper
+            || resolved.reals.top()?.layer == upper
         {
             return Ok(());
         }
-        let key = crate::copy_up::IndexKey::of(&resolved.reals[0])?;
+        let key = crate::copy_up::IndexKey::of(resolved.reals.top()?)?;
         match sys::fstatat(index_dir.as_fd(), &key.name) {
             Ok(st) => {
-                let lower = resolved.reals[0].clone();
+                let lower = resolved.reals.top()?.clone();
                 resolved.reals = vec![RealEntry::named(upper, index_dir.clone(), &key.name), lower];
                 resolved.stat = st;
                 Ok(())
@@ -355,7 +358,9 @@ impl Overlay {
         let mut st = node.state.write();
         if st.reals.first().is_some_and(|c| c.layer >= fresh.layer) {
             let mut reals = (*st.reals).clone();
-            reals[0] = fresh;
+            if let Some(slot) = reals.first_mut() {
+                *slot = fresh;
+            }
             st.reals = Arc::new(reals);
         }
     }
@@ -381,7 +386,7 @@ impl Overlay {
         if resolved.kind == Kind::Directory {
             return Ok(());
         }
-        let ino = self.ino_of(&resolved.reals[0], &resolved.stat)?;
+        let ino = self.ino_of(resolved.reals.top()?, &resolved.stat)?;
         let Ok(node) = self.inodes.get(ino) else {
             return Ok(());
         };
@@ -391,7 +396,9 @@ impl Overlay {
         {
             let pinned = RealEntry::new(top.layer, top.fd()?.into_owned()?);
             let mut reals = (*st.reals).clone();
-            reals[0] = pinned;
+            if let Some(slot) = reals.first_mut() {
+                *slot = pinned;
+            }
             st.reals = Arc::new(reals);
         }
         Ok(())
@@ -432,7 +439,7 @@ impl Overlay {
             node.data_source()
         };
         let top = top.as_ref().ok_or(crate::error::EIO)?;
-        let keep_cache = Some(top.layer) != self.layers.upper() && reals[0].layer == top.layer;
+        let keep_cache = Some(top.layer) != self.layers.upper() && reals.top()?.layer == top.layer;
         let pass = flags
             & (libc::O_ACCMODE
                 | libc::O_APPEND
