@@ -376,16 +376,7 @@ impl Overlay {
                 reals: Arc::new(vec![real]),
                 lower_data: None,
             })?;
-        match self.attr(&node) {
-            Ok(attr) => Ok(Entry {
-                node: node.id,
-                attr,
-            }),
-            Err(e) => {
-                self.inodes.forget(node.id, 1);
-                Err(e)
-            }
-        }
+        self.entry_for(&node)
     }
 
     #[allow(clippy::too_many_arguments)]

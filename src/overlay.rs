@@ -234,7 +234,13 @@ impl Overlay {
         if !created && kind != Kind::Directory {
             self.refresh_name(&node, fresh);
         }
-        match self.attr(&node) {
+        self.entry_for(&node)
+    }
+
+    /// The entry answer for a node that was just counted one lookup: its attributes, or the
+    /// error with the count undone (the kernel never sees the node).
+    pub(crate) fn entry_for(&self, node: &Inode) -> Result<Entry> {
+        match self.attr(node) {
             Ok(attr) => Ok(Entry {
                 node: node.id,
                 attr,
