@@ -64,7 +64,6 @@ impl Overlay {
             other => other,
         };
         loop {
-            let parent_id = node.location().parent;
             let reals = node.reals();
             if reals.first().is_some_and(|r| r.layer == upper) {
                 if data != CopyData::Metadata && node.state.read().lower_data.is_some() {
@@ -86,6 +85,14 @@ impl Overlay {
                 // The root's reals always start with the upper root when there is one.
                 return Err(EIO);
             }
+            // The name to copy up under: where the node was last reached, unless that name no
+            // longer stands for this lower file (a hard link whose name was replaced), then
+            // another name it was reached by that still does.
+            let first = node.location();
+            let (parent_id, chosen) = match self.still_names(node, &first, reals.top()?)? {
+                Some(pick) => pick,
+                None => (first.parent, first.name.clone()),
+            };
             let parent = self.inodes.get(parent_id)?;
             let preals = self.ensure_upper(&parent, CopyData::All)?;
             let mut st = node.state.write();
@@ -96,11 +103,11 @@ impl Overlay {
                 continue;
             }
             let loc = node.location();
-            if loc.parent != parent_id {
-                // Renamed while the parent was being copied up: start over from the new one.
+            if loc.parent != first.parent || loc.name != first.name {
+                // Renamed while the parent was being copied up: start over.
                 continue;
             }
-            let name = sys::cstr(&loc.name)?;
+            let name = sys::cstr(&chosen)?;
             let src = st.reals.first().ok_or(EIO)?.clone();
             let src_st = src.stat()?;
             // With `index=on`, a lower file with several names is copied once, into the index,
@@ -160,9 +167,76 @@ impl Overlay {
                     reals.top()?,
                     src_st.st_nlink as i64 - upper_links,
                 )?;
+            } else if node.kind != Kind::Directory && src_st.st_nlink > 1 {
+                // Without the index, every name this mount reached the file by shows the copy
+                // (they are one node); linking them keeps that view after a remount.
+                self.link_other_aliases(node, &loc, (parent_id, &chosen), &src_st)?;
             }
             return Ok(reals);
         }
+    }
+
+    /// The first of the names `node` was reached by (its location, then its other names, most
+    /// recent first) that still stands for the lower object `lower`; `None` when the location
+    /// does (the usual case) or when none does.
+    fn still_names(
+        &self,
+        node: &Inode,
+        loc: &Location,
+        lower: &RealEntry,
+    ) -> Result<Option<(u64, std::ffi::OsString)>> {
+        if node.kind == Kind::Directory {
+            return Ok(None);
+        }
+        let lst = lower.stat()?;
+        if lst.st_nlink <= 1 {
+            return Ok(None);
+        }
+        let candidates = std::iter::once((loc.parent, loc.name.clone()))
+            .chain(loc.aliases.iter().rev().cloned());
+        for (i, (parent, name)) in candidates.enumerate() {
+            if self.names_lower(parent, &name, &lst) {
+                return Ok(if i == 0 { None } else { Some((parent, name)) });
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether `name` in directory node `parent` resolves to the lower object with `stat` `lower`.
+    fn names_lower(&self, parent: u64, name: &OsStr, lower: &libc::stat) -> bool {
+        let Ok(pnode) = self.inodes.get(parent) else {
+            return false;
+        };
+        let Ok(found) = self.resolve(&pnode, name) else {
+            return false;
+        };
+        let Ok(top) = found.reals.top() else {
+            return false;
+        };
+        Some(top.layer) != self.layers.upper()
+            && found.stat.st_dev == lower.st_dev
+            && found.stat.st_ino == lower.st_ino
+    }
+
+    /// With `index=off`: links the copy of `node` under each other name it was reached by that
+    /// still stands for its lower object (`done` is the name the copy was published under).
+    fn link_other_aliases(
+        &self,
+        node: &Inode,
+        loc: &Location,
+        done: (u64, &std::ffi::OsString),
+        lower: &libc::stat,
+    ) -> Result<()> {
+        let names = std::iter::once((loc.parent, loc.name.clone())).chain(loc.aliases.clone());
+        for (parent, name) in names {
+            if (parent, &name) == done || !self.names_lower(parent, &name, lower) {
+                continue;
+            }
+            let pnode = self.inodes.get(parent)?;
+            let preals = self.ensure_upper(&pnode, CopyData::All)?;
+            link_alias(node, preals.top()?.dir_fd()?, &sys::cstr(&name)?)?;
+        }
+        Ok(())
     }
 
     /// Links the indexed copy of `node` under one of the other names it was reached by that
@@ -189,6 +263,29 @@ impl Overlay {
         }
         log::warn!("no name left to publish the copy of node {}", node.id);
         Ok(false)
+    }
+
+    /// Before a name of a lower file with several names goes away, the file is copied into the
+    /// index (the kernel's `ovl_nlink_start`), so that its merged link count is kept from then on.
+    /// Returns whether it copied (the name may now stand in the upper).
+    fn index_before_unlink(&self, parent: u64, name: &OsStr, child: &Resolved) -> Result<bool> {
+        let upper = self.upper_layer()?.0;
+        if !self.index
+            || child.kind == Kind::Directory
+            || child.stat.st_nlink <= 1
+            || child.reals.top()?.layer == upper
+        {
+            return Ok(false);
+        }
+        self.with_child(parent, name, |node| {
+            let loc = node.location();
+            if loc.parent != parent || loc.name != name {
+                // Copy up under the name about to go, as the kernel does.
+                node.set_location(parent, name);
+            }
+            self.ensure_upper(node, CopyData::All).map(drop)
+        })?;
+        Ok(true)
     }
 
     /// A lower name of an indexed copy got its upper link: the upper link count grew while the
@@ -488,9 +585,12 @@ impl Overlay {
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
         let (upper, work) = self.upper_layer()?;
         let pnode = self.dir_node(parent)?;
-        let child = self.resolve(&pnode, name)?;
+        let mut child = self.resolve(&pnode, name)?;
         if child.kind == Kind::Directory {
             return Err(EISDIR);
+        }
+        if self.index_before_unlink(parent, name, &child)? {
+            child = self.resolve(&pnode, name)?;
         }
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
         let udir = preals.top()?.dir_fd()?;
@@ -609,6 +709,12 @@ impl Overlay {
         if noreplace && dst.is_some() {
             return Err(EEXIST);
         }
+        let dst = match dst {
+            Some(d) if !exchange && self.index_before_unlink(newparent, newname, &d)? => {
+                Some(self.resolve(&np, newname)?)
+            }
+            other => other,
+        };
         if exchange && dst.is_none() {
             return Err(ENOENT);
         }

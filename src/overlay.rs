@@ -184,7 +184,7 @@ impl Overlay {
             // Like the kernel: the link count of a merged directory cannot be known cheaply.
             st.st_nlink = 1;
         } else if node.kind != Kind::Directory
-            && st.st_nlink > 1
+            && (st.st_nlink > 1 || reals.len() > 1)
             && Some(top.layer) == self.layers.upper()
         {
             // Perhaps an indexed copy: one of its links is the index entry, and names still

@@ -529,10 +529,19 @@ impl UfsMount {
 
     /// Unmounts now with `fusermount3 -u` (asserting it succeeds) and waits until it is gone.
     pub fn unmount(&mut self) {
-        let run = run_bounded(
-            Command::new("fusermount3").arg("-u").arg(&self.mnt),
-            CMD_TIMEOUT,
-        );
+        // A reference another test thread's child still holds for a moment makes the mount
+        // busy; retry for a bounded time rather than fail on that.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let run = loop {
+            let run = run_bounded(
+                Command::new("fusermount3").arg("-u").arg(&self.mnt),
+                CMD_TIMEOUT,
+            );
+            if run.success() || !run.to_string().contains("busy") || Instant::now() > deadline {
+                break run;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         assert!(
             run.success(),
             "fusermount3 -u {} failed:\n{run}",
