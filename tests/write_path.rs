@@ -1791,3 +1791,82 @@ fn read_only_mount_refuses_modifications() {
         "the lower must be untouched"
     );
 }
+
+/// The operations the scripted comparison does not reach: `copy_file_range` between files of
+/// the mount (one of them a lower file, so the destination is copied up first), `fsync` and
+/// `fsync` of a directory, sockets and block devices by `mknod`, and `UTIME_NOW`.
+#[test]
+fn data_ops_and_special_nodes() {
+    if skip("data_ops_and_special_nodes") {
+        return;
+    }
+    let t = tempdir();
+    let d = Dirs::new(t.path(), 1);
+    put(d.lower(0), "src", "0123456789abcdef");
+    put(d.lower(0), "dst", "XXXXXXXXXXXXXXXXXXXX");
+    fs::create_dir_all(d.lower(0).join("dir")).unwrap();
+    let _m = d.mount_ufs();
+    let m = &d.mnt;
+
+    let src = fs::File::open(m.join("src")).unwrap();
+    let dst = OpenOptions::new().write(true).open(m.join("dst")).unwrap();
+    let (mut off_in, mut off_out): (libc::loff_t, libc::loff_t) = (4, 2);
+    // SAFETY: both fds are open files of this test; the offsets are valid, writable loff_t.
+    let n = unsafe {
+        libc::copy_file_range(
+            src.as_raw_fd(),
+            &mut off_in,
+            dst.as_raw_fd(),
+            &mut off_out,
+            6,
+            0,
+        )
+    };
+    assert_eq!(n, 6, "copy_file_range: {}", io::Error::last_os_error());
+    dst.sync_all().expect("fsync of a copied-up file");
+    drop(dst);
+    assert_eq!(
+        fs::read_to_string(m.join("dst")).unwrap(),
+        "XX456789XXXXXXXXXXXX"
+    );
+    assert_eq!(
+        fs::read_to_string(d.upper.join("dst")).unwrap(),
+        "XX456789XXXXXXXXXXXX",
+        "the copy went to the upper file"
+    );
+    assert_eq!(
+        fs::read_to_string(d.lower(0).join("dst")).unwrap(),
+        "XXXXXXXXXXXXXXXXXXXX"
+    );
+
+    fs::write(m.join("dir/new"), b"n").unwrap();
+    let dir = fs::File::open(m.join("dir")).unwrap();
+    dir.sync_all().expect("fsync of a directory");
+
+    mknod(&m.join("sock"), libc::S_IFSOCK | 0o600, 0, 0).expect("mknod socket");
+    mknod(&m.join("blk"), libc::S_IFBLK | 0o600, 8, 1).expect("mknod block device");
+    mknod(&m.join("chr"), libc::S_IFCHR | 0o600, 1, 3).expect("mknod char device");
+    let sock = fs::symlink_metadata(m.join("sock")).unwrap();
+    assert!(sock.file_type().is_socket());
+    let blk = fs::symlink_metadata(m.join("blk")).unwrap();
+    assert!(blk.file_type().is_block_device());
+    assert_eq!(dev_numbers(blk.rdev()), (8, 1));
+    let chr = fs::symlink_metadata(m.join("chr")).unwrap();
+    assert!(chr.file_type().is_char_device());
+    assert_eq!(dev_numbers(chr.rdev()), (1, 3));
+    assert!(
+        fs::symlink_metadata(d.upper.join("blk"))
+            .unwrap()
+            .file_type()
+            .is_block_device(),
+        "the device node is in the upper"
+    );
+
+    let before = now_secs();
+    utimens(&m.join("src"), None, Some((0, libc::UTIME_NOW))).expect("UTIME_NOW");
+    let mtime = fs::symlink_metadata(m.join("src")).unwrap().mtime();
+    assert!(
+        mtime >= before,
+        "mtime {mtime} not set to now (>= {before})"
+    );
+}
