@@ -648,7 +648,9 @@ impl Overlay {
         if node.kind == Kind::Directory {
             return Err(crate::error::EPERM);
         }
-        let reals = self.ensure_upper(&node, CopyData::All)?;
+        // Like the kernel, a link copies only metadata; the copy records where its data is.
+        let reals = self.ensure_upper(&node, CopyData::Metadata)?;
+        self.set_data_redirect(&node)?;
         let np = self.dir_node(newparent)?;
         let nreals = self.ensure_upper(&np, CopyData::All)?;
         let ndir = nreals.top()?.dir_fd()?;
@@ -750,13 +752,16 @@ impl Overlay {
             }
         }
         self.with_child(parent, name, |src_node| {
-            self.ensure_upper(src_node, CopyData::All)?;
+            // A file moves as a metadata-only copy that records where its data is.
+            self.ensure_upper(src_node, CopyData::Metadata)?;
+            self.set_data_redirect(src_node)?;
             let dst_node = if exchange {
                 let e = self.lookup(newparent, newname)?;
                 let n = self.inodes.get(e.node);
                 self.inodes.forget(e.node, 1);
                 let n = n?;
-                self.ensure_upper(&n, CopyData::All)?;
+                self.ensure_upper(&n, CopyData::Metadata)?;
+                self.set_data_redirect(&n)?;
                 Some(n)
             } else {
                 None
@@ -870,6 +875,32 @@ impl Overlay {
             self.lower_path(node)?
         };
         sys::setxattr(top.fd()?.as_fd(), work.xattr_ns.redirect(), &value, 0)
+    }
+
+    /// Before a metadata-only copy gets another name (rename, link), records the absolute lower
+    /// path of its data in an `overlay.redirect` xattr, as the kernel does, so that the data is
+    /// found from the new name after a remount. An existing record is kept.
+    fn set_data_redirect(&self, node: &Inode) -> Result<()> {
+        if node.kind != Kind::Regular || node.state.read().lower_data.is_none() {
+            return Ok(());
+        }
+        let (upper, work) = self.upper_layer()?;
+        let reals = node.reals();
+        let top = reals.first().filter(|r| r.layer == upper).ok_or(EIO)?;
+        for name in lookup::REDIRECT_XATTRS {
+            match top.getxattr(name) {
+                Ok(v) if !v.is_empty() => return Ok(()),
+                Ok(_) => {}
+                Err(e) if lookup::is_no_xattr(e.errno()) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let loc = node.location();
+        let parent = self.inodes.get(loc.parent)?;
+        let mut path = self.lower_path(&parent)?;
+        path.push(b'/');
+        path.extend_from_slice(loc.name.as_bytes());
+        sys::setxattr(top.fd()?.as_fd(), work.xattr_ns.redirect(), &path, 0)
     }
 
     /// The absolute path, from the root of a lower layer, where the lower parts of directory node

@@ -162,9 +162,23 @@ fn caller(req: &Request) -> Caller {
 }
 
 impl UfsFs {
+    /// How long the kernel may keep a node's attributes.
+    fn attr_ttl(&self, node: u64) -> Duration {
+        if self.ov.attr_volatile(node) {
+            Duration::ZERO
+        } else {
+            self.ttl
+        }
+    }
+
+    fn entry(&self, e: &Entry, reply: ReplyEntry) {
+        let attr_ttl = self.attr_ttl(e.node);
+        reply.entry_with_ttls(&attr_ttl, &self.ttl, &to_attr(&e.attr), Generation(0));
+    }
+
     fn reply_entry(&self, res: crate::error::Result<Entry>, reply: ReplyEntry) {
         match res {
-            Ok(e) => reply.entry(&self.ttl, &to_attr(&e.attr), Generation(0)),
+            Ok(e) => self.entry(&e, reply),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -210,7 +224,7 @@ impl Filesystem for UfsFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!("lookup(parent={parent}, name={name:?})");
         match self.ov.lookup(parent.0, name) {
-            Ok(e) => reply.entry(&self.ttl, &to_attr(&e.attr), Generation(0)),
+            Ok(e) => self.entry(&e, reply),
             // A negative entry (node id 0) lets the kernel cache the absence too; it drops it
             // when the name is created through the mount.
             Err(e) if e.errno() == libc::ENOENT => {
@@ -230,7 +244,7 @@ impl Filesystem for UfsFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         debug!("getattr(ino={ino}, fh={fh:?})");
         match self.ov.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(st) => reply.attr(&self.ttl, &to_attr(&st)),
+            Ok(st) => reply.attr(&self.attr_ttl(ino.0), &to_attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -372,7 +386,7 @@ impl Filesystem for UfsFs {
                 INodeNo(entry.node),
                 off,
                 &e.name,
-                &self.ttl,
+                &self.attr_ttl(entry.node),
                 &attr,
                 Generation(0),
             ) {
@@ -456,7 +470,7 @@ impl Filesystem for UfsFs {
             fh: fh.map(|f| f.0),
         };
         match self.ov.setattr(ino.0, change) {
-            Ok(st) => reply.attr(&self.ttl, &to_attr(&st)),
+            Ok(st) => reply.attr(&self.attr_ttl(ino.0), &to_attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }

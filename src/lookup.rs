@@ -113,9 +113,14 @@ impl Target {
 /// The outcome of looking for the target in one layer.
 enum Probe {
     Missing,
+    /// Not in this layer, and no layer below may be searched (an opaque directory on the
+    /// redirect path).
+    MissingStop,
     Whiteout,
     /// Found: an fd on the entry, the real directory holding it, and its name there.
     Found(OwnedFd, Arc<OwnedFd>, CString),
+    /// Found, and no layer below may be searched (an opaque directory on the redirect path).
+    FoundStop(OwnedFd, Arc<OwnedFd>, CString),
 }
 
 fn probe_name(dir: &Arc<OwnedFd>, name: &CStr, whiteout: Option<&CString>) -> Result<Probe> {
@@ -137,23 +142,40 @@ fn probe(dir: &Arc<OwnedFd>, target: &Target) -> Result<Probe> {
     match target {
         Target::Name { name, whiteout } => probe_name(dir, name, whiteout.as_ref()),
         Target::Path(comps) => {
+            // Walked as the kernel walks a redirect path (`ovl_lookup_layer`): a whiteout or a
+            // non-directory on the way ends the search in every layer; an opaque directory on
+            // the way ends it after this layer.
             let Some((last, path)) = comps.split_last() else {
                 return Ok(Probe::Missing);
             };
             let mut cur: Arc<OwnedFd> = dir.clone();
+            let mut stop = false;
             for comp in path {
-                let next = match sys::open_path(cur.as_fd(), comp) {
-                    Ok(fd) => fd,
-                    Err(e) if e.errno() == libc::ENOENT => return Ok(Probe::Missing),
-                    Err(e) => return Err(e),
+                let wh = whiteout_name(OsStr::from_bytes(comp.to_bytes()));
+                let next = match probe_name(&cur, comp, wh.as_ref())? {
+                    Probe::Found(fd, ..) => fd,
+                    Probe::Whiteout => return Ok(Probe::Whiteout),
+                    _ => {
+                        return Ok(if stop {
+                            Probe::MissingStop
+                        } else {
+                            Probe::Missing
+                        });
+                    }
                 };
-                if sys::fstat(next.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                    return Ok(Probe::Missing);
+                let st = sys::fstat(next.as_fd())?;
+                if sys::is_whiteout(&st) || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                    return Ok(Probe::Whiteout);
                 }
+                stop = stop || is_opaque(next.as_fd())?;
                 cur = Arc::new(next);
             }
             let wh = whiteout_name(OsStr::from_bytes(last.to_bytes()));
-            probe_name(&cur, last, wh.as_ref())
+            Ok(match probe_name(&cur, last, wh.as_ref())? {
+                Probe::Found(fd, d, n) if stop => Probe::FoundStop(fd, d, n),
+                Probe::Missing if stop => Probe::MissingStop,
+                other => other,
+            })
         }
     }
 }
@@ -183,8 +205,8 @@ fn find_lower_data(
     for (layer, dir) in candidates {
         match probe(dir, target)? {
             Probe::Missing => continue,
-            Probe::Whiteout => return Ok(None),
-            Probe::Found(fd, in_dir, name) => {
+            Probe::MissingStop | Probe::Whiteout => return Ok(None),
+            Probe::Found(fd, in_dir, name) | Probe::FoundStop(fd, in_dir, name) => {
                 let st = sys::fstat(fd.as_fd())?;
                 if (st.st_mode & libc::S_IFMT) == libc::S_IFREG {
                     return Ok(Some(RealEntry::named(*layer, in_dir, &name)));
@@ -242,10 +264,11 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
     while i < candidates.len() {
         let (layer, dir) = candidates[i].clone();
         i += 1;
-        let (fd, in_dir, real_name) = match probe(&dir, &target)? {
+        let (fd, in_dir, real_name, stop_below) = match probe(&dir, &target)? {
             Probe::Missing => continue,
-            Probe::Whiteout => break,
-            Probe::Found(fd, in_dir, real_name) => (fd, in_dir, real_name),
+            Probe::MissingStop | Probe::Whiteout => break,
+            Probe::Found(fd, in_dir, real_name) => (fd, in_dir, real_name, false),
+            Probe::FoundStop(fd, in_dir, real_name) => (fd, in_dir, real_name, true),
         };
         let st = sys::fstat(fd.as_fd())?;
         if sys::is_whiteout(&st) {
@@ -281,7 +304,7 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
                     }
                     Some(merged) => merged.reals.push(entry),
                 }
-                if opaque {
+                if opaque || stop_below {
                     break;
                 }
                 if let Some(r) = redirect {

@@ -571,7 +571,7 @@ mod tests {
                 ..Options::default()
             }
         );
-        assert_eq!(o.timeout, Duration::from_secs(1));
+        assert_eq!(o.timeout, Duration::from_secs(86_400));
         assert!(o.fsync);
         assert!(o.warnings.is_empty());
     }

@@ -214,7 +214,7 @@ impl Overlay {
         let parents = dir.reals();
         let (mut resolved, listed_ino) = match self.lookup_listed(&dir, &parents, name)? {
             Listed::Absent => return Err(crate::error::ENOENT),
-            Listed::Found(r, ino) => (r, Some(ino)),
+            Listed::Found(r, ino) => (*r, Some(ino)),
             Listed::Unknown => (lookup::lookup(&self.layers, &parents, name)?, None),
         };
         let before = resolved.reals.top()?.layer;
@@ -308,12 +308,12 @@ impl Overlay {
             return Ok(Listed::Unknown);
         }
         Ok(Listed::Found(
-            lookup::Resolved {
+            Box::new(lookup::Resolved {
                 kind: e.kind,
                 stat: st,
                 reals: vec![real],
                 lower_data: None,
-            },
+            }),
             e.ino,
         ))
     }
@@ -369,6 +369,14 @@ impl Overlay {
             }
             st.reals = Arc::new(reals);
         }
+    }
+
+    /// Whether the kernel must not cache the node's attributes: a metadata-only copy's size in
+    /// blocks and times change when its data is copied, which can happen inside an `open`.
+    pub fn attr_volatile(&self, node: u64) -> bool {
+        self.inodes
+            .get(node)
+            .is_ok_and(|n| n.state.read().lower_data.is_some())
     }
 
     /// Attributes of a node; through the open file `fh` when the kernel names one (so a file
@@ -629,7 +637,7 @@ enum Listed {
     /// No current listing, or one that cannot answer exactly: walk the layers.
     Unknown,
     Absent,
-    Found(lookup::Resolved, u64),
+    Found(Box<lookup::Resolved>, u64),
 }
 
 /// A time to set: `None` leaves it, `Some(Now)` is the current time.

@@ -1043,7 +1043,7 @@ fn hard_links_stay_linked_through_the_index() {
     drop(m);
 
     // The kernel with the index on ufs's own workdir (where the index lives).
-    let k = lay.mount_kernel(&lay.work, "index=on,redirect_dir=on,metacopy=off");
+    let k = lay.mount_kernel(&lay.work, "index=on,redirect_dir=on,metacopy=on");
     let kv = try_snapshot(&mnt).unwrap_or_else(|e| panic!("walking the kernel: {e}"));
     let kw = ino_walk(&mnt);
     drop(k);
@@ -1209,7 +1209,7 @@ fn link_lockstep(steps: Vec<(&'static str, &'static str, StepFn)>) {
     let ul = link_fixture(&t.path().join("u"));
     let kl = link_fixture(&t.path().join("k"));
     let kwork = kl.work.clone();
-    let k = kl.mount_kernel(&kwork, "index=on,redirect_dir=on,metacopy=off");
+    let k = kl.mount_kernel(&kwork, "index=on,redirect_dir=on,metacopy=on");
     let u = ul.mount_ufs("");
     let mut bad = Vec::new();
     for (i, (name, want, run)) in steps.into_iter().enumerate() {
@@ -1226,7 +1226,7 @@ fn link_lockstep(steps: Vec<(&'static str, &'static str, StepFn)>) {
         &ul,
         u,
         "",
-        "index=on,redirect_dir=on,metacopy=off",
+        "index=on,redirect_dir=on,metacopy=on",
         Some(&ul.work.clone()),
         "index",
     );

@@ -1,0 +1,624 @@
+//! Running a case on both mounts, comparing, shrinking a failure and reporting it.
+//!
+//! Layout of one case under a fresh temp dir: `k/` holds the kernel's copy of the layers
+//! (kernel marker formats only), `u/` the ufs copy (mixed formats: see
+//! [`KnownDifference::OciMarkers`]), each with `l/0..` (lowers, top first), `up`, `wk` and the
+//! mount point `m`; `x/` holds the fresh workdir and mount point of the cross-mount check (the
+//! kernel over `u/up` and the kernel's lowers).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::common::{
+    CMD_TIMEOUT, Flavor, KernelOverlay, Layer, MOUNT_TIMEOUT, Node, UfsMount, is_mounted,
+    materialize_layer, mkdirs, mount_at, panic_message, run_bounded, tempdir, ufs_side_flavor,
+    wait_until,
+};
+use crate::generate::{Case, Config};
+use crate::ops::{self, Op, Outcome};
+use crate::tree::{self, Tree};
+
+/// The documented deliberate differences (`docs/DIFFERENCES.md`) that the harness knows by
+/// name. Each one is kept out of the comparison at one place, which names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KnownDifference {
+    /// "Defaults": ufs turns `redirect_dir`, `index` and `metacopy` on by default, the kernel
+    /// (here) off. Both mounts of a case get the same explicit options ([`Config::options`]).
+    Defaults,
+    /// "Hard links with `index=off`": after one name of a lower file with several links is
+    /// copied up, ufs shows the new content through every name while the kernel breaks the
+    /// link. With `index=off`, operations that would copy up such a file are not generated, and
+    /// the runner skips (on both mounts) any that still reaches one (judged on the kernel mount
+    /// before the operation runs). With `index=on` both keep the link and nothing is skipped.
+    HardLinksWithoutIndex,
+    /// "OCI whiteouts and opaque markers": ufs reads `.wh.NAME`, `.wh..wh..opq` and
+    /// `user.overlay.opaque`; the kernel reads none. Only the ufs copy of the lowers uses them;
+    /// the kernel copy (and every upper layer) gets 0/0 devices and `trusted.overlay.opaque`.
+    OciMarkers,
+    /// "`user.overlay.*` is always private": operations only use `user.k*` names, and never
+    /// set `trusted.overlay.*` names through a mount.
+    UserOverlayXattrs,
+    /// "Orphan whiteouts": the kernel lists a whiteout in a directory that exists in one layer
+    /// only. The generator puts whiteouts only in directories that merge with a layer below.
+    OrphanWhiteouts,
+    /// "Names starting with `.wh.`": ufs refuses to create them (`EINVAL`). Operations never
+    /// use such names.
+    WhiteoutNamesRefused,
+}
+
+impl KnownDifference {
+    pub const ALL: [KnownDifference; 6] = [
+        KnownDifference::Defaults,
+        KnownDifference::HardLinksWithoutIndex,
+        KnownDifference::OciMarkers,
+        KnownDifference::UserOverlayXattrs,
+        KnownDifference::OrphanWhiteouts,
+        KnownDifference::WhiteoutNamesRefused,
+    ];
+
+    /// The heading of its entry in `docs/DIFFERENCES.md`.
+    pub fn entry(self) -> &'static str {
+        match self {
+            KnownDifference::Defaults => "## Defaults",
+            KnownDifference::HardLinksWithoutIndex => "Hard links with `index=off`",
+            KnownDifference::OciMarkers => "OCI whiteouts and opaque markers",
+            KnownDifference::UserOverlayXattrs => "`user.overlay.*` is always private",
+            KnownDifference::OrphanWhiteouts => "Orphan whiteouts",
+            KnownDifference::WhiteoutNamesRefused => "Names starting with `.wh.`",
+        }
+    }
+}
+
+/// Options of a kernel mount: the layers (relative to `base`, the mount data is limited to a
+/// page) and the case's features, the same as ufs gets, spelled out even where they are the
+/// kernel's defaults ([`KnownDifference::Defaults`]). `xino=off` pins the last default (all
+/// layers are on one filesystem, where it changes nothing).
+pub fn kernel_options(
+    config: Config,
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    base: &Path,
+) -> String {
+    let rel = |p: &Path| {
+        p.strip_prefix(base)
+            .expect("under base")
+            .display()
+            .to_string()
+    };
+    let lower: Vec<String> = lowers.iter().map(|p| rel(p)).collect();
+    format!(
+        "lowerdir={},upperdir={},workdir={},{},xino=off",
+        lower.join(":"),
+        rel(upper),
+        rel(work),
+        config.options()
+    )
+}
+
+/// The directories of one side (kernel or ufs).
+pub struct Side {
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl Side {
+    fn create(
+        base: &Path,
+        stack_lowers: &[Layer],
+        upper: Option<&Layer>,
+        flavor: Flavor,
+        seed: u64,
+    ) -> Side {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xd1ff_5eed);
+        let lowers = stack_lowers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let d = base.join("l").join(i.to_string());
+                materialize_layer(l, &d, flavor, &mut rng);
+                d
+            })
+            .collect();
+        let up = base.join("up");
+        // The upper always gets the kernel's formats: the cross-mount check hands ufs's upper
+        // to the kernel ([`KnownDifference::OciMarkers`]).
+        materialize_layer(
+            upper.unwrap_or(&Layer::default()),
+            &up,
+            Flavor::Kernel,
+            &mut rng,
+        );
+        Side {
+            lowers,
+            upper: up,
+            work: mkdirs(&base.join("wk")),
+            mnt: mkdirs(&base.join("m")),
+        }
+    }
+}
+
+/// Both copies of a case's layers on disk, and the live mounts.
+pub struct Bench {
+    pub base: tempfile::TempDir,
+    pub k: Side,
+    pub u: Side,
+    /// The marker formats of `u`'s lowers.
+    pub ufs_flavor: Flavor,
+    pub config: Config,
+    kernel: Option<KernelOverlay>,
+    ufs: Option<UfsMount>,
+}
+
+impl Bench {
+    pub fn new(case: &Case) -> Bench {
+        let base = tempdir();
+        let b = base.path();
+        let st = &case.stack;
+        let k = Side::create(
+            &b.join("k"),
+            &st.lowers,
+            st.upper.as_ref(),
+            Flavor::Kernel,
+            case.seed,
+        );
+        // With `index=on` the upper's records (`overlay.origin`, index entries) name lower
+        // inodes by file handle, so the cross-mount check must give the kernel ufs's own lowers,
+        // which must then be in the kernel's formats.
+        let ufs_flavor = if case.config.index {
+            Flavor::Kernel
+        } else {
+            ufs_side_flavor()
+        };
+        let u = Side::create(
+            &b.join("u"),
+            &st.lowers,
+            st.upper.as_ref(),
+            ufs_flavor,
+            case.seed,
+        );
+        Bench {
+            base,
+            k,
+            u,
+            ufs_flavor,
+            config: case.config,
+            kernel: None,
+            ufs: None,
+        }
+    }
+
+    pub fn mount(&mut self) {
+        let b = self.base.path();
+        let kopts = kernel_options(self.config, &self.k.lowers, &self.k.upper, &self.k.work, b);
+        self.kernel = Some(KernelOverlay::mount(&kopts, &self.k.mnt, b));
+        let lower: Vec<String> = self
+            .u
+            .lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let uopts = format!(
+            "lowerdir={},upperdir={},workdir={},{}",
+            lower.join(":"),
+            self.u.upper.display(),
+            self.u.work.display(),
+            self.config.options()
+        );
+        self.ufs = Some(UfsMount::mount(&uopts, &self.u.mnt));
+    }
+
+    pub fn unmount(&mut self) {
+        self.unmount_ufs();
+        if let Some(k) = self.kernel.take() {
+            unmount_patiently(&k.mnt);
+        }
+    }
+
+    pub fn unmount_ufs(&mut self) {
+        if let Some(m) = self.ufs.take() {
+            unmount_patiently(&m.mnt);
+        }
+    }
+
+    /// The cross-mount check: the kernel over the upper ufs wrote and the lowers (ufs's own
+    /// when they are in kernel formats, else the kernel's copy), with a fresh workdir; with `index=on` with ufs's workdir instead, which holds
+    /// the index (DIFFERENCES.md, "Defaults": the kernel reads ufs's records on the same
+    /// workdir). ufs must be unmounted.
+    pub fn mount_cross(&self) -> KernelOverlay {
+        let b = self.base.path();
+        let work = if self.config.index {
+            self.u.work.clone()
+        } else {
+            mkdirs(&b.join("x/wk"))
+        };
+        let mnt = mkdirs(&b.join("x/m"));
+        // ufs's own lowers when the kernel can read them: origin records name them by handle.
+        let lowers = if self.ufs_flavor == Flavor::Kernel {
+            &self.u.lowers
+        } else {
+            &self.k.lowers
+        };
+        let opts = kernel_options(self.config, lowers, &self.u.upper, &work, b);
+        KernelOverlay::mount(&opts, &mnt, b)
+    }
+}
+
+impl Drop for Bench {
+    /// The mounts go first: the temp dir can only be removed once nothing is mounted in it
+    /// (fields drop in declaration order, `base` first).
+    fn drop(&mut self) {
+        drop(self.ufs.take());
+        drop(self.kernel.take());
+    }
+}
+
+/// Unmounts `mnt` (FUSE or kernel overlay) and waits until it is gone; panics if it stays.
+///
+/// A plain unmount can fail with `EBUSY` for a moment when another worker thread forks (to run
+/// `mount`, `ufs` or `fusermount3`) while this thread holds a descriptor inside the mount: the
+/// child has a copy of it until its `exec` closes it. So a failed unmount is retried, a bounded
+/// number of times, before it counts as a failure. Never lazy: a lazily detached overlay would
+/// keep its upper directory busy for the next mount.
+fn unmount_patiently(mnt: &Path) {
+    let fuse = mount_at(mnt).is_some_and(|m| m.fstype.starts_with("fuse"));
+    let mut last = None;
+    let gone = wait_until(MOUNT_TIMEOUT, || {
+        if !is_mounted(mnt) {
+            return true;
+        }
+        let mut cmd = if fuse {
+            let mut c = Command::new("fusermount3");
+            c.arg("-u");
+            c
+        } else {
+            Command::new("umount")
+        };
+        let run = run_bounded(cmd.arg(mnt), CMD_TIMEOUT);
+        let ok = run.success();
+        last = Some(run);
+        ok && !is_mounted(mnt)
+    });
+    if !gone {
+        panic!(
+            "cannot unmount {}: {}",
+            mnt.display(),
+            last.map_or("still mounted".to_string(), |r| r.to_string())
+        );
+    }
+}
+
+/// Why a run failed: where (`pos`, an index into the run's list of operations, or the list's
+/// length for the checks at the end), what kind of check (`stage`), and the details.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub pos: usize,
+    pub stage: String,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub ops: usize,
+    pub skipped: usize,
+}
+
+/// Compares the kernel's tree at `k` with ufs's at `u`; returns ufs's.
+fn compare_trees(k: &Path, u: &Path) -> Result<Tree, String> {
+    let (a_label, b_label) = ("kernel", "ufs");
+    let ta = tree::snapshot(k).map_err(|e| format!("snapshot of {a_label}: {e}"))?;
+    let tb = tree::snapshot(u).map_err(|e| format!("snapshot of {b_label}: {e}"))?;
+    let mut d = tree::diff(a_label, &ta, b_label, &tb);
+    d.extend(
+        tb.ino_problems
+            .iter()
+            .map(|p| format!("ufs (SEMANTICS.md, readdir): {p}")),
+    );
+    if d.is_empty() {
+        return Ok(tb);
+    }
+    let mut msg = format!("{} difference(s):\n", d.len());
+    for line in d.iter().take(12) {
+        let _ = writeln!(msg, "    {line}");
+    }
+    if d.len() > 12 {
+        let _ = writeln!(msg, "    ... and {} more", d.len() - 12);
+    }
+    Err(msg)
+}
+
+/// The guard for [`KnownDifference::HardLinksWithoutIndex`]: whether `op` would copy up a
+/// lower file with several links without `index`, judged on the kernel mount before it runs.
+fn known_difference(op: &Op, bench: &Bench) -> Option<KnownDifference> {
+    let kd = KnownDifference::HardLinksWithoutIndex;
+    (!bench.config.index
+        && op
+            .copy_up_targets()
+            .iter()
+            .any(|p| ops::is_lower_hard_link(&bench.k.mnt, &bench.k.upper, p)))
+    .then_some(kd)
+}
+
+/// Runs the operations `picks` (indices into `case.ops`, in order) on fresh mounts and checks
+/// everything; `verbose` prints every operation with both outcomes.
+pub fn run_case(case: &Case, picks: &[usize], verbose: bool) -> Result<Stats, Failure> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_inner(case, picks, verbose)
+    })) {
+        Ok(r) => r,
+        Err(e) => Err(Failure {
+            pos: picks.len(),
+            stage: "harness".into(),
+            detail: format!(
+                "panic (a mount or unmount failed?): {}",
+                panic_message(e.as_ref())
+            ),
+        }),
+    }
+}
+
+fn run_inner(case: &Case, picks: &[usize], verbose: bool) -> Result<Stats, Failure> {
+    let mut bench = Bench::new(case);
+    bench.mount();
+    let mut stats = Stats::default();
+    let (kmnt, umnt) = (bench.k.mnt.clone(), bench.u.mnt.clone());
+    for (pos, &i) in picks.iter().enumerate() {
+        let op = &case.ops[i];
+        if *op == Op::Remount {
+            bench.unmount();
+            bench.mount();
+            if verbose {
+                println!("#{i:<3} remount");
+            }
+            compare_trees(&kmnt, &umnt).map_err(|detail| Failure {
+                pos,
+                stage: "tree after remount".into(),
+                detail: format!("after #{i} remount: {detail}"),
+            })?;
+            continue;
+        }
+        let (k, u, ino_problems) = match known_difference(op, &bench) {
+            Some(kd) => (Outcome::Skipped(kd), Outcome::Skipped(kd), Vec::new()),
+            None => {
+                // The kernel's d_ino is not held against it: see `tree::Tree::ino_problems`.
+                let (k, _) = ops::run(&kmnt, op);
+                let (u, ino_problems) = ops::run(&umnt, op);
+                (k, u, ino_problems)
+            }
+        };
+        stats.ops += 1;
+        if matches!(k, Outcome::Skipped(_)) {
+            stats.skipped += 1;
+        }
+        if verbose {
+            println!("#{i:<3} {op}\n       kernel: {k:?}");
+            if u != k {
+                println!("       ufs:    {u:?}   <-- differs");
+            }
+        }
+        if k != u {
+            return Err(Failure {
+                pos,
+                stage: format!("op {}", op.kind()),
+                detail: format!("#{i} {op}\n    kernel: {k:?}\n    ufs:    {u:?}"),
+            });
+        }
+        if !ino_problems.is_empty() {
+            return Err(Failure {
+                pos,
+                stage: "readdir d_ino".into(),
+                detail: format!("#{i} {op}\n    ufs (SEMANTICS.md, readdir): {ino_problems:?}"),
+            });
+        }
+    }
+    let end = picks.len();
+    let ufs_tree = compare_trees(&kmnt, &umnt).map_err(|detail| Failure {
+        pos: end,
+        stage: "tree at end".into(),
+        detail,
+    })?;
+    bench.unmount_ufs();
+    let cross = bench.mount_cross();
+    let xt = tree::snapshot(&cross.mnt).map_err(|e| Failure {
+        pos: end,
+        stage: "cross-mount".into(),
+        detail: format!("snapshot of the kernel over ufs's upper: {e}"),
+    })?;
+    let d = tree::diff("ufs", &ufs_tree, "kernel-over-ufs-upper", &xt);
+    if !d.is_empty() {
+        let mut detail = format!("{} difference(s):\n", d.len());
+        for line in d.iter().take(12) {
+            let _ = writeln!(detail, "    {line}");
+        }
+        return Err(Failure {
+            pos: end,
+            stage: "cross-mount".into(),
+            detail,
+        });
+    }
+    Ok(stats)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shrinking and reporting
+// ---------------------------------------------------------------------------------------------
+
+/// Most replays one shrink may spend.
+const SHRINK_BUDGET: usize = 150;
+
+/// The minimal failing list of operations: the shortest failing prefix, then single earlier
+/// operations deleted while it still fails. Returns the picks and the failure they produce.
+pub fn shrink(case: &Case, picks: &[usize], first: &Failure) -> (Vec<usize>, Failure) {
+    let budget = std::cell::Cell::new(SHRINK_BUDGET);
+    let attempt = |p: &[usize]| -> Option<Failure> {
+        if budget.get() == 0 {
+            return None;
+        }
+        budget.set(budget.get() - 1);
+        run_case(case, p, false).err()
+    };
+    let last = first.pos.min(picks.len().saturating_sub(1));
+    let mut best: Vec<usize> = picks[..=last].to_vec();
+    let mut best_f = first.clone();
+    for len in 1..=last {
+        if let Some(f) = attempt(&picks[..len]) {
+            best = picks[..len].to_vec();
+            best_f = f;
+            break;
+        }
+    }
+    loop {
+        let mut changed = false;
+        let mut j = best.len().saturating_sub(1);
+        while j > 0 {
+            j -= 1;
+            let mut t = best.clone();
+            t.remove(j);
+            if let Some(f) = attempt(&t) {
+                if f.pos + 1 < t.len() {
+                    t.truncate(f.pos + 1);
+                }
+                best = t;
+                best_f = f;
+                changed = true;
+                j = j.min(best.len().saturating_sub(1));
+            }
+        }
+        if !changed || budget.get() == 0 {
+            break;
+        }
+    }
+    (best, best_f)
+}
+
+/// The command that replays `picks` of the case `seed`.
+pub fn replay_command(seed: u64, picks: &[usize]) -> String {
+    let ops = picks.last().map_or(0, |l| l + 1);
+    let drop: Vec<String> = (0..ops)
+        .filter(|i| !picks.contains(i))
+        .map(|i| i.to_string())
+        .collect();
+    let mut s = match std::env::var("UFS_DIFF_CONFIG") {
+        Ok(c) => format!("UFS_DIFF_CONFIG={c} "),
+        Err(_) => String::new(),
+    };
+    let _ = write!(s, "UFS_DIFF_SEED={seed} UFS_DIFF_OPS={ops}");
+    if !drop.is_empty() {
+        let _ = write!(s, " UFS_DIFF_DROP={}", drop.join(","));
+    }
+    s.push_str(" cargo test --release --test differential -- --nocapture");
+    s
+}
+
+/// The picks of a replay: the first `ops` operations without `drop`.
+pub fn replay_picks(case: &Case, ops: Option<usize>, drop: &[usize]) -> Vec<usize> {
+    let n = ops.unwrap_or(case.ops.len()).min(case.ops.len());
+    (0..n).filter(|i| !drop.contains(i)).collect()
+}
+
+/// The report of a failing case: first failure, minimal replay, and the command.
+pub fn report(
+    case: &Case,
+    picks: &[usize],
+    first: &Failure,
+    shrunk: Option<(&[usize], &Failure)>,
+) -> String {
+    let mut s = format!(
+        "=== DIFFERENTIAL FAILURE seed={} ({} ops, {}) ===\nfirst failure ({}, at op {} of the run):\n  {}\n",
+        case.seed,
+        case.ops.len(),
+        case.config.options(),
+        first.stage,
+        first.pos,
+        first.detail.trim_end().replace('\n', "\n  ")
+    );
+    match shrunk {
+        Some((min, f)) => {
+            let _ = writeln!(s, "minimal replay ({} of {} ops):", min.len(), picks.len());
+            for &i in min {
+                let _ = writeln!(s, "  #{i:<3} {}", case.ops[i]);
+            }
+            let _ = writeln!(
+                s,
+                "its failure ({}):\n  {}",
+                f.stage,
+                f.detail.trim_end().replace('\n', "\n  ")
+            );
+            let _ = writeln!(s, "replay: {}", replay_command(case.seed, min));
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "(not shrunk) replay: {}",
+                replay_command(case.seed, picks)
+            );
+        }
+    }
+    s
+}
+
+/// A readable listing of the layers of a case (for replays).
+pub fn describe_stack(case: &Case) -> String {
+    let mut s = format!("options: {}\n", case.config.options());
+    let mut layers: Vec<(String, &Layer)> = Vec::new();
+    if let Some(u) = &case.stack.upper {
+        layers.push(("upper".into(), u));
+    }
+    for (i, l) in case.stack.lowers.iter().enumerate() {
+        layers.push((format!("lower {i}"), l));
+    }
+    if case.stack.upper.is_none() {
+        let _ = writeln!(s, "upper: (empty)");
+    }
+    for (name, l) in layers {
+        let _ = writeln!(s, "{name}:");
+        describe_entries(&l.entries, "", &mut s);
+    }
+    s
+}
+
+fn describe_entries(entries: &std::collections::BTreeMap<String, Node>, rel: &str, s: &mut String) {
+    for (name, node) in entries {
+        let p = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let _ = match node {
+            Node::File { meta, content } => writeln!(
+                s,
+                "  /{p}: file {:04o} {}:{} {}B{}",
+                meta.mode,
+                meta.uid,
+                meta.gid,
+                content.len(),
+                if meta.xattrs.is_empty() {
+                    ""
+                } else {
+                    " +xattrs"
+                }
+            ),
+            Node::Dir { meta, opaque, .. } => writeln!(
+                s,
+                "  /{p}/: dir {:04o} {}:{}{}",
+                meta.mode,
+                meta.uid,
+                meta.gid,
+                if *opaque { " OPAQUE" } else { "" }
+            ),
+            Node::Symlink { target, .. } => writeln!(s, "  /{p}: symlink -> {target:?}"),
+            Node::Fifo { .. } => writeln!(s, "  /{p}: fifo"),
+            Node::HardLink { target } => writeln!(s, "  /{p}: hard link of /{target}"),
+            Node::Whiteout => writeln!(s, "  /{p}: WHITEOUT"),
+        };
+        if let Node::Dir { children, .. } = node {
+            describe_entries(children, &p, s);
+        }
+    }
+}
