@@ -331,7 +331,13 @@ impl Dataset {
         let total_files = scaled(20_000.0, 100);
         let n_bulk = total_files / 10;
         let n_tree = total_files - n_bulk;
-        let large_size = scaled(256.0, 1) as u64 * (1 << 20);
+        // `UFS_BENCH_LARGE_MIB` sets the large file's size on its own (e.g. 1024 for the 1 GiB
+        // metadata-only copy-up figures), independent of the scale.
+        let large_mib = std::env::var("UFS_BENCH_LARGE_MIB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or_else(|| scaled(256.0, 1));
+        let large_size = large_mib as u64 * (1 << 20);
 
         let root = tempfile::Builder::new()
             .prefix("ufs-bench-")
@@ -1197,6 +1203,15 @@ fn workloads() -> Vec<Workload> {
             throughput: false,
         },
         Workload {
+            name: "trunc-large",
+            about: "open(O_TRUNC) of the large lower file: no data needs copying",
+            mutates: true,
+            setup_per_mount: no_setup,
+            run: trunc_large,
+            expected: |_| Some(1),
+            throughput: false,
+        },
+        Workload {
             name: "rename-dir",
             about: "rename a lower directory with many entries",
             mutates: true,
@@ -1314,6 +1329,16 @@ fn copy_up_large(ds: &Dataset, merged: &Path) -> Result<u64, Failure> {
 fn chmod_large(ds: &Dataset, merged: &Path) -> Result<u64, Failure> {
     let path = merged.join(&ds.large);
     fs::set_permissions(&path, Permissions::from_mode(0o600)).at("chmod", &path)?;
+    Ok(1)
+}
+
+fn trunc_large(ds: &Dataset, merged: &Path) -> Result<u64, Failure> {
+    let path = merged.join(&ds.large);
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .at("open(O_TRUNC)", &path)?;
     Ok(1)
 }
 
