@@ -1203,6 +1203,15 @@ fn workloads() -> Vec<Workload> {
             throughput: false,
         },
         Workload {
+            name: "meta-large",
+            about: "chown, utimes and setxattr of the large lower file: metadata copy-up",
+            mutates: true,
+            setup_per_mount: no_setup,
+            run: meta_large,
+            expected: |_| Some(3),
+            throughput: false,
+        },
+        Workload {
             name: "trunc-large",
             about: "open(O_TRUNC) of the large lower file: no data needs copying",
             mutates: true,
@@ -1330,6 +1339,33 @@ fn chmod_large(ds: &Dataset, merged: &Path) -> Result<u64, Failure> {
     let path = merged.join(&ds.large);
     fs::set_permissions(&path, Permissions::from_mode(0o600)).at("chmod", &path)?;
     Ok(1)
+}
+
+fn meta_large(ds: &Dataset, merged: &Path) -> Result<u64, Failure> {
+    let path = merged.join(&ds.large);
+    std::os::unix::fs::chown(&path, Some(0), Some(0)).at("chown", &path)?;
+    // Times set on a read-only handle: opening for writing would copy the data.
+    File::open(&path)
+        .and_then(|f| f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)))
+        .at("utimes", &path)?;
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        .at("setxattr", &path)?;
+    let value = b"1";
+    // SAFETY: `c_path` and the name are NUL-terminated; `value` is readable for its length.
+    let r = unsafe {
+        libc::setxattr(
+            c_path.as_ptr(),
+            c"user.bench".as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error()).at("setxattr", &path);
+    }
+    Ok(3)
 }
 
 fn trunc_large(ds: &Dataset, merged: &Path) -> Result<u64, Failure> {
