@@ -556,9 +556,10 @@ fn for_each_features(test: &str, case: impl Fn(&Path, Features)) {
 }
 
 fn ops_case(dir: &Path, features: Features) {
+    // Before the fixtures: see `other_users_create_with_their_ids_and_umask`.
+    let since_ops = now_secs();
     let kd = ops_fixture(&dir.join("k"), features);
     let ud = ops_fixture(&dir.join("u"), features);
-    let since_ops = now_secs();
     let _k = kd.mount_kernel();
     let _u = ud.mount_ufs();
 
@@ -1385,9 +1386,11 @@ fn other_users_create_with_their_ids_and_umask() {
         return;
     }
     let t = tempdir();
+    // Taken before the fixtures, so that times they set are blurred alike on both sides even
+    // when building them crosses a second boundary.
+    let since = now_secs();
     let kd = perm_fixture(&t.path().join("k"));
     let ud = perm_fixture(&t.path().join("u"));
-    let since = now_secs();
     let _k = kd.mount_kernel();
     let _u = ud.mount_ufs_with("allow_other");
     let kr = perm_run(&kd.mnt);
