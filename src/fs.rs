@@ -209,7 +209,11 @@ fn reply_empty(res: crate::error::Result<()>, reply: ReplyEmpty) {
 
 impl Filesystem for UfsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+        // ATOMIC_O_TRUNC: `open(O_TRUNC)` reaches ufs with the flag, so a lower file about to
+        // be emptied is copied up without its data (else the kernel opens it for writing, which
+        // copies the data, and truncates it afterwards).
+        let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS;
