@@ -1663,3 +1663,64 @@ fn squash_options_report_one_owner() {
     assert_eq!(lmeta(&l.join("f1")).uid(), 1000);
     assert_eq!(lmeta(&lay.upper.join("f2")).gid(), 100);
 }
+
+/// Regression: `open(O_TRUNC)` of a lower file used to reach ufs as an open for writing (which
+/// copied all the data) followed by a truncate, until ufs asked the kernel for ATOMIC_O_TRUNC.
+/// The upper here is a 16 MiB tmpfs and the lower files are 64 MiB: any data copy fails with
+/// ENOSPC, so these operations succeeding proves that no data was copied.
+#[test]
+fn truncating_and_metadata_changes_copy_no_data() {
+    if common::skip("truncating_and_metadata_changes_copy_no_data") {
+        return;
+    }
+    let t = common::tempdir();
+    let lower = t.path().join("l");
+    fs::create_dir_all(&lower).unwrap();
+    for name in ["otrunc", "trunc0", "chmod", "chown", "xattr"] {
+        // 64 MiB of real data each.
+        let f = fs::File::create(lower.join(name)).unwrap();
+        // Real data (not a hole), so that a copy would need the space.
+        let chunk = vec![b'd'; 1 << 20];
+        for i in 0..64u64 {
+            std::os::unix::fs::FileExt::write_all_at(&f, &chunk, i << 20).unwrap();
+        }
+    }
+    let small = t.path().join("small");
+    fs::create_dir_all(&small).unwrap();
+    let _tmpfs = common::TmpfsMount::mount(&small, 16);
+    fs::create_dir_all(small.join("up")).unwrap();
+    fs::create_dir_all(small.join("wk")).unwrap();
+    let mnt = t.path().join("m");
+    fs::create_dir_all(&mnt).unwrap();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        small.join("up").display(),
+        small.join("wk").display()
+    );
+    let _m = common::UfsMount::mount(&opts, &mnt);
+
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(mnt.join("otrunc"))
+        .expect("open(O_TRUNC) must not copy 64 MiB into a 16 MiB upper");
+    assert_eq!(fs::metadata(mnt.join("otrunc")).unwrap().len(), 0);
+    write_support::truncate(&mnt.join("trunc0"), 0).expect("truncate(0) must not copy data");
+    assert_eq!(fs::metadata(mnt.join("trunc0")).unwrap().len(), 0);
+    // The control: opening for writing without O_TRUNC does copy the data, which cannot fit.
+    let e = OpenOptions::new()
+        .write(true)
+        .open(mnt.join("xattr"))
+        .expect_err("a data copy-up must not fit in the 16 MiB upper");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    fs::set_permissions(mnt.join("chmod"), fs::Permissions::from_mode(0o600))
+        .expect("chmod must copy metadata only");
+    std::os::unix::fs::chown(mnt.join("chown"), Some(1), Some(1))
+        .expect("chown must copy metadata only");
+    assert_eq!(fs::metadata(mnt.join("chmod")).unwrap().len(), 64 << 20);
+    assert_eq!(fs::metadata(mnt.join("chown")).unwrap().uid(), 1);
+    // The data still reads from the lower file.
+    let data = fs::read(mnt.join("chmod")).unwrap();
+    assert!(data.len() == 64 << 20 && data.iter().all(|&b| b == b'd'));
+}
