@@ -232,26 +232,6 @@ pub struct InoEntry {
     pub d_ino: Option<u64>,
 }
 
-fn kind_str(ft: fs::FileType) -> &'static str {
-    if ft.is_dir() {
-        "dir"
-    } else if ft.is_file() {
-        "file"
-    } else if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_char_device() {
-        "chardev"
-    } else if ft.is_block_device() {
-        "blockdev"
-    } else if ft.is_socket() {
-        "socket"
-    } else {
-        "unknown"
-    }
-}
-
 /// A digest of a regular file's content: all of it up to 8 MiB, else its size and 64 KiB
 /// samples every 32 MiB plus its last 64 KiB (enough to tell two 1 GiB test files apart).
 pub fn content_digest(p: &Path) -> io::Result<u64> {
@@ -280,7 +260,7 @@ pub fn content_digest(p: &Path) -> io::Result<u64> {
 pub fn ino_walk(root: &Path) -> BTreeMap<String, InoEntry> {
     fn entry(p: &Path, d_ino: Option<u64>) -> InoEntry {
         let md = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
-        let kind = kind_str(md.file_type());
+        let kind = crate::common::kind_of(md.file_type());
         InoEntry {
             kind,
             ino: md.ino(),

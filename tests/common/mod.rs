@@ -1480,7 +1480,8 @@ pub const PROBE_NAMES: &[&str] = &[
     ".wh.f",
 ];
 
-fn kind_of(ft: fs::FileType) -> &'static str {
+/// A short name for a file type (shared by the test targets).
+pub fn kind_of(ft: fs::FileType) -> &'static str {
     if ft.is_dir() {
         "dir"
     } else if ft.is_file() {
