@@ -219,8 +219,10 @@ impl Filesystem for UfsFs {
             | InitFlags::FUSE_CACHE_SYMLINKS;
         if let Err(missing) = config.add_capabilities(wanted) {
             debug!("kernel lacks capabilities {missing:?}");
-            // Ask for the ones the kernel has.
-            let _ = config.add_capabilities(wanted & !missing);
+            // Ask for the ones the kernel has; these cannot be refused.
+            if let Err(e) = config.add_capabilities(wanted & !missing) {
+                log::warn!("kernel refused capabilities {e:?}");
+            }
         }
         Ok(())
     }
@@ -382,8 +384,12 @@ impl Filesystem for UfsFs {
             }
             let entry = match self.ov.lookup(h.node, &e.name) {
                 Ok(entry) => entry,
-                // Gone since the directory was opened: leave it out.
-                Err(_) => continue,
+                // Gone since the directory was opened (or unreadable): leave it out; a lookup
+                // of the name answers with the error.
+                Err(err) => {
+                    debug!("readdirplus: leaving out {:?}: {err}", e.name);
+                    continue;
+                }
             };
             let attr = to_attr(&entry.attr);
             if reply.add(
