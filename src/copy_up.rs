@@ -544,8 +544,11 @@ pub fn complete_metacopy(
     let out = sys::reopen(upper, libc::O_WRONLY)?;
     if data == CopyData::All {
         let size = sys::fstat(lower)?.st_size as u64;
-        let input = sys::reopen(lower, libc::O_RDONLY)?;
-        copy_data(input.as_fd(), out.as_fd(), size)?;
+        // An empty file has nothing to copy, and (as with the kernel) its times stay.
+        if size > 0 {
+            let input = sys::reopen(lower, libc::O_RDONLY)?;
+            copy_data(input.as_fd(), out.as_fd(), size)?;
+        }
     } else {
         sys::ftruncate(out.as_fd(), 0)?;
     }

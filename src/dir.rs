@@ -293,9 +293,8 @@ impl Overlay {
     fn alias_linked(&self, node: &Inode) -> Result<()> {
         let (_, work) = self.upper_layer()?;
         let reals = node.reals();
-        if reals.len() < 2 {
-            return Ok(());
-        }
+        // Only indexed copies carry a record; after a remount their node may have been reached
+        // through an upper name, with no lower entry beside it.
         if let Some(n) = copy_up::nlink_record(reals.top()?)? {
             copy_up::set_nlink_record(work, reals.top()?, n - 1)?;
         }

@@ -182,11 +182,7 @@ fn probe(dir: &Arc<OwnedFd>, target: &Target) -> Result<Probe> {
 
 /// Whether an upper regular file is a metadata-only copy. (Its block count cannot tell: a
 /// filesystem may count a block of xattrs in it.)
-pub fn is_metacopy(fd: BorrowedFd<'_>, st: &libc::stat) -> Result<bool> {
-    if st.st_size == 0 {
-        // Nothing to read either way.
-        return Ok(false);
-    }
+pub fn is_metacopy(fd: BorrowedFd<'_>) -> Result<bool> {
     for name in METACOPY_XATTRS {
         match sys::getxattr(fd, name) {
             Ok(_) => return Ok(true),
@@ -278,7 +274,7 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
             return Err(crate::error::EIO);
         };
         let metacopy =
-            kind == Kind::Regular && Some(layer) == layers.upper() && is_metacopy(fd.as_fd(), &st)?;
+            kind == Kind::Regular && Some(layer) == layers.upper() && is_metacopy(fd.as_fd())?;
         let entry = if kind == Kind::Directory {
             RealEntry::new(layer, fd)
         } else {

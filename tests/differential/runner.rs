@@ -449,19 +449,28 @@ fn run_inner(case: &Case, picks: &[usize], verbose: bool) -> Result<Stats, Failu
 // Shrinking and reporting
 // ---------------------------------------------------------------------------------------------
 
-/// Most replays one shrink may spend.
+/// Most replays one shrink may spend (`UFS_DIFF_SHRINK_BUDGET` overrides).
 const SHRINK_BUDGET: usize = 150;
 
-/// The minimal failing list of operations: the shortest failing prefix, then single earlier
-/// operations deleted while it still fails. Returns the picks and the failure they produce.
+/// The minimal failing list of operations: the shortest prefix that still fails at the same
+/// stage, then single earlier operations deleted while it still does. Returns the picks and the
+/// failure they produce.
 pub fn shrink(case: &Case, picks: &[usize], first: &Failure) -> (Vec<usize>, Failure) {
-    let budget = std::cell::Cell::new(SHRINK_BUDGET);
+    let budget = std::env::var("UFS_DIFF_SHRINK_BUDGET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SHRINK_BUDGET);
+    let budget = std::cell::Cell::new(budget);
     let attempt = |p: &[usize]| -> Option<Failure> {
         if budget.get() == 0 {
             return None;
         }
         budget.set(budget.get() - 1);
-        run_case(case, p, false).err()
+        // Only the same kind of failure counts, so that shrinking cannot slide from one bug
+        // to another that the longer sequence also hits.
+        run_case(case, p, false)
+            .err()
+            .filter(|f| f.stage == first.stage)
     };
     let last = first.pos.min(picks.len().saturating_sub(1));
     let mut best: Vec<usize> = picks[..=last].to_vec();
