@@ -167,9 +167,16 @@ impl RealEntry {
         }
     }
 
-    /// Whether this entry is `name` in the real directory `dir`.
-    pub fn is_named(&self, dir: &Arc<OwnedFd>, name: &CStr) -> bool {
-        matches!(&self.real, Real::Named { dir: d, name: n } if Arc::ptr_eq(d, dir) && **n == *name)
+    /// Whether both entries name the same place: the same real directory and name, or the same
+    /// held fd.
+    pub fn same_place(&self, other: &RealEntry) -> bool {
+        match (&self.real, &other.real) {
+            (Real::Named { dir: a, name: x }, Real::Named { dir: b, name: y }) => {
+                Arc::ptr_eq(a, b) && x == y
+            }
+            (Real::Held(a), Real::Held(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 
     /// `stat` of the object, in one syscall.

@@ -154,7 +154,6 @@ impl Overlay {
         &self.layers
     }
 
-    /// Attributes of a node as the mount reports them.
     /// Applies the owner squashing options to attributes about to be reported.
     fn present(&self, st: &mut libc::stat) {
         if let Some(uid) = self.squash_uid {
@@ -165,6 +164,7 @@ impl Overlay {
         }
     }
 
+    /// Attributes of a node as the mount reports them.
     pub(crate) fn attr(&self, node: &Inode) -> Result<libc::stat> {
         let mut st = self.real_attr(node)?;
         self.present(&mut st);
@@ -172,18 +172,22 @@ impl Overlay {
     }
 
     fn real_attr(&self, node: &Inode) -> Result<libc::stat> {
-        let reals = node.reals();
-        let top = reals.first().ok_or(crate::error::EIO)?;
+        let (reals, lower_data) = {
+            let state = node.state.read();
+            (state.reals.clone(), state.lower_data.clone())
+        };
+        let top = reals.top()?;
         let mut st = top.stat()?;
         st.st_ino = node.ino;
-        if let Some(data) = &node.state.read().lower_data {
+        if let Some(data) = &lower_data {
             // A metadata-only copy: the blocks are the lower file's.
             st.st_blocks = data.stat()?.st_blocks;
         }
         if node.kind == Kind::Directory && reals.len() > 1 {
             // Like the kernel: the link count of a merged directory cannot be known cheaply.
             st.st_nlink = 1;
-        } else if node.kind != Kind::Directory
+        } else if self.index
+            && node.kind != Kind::Directory
             && (st.st_nlink > 1 || reals.len() > 1)
             && Some(top.layer) == self.layers.upper()
         {
@@ -355,7 +359,9 @@ impl Overlay {
             Some(c) => c.clone(),
             None => return,
         };
+        // The common case, a name reached again, costs no syscall.
         if !matches!(current.real, crate::inode::Real::Named { .. })
+            || current.same_place(&fresh)
             || fresh.layer > current.layer
             || current.stat().is_ok()
         {

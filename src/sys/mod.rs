@@ -12,7 +12,7 @@ pub mod process;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::error::{Error, Result};
@@ -651,11 +651,6 @@ pub fn euid_egid() -> (u32, u32) {
 /// Whether `st` describes a whiteout: a character device with device number 0/0.
 pub fn is_whiteout(st: &libc::stat) -> bool {
     (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == 0
-}
-
-/// The raw fd number, for log lines only.
-pub fn raw(fd: BorrowedFd<'_>) -> RawFd {
-    fd.as_raw_fd()
 }
 
 #[cfg(test)]
