@@ -902,25 +902,7 @@ fn run_inner(root: &Path, op: &Op, ino_problems: &mut Vec<String>) -> io::Result
     }
 }
 
-pub fn kind_of_ft(ft: std::fs::FileType) -> &'static str {
-    if ft.is_dir() {
-        "dir"
-    } else if ft.is_file() {
-        "file"
-    } else if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_char_device() {
-        "chardev"
-    } else if ft.is_block_device() {
-        "blockdev"
-    } else if ft.is_socket() {
-        "socket"
-    } else {
-        "unknown"
-    }
-}
+pub use crate::common::kind_of as kind_of_ft;
 
 /// Whether `path` in the kernel mount `root` is a lower regular file with more than one link
 /// (an object that `upper` does not hold yet). Used to keep the operations that would copy it
