@@ -58,6 +58,19 @@ impl Overlay {
     /// `metacopy` is on), `All` (the data too: completes an earlier metadata-only copy) or
     /// `None` (the caller empties the file: no data is copied).
     pub(crate) fn ensure_upper(&self, node: &Arc<Inode>, data: CopyData) -> Result<Reals> {
+        Ok(self.writable(node, data)?.1)
+    }
+
+    /// Like [`Overlay::ensure_upper`], and also returns the node the upper entry belongs to:
+    /// `node` itself, except for a lower file with several links while the index is off. Then,
+    /// as in the kernel, the copy-up breaks the name it was reached by away from the other
+    /// names: the copy is a new object (its own node and number), and the other names keep
+    /// showing the lower file.
+    pub(crate) fn writable(
+        &self,
+        node: &Arc<Inode>,
+        data: CopyData,
+    ) -> Result<(Arc<Inode>, Reals)> {
         let (upper, work) = self.upper_layer()?;
         let data = match data {
             CopyData::Metadata if !self.metacopy || node.kind != Kind::Regular => CopyData::All,
@@ -79,16 +92,20 @@ impl Overlay {
                         log::debug!("completed the metadata-only copy of node {}", node.id);
                     }
                 }
-                return Ok(reals);
+                return Ok((node.clone(), reals));
             }
             if node.id == ROOT_ID {
                 // The root's reals always start with the upper root when there is one.
                 return Err(EIO);
             }
+            let first = node.location();
+            if first.broken.contains(&(first.parent, first.name.clone())) {
+                // Reached through a name whose copy already broke away: that copy it is.
+                return self.broken_away(first.parent, &first.name, data);
+            }
             // The name to copy up under: where the node was last reached, unless that name no
             // longer stands for this lower file (a hard link whose name was replaced), then
             // another name it was reached by that still does.
-            let first = node.location();
             let (parent_id, chosen) = match self.still_names(node, &first, reals.top()?)? {
                 Some(pick) => pick,
                 None => (first.parent, first.name.clone()),
@@ -104,19 +121,43 @@ impl Overlay {
             }
             let loc = node.location();
             if loc.parent != first.parent || loc.name != first.name {
-                // Renamed while the parent was being copied up: start over.
+                // Reached by another name while the parent was being copied up: start over.
                 continue;
             }
             let name = sys::cstr(&chosen)?;
             let src = st.reals.first().ok_or(EIO)?.clone();
             let src_st = src.stat()?;
             // With `index=on`, a lower file with several names is copied once, into the index,
-            // and every name finds that copy. Without it, the copy no longer shares the other
-            // names' content, so it must not share their number either (the kernel's rule).
-            let indexed = self.index
-                && node.kind != Kind::Directory
-                && src_st.st_nlink > 1
-                && work.index.is_some();
+            // and every name finds that copy. Without it, the copy is a new object.
+            let several = node.kind != Kind::Directory && src_st.st_nlink > 1;
+            let indexed = several && self.index && work.index.is_some();
+            if several && !indexed {
+                let broke = (parent_id, chosen.clone());
+                if loc.broken.contains(&broke) {
+                    // Another thread broke this name away meanwhile.
+                    drop(st);
+                    return self.broken_away(parent_id, &chosen, data);
+                }
+                copy_up::copy_up(
+                    work,
+                    upper,
+                    &src,
+                    node.kind,
+                    preals.top()?.dir_arc()?,
+                    &name,
+                    data,
+                    None,
+                    None,
+                )?;
+                node.broke_away(parent_id, &chosen);
+                drop(st);
+                parent.listing_changed();
+                // The name's number changed with no change to the directory the kernel would
+                // notice: its cached listing must go.
+                self.invalidate_dir(parent_id);
+                log::debug!("copied up {chosen:?} away from node {}", node.id);
+                return self.broken_away(parent_id, &chosen, data);
+            }
             let key = if indexed {
                 Some(copy_up::IndexKey::of(&src)?)
             } else {
@@ -127,7 +168,6 @@ impl Overlay {
             } else {
                 data
             };
-            let keep_ino = node.kind == Kind::Directory || src_st.st_nlink <= 1 || indexed;
             let (entry, published) = copy_up::copy_up(
                 work,
                 upper,
@@ -136,14 +176,12 @@ impl Overlay {
                 preals.top()?.dir_arc()?,
                 &name,
                 data,
-                // `xino=off`: no record, so the number lasts only as long as this mount.
-                (keep_ino && self.xino).then_some(node.ino),
+                // The number survives a remount through this record (the kernel finds it
+                // through the origin, whatever `xino` says).
+                Some(node.ino),
                 key.as_ref(),
             )?;
-            if keep_ino {
-                let real = entry.stat()?.st_ino;
-                self.layers.remember_copy_up(real, node.ino);
-            }
+            self.layers.remember_copy_up(entry.stat()?.st_ino, node.ino);
             let mut new_reals = vec![entry];
             if node.kind == Kind::Directory || indexed {
                 new_reals.extend(st.reals.iter().cloned());
@@ -167,13 +205,28 @@ impl Overlay {
                     reals.top()?,
                     src_st.st_nlink as i64 - upper_links,
                 )?;
-            } else if node.kind != Kind::Directory && src_st.st_nlink > 1 {
-                // Without the index, every name this mount reached the file by shows the copy
-                // (they are one node); linking them keeps that view after a remount.
-                self.link_other_aliases(node, &loc, (parent_id, &chosen), &src_st)?;
             }
-            return Ok(reals);
+            return Ok((node.clone(), reals));
         }
+    }
+
+    /// The node of the copy that broke away at `name` in directory node `parent` (looked up
+    /// afresh), made writable for `data`.
+    fn broken_away(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        data: CopyData,
+    ) -> Result<(Arc<Inode>, Reals)> {
+        let e = self.lookup(parent, name)?;
+        let copy = self.inodes.get(e.node);
+        self.inodes.forget(e.node, 1);
+        let copy = copy?;
+        if copy.reals().top()?.layer != self.upper_layer()?.0 {
+            // The copy is gone and the name stands for a lower object again.
+            return Err(crate::error::ESTALE);
+        }
+        self.writable(&copy, data)
     }
 
     /// The first of the names `node` was reached by (its location, then its other names, most
@@ -216,27 +269,6 @@ impl Overlay {
         Some(top.layer) != self.layers.upper()
             && found.stat.st_dev == lower.st_dev
             && found.stat.st_ino == lower.st_ino
-    }
-
-    /// With `index=off`: links the copy of `node` under each other name it was reached by that
-    /// still stands for its lower object (`done` is the name the copy was published under).
-    fn link_other_aliases(
-        &self,
-        node: &Inode,
-        loc: &Location,
-        done: (u64, &std::ffi::OsString),
-        lower: &libc::stat,
-    ) -> Result<()> {
-        let names = std::iter::once((loc.parent, loc.name.clone())).chain(loc.aliases.clone());
-        for (parent, name) in names {
-            if (parent, &name) == done || !self.names_lower(parent, &name, lower) {
-                continue;
-            }
-            let pnode = self.inodes.get(parent)?;
-            let preals = self.ensure_upper(&pnode, CopyData::All)?;
-            link_alias(node, preals.top()?.dir_fd()?, &sys::cstr(&name)?)?;
-        }
-        Ok(())
     }
 
     /// Links the indexed copy of `node` under one of the other names it was reached by that
@@ -648,7 +680,7 @@ impl Overlay {
             return Err(crate::error::EPERM);
         }
         // Like the kernel, a link copies only metadata; the copy records where its data is.
-        let reals = self.ensure_upper(&node, CopyData::Metadata)?;
+        let (node, reals) = self.writable(&node, CopyData::Metadata)?;
         self.set_data_redirect(&node)?;
         let np = self.dir_node(newparent)?;
         let nreals = self.ensure_upper(&np, CopyData::All)?;
@@ -750,16 +782,16 @@ impl Overlay {
                 (false, false) => {}
             }
         }
-        self.with_child(parent, name, |src_node| {
+        self.with_child(parent, name, |reached| {
             // A file moves as a metadata-only copy that records where its data is.
-            self.ensure_upper(src_node, CopyData::Metadata)?;
+            let (src_node, _) = self.writable(reached, CopyData::Metadata)?;
+            let src_node = &src_node;
             self.set_data_redirect(src_node)?;
             let dst_node = if exchange {
                 let e = self.lookup(newparent, newname)?;
                 let n = self.inodes.get(e.node);
                 self.inodes.forget(e.node, 1);
-                let n = n?;
-                self.ensure_upper(&n, CopyData::Metadata)?;
+                let (n, _) = self.writable(&n?, CopyData::Metadata)?;
                 self.set_data_redirect(&n)?;
                 Some(n)
             } else {

@@ -72,3 +72,4 @@ pub const ENOTEMPTY: Error = Error(libc::ENOTEMPTY);
 pub const EXDEV: Error = Error(libc::EXDEV);
 pub const ENAMETOOLONG: Error = Error(libc::ENAMETOOLONG);
 pub const ENOSYS: Error = Error(libc::ENOSYS);
+pub const ESTALE: Error = Error(libc::ESTALE);

@@ -78,7 +78,25 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
         ov: Arc::new(overlay),
         ttl: opts.timeout,
     };
+    let ov = fs.ov.clone();
     let session = fuser::Session::new(fs, mountpoint, &config)?;
+    // Invalidations go out from a thread of their own, never from a thread answering a
+    // request (the kernel may wait for that answer while it handles the notification).
+    let notifier = session.notifier();
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    std::thread::Builder::new()
+        .name("ufs-notify".into())
+        .spawn(move || {
+            for dir in rx {
+                if let Err(e) = notifier.inval_inode(INodeNo(dir), 0, 0) {
+                    debug!("invalidating node {dir}: {e}");
+                }
+            }
+        })?;
+    ov.set_dir_invalidator(Box::new(move |dir| {
+        // Fails only once the notifier thread is gone, at unmount.
+        let _ = tx.send(dir);
+    }));
     on_ready();
     session.run()
 }
@@ -162,18 +180,21 @@ fn caller(req: &Request) -> Caller {
 }
 
 impl UfsFs {
-    /// How long the kernel may keep a node's attributes.
-    fn attr_ttl(&self, node: u64) -> Duration {
-        if self.ov.attr_volatile(node) {
-            Duration::ZERO
-        } else {
-            self.ttl
-        }
+    /// How long the kernel may keep a node's attributes (`attr`, about to be sent) and the
+    /// names that lead to it.
+    fn ttls(&self, node: u64, attr: &libc::stat) -> (Duration, Duration) {
+        let (attrs, names) = self.ov.volatile(node, attr);
+        let ttl = |volatile: bool| if volatile { Duration::ZERO } else { self.ttl };
+        (ttl(attrs), ttl(names))
+    }
+
+    fn attr_ttl(&self, node: u64, attr: &libc::stat) -> Duration {
+        self.ttls(node, attr).0
     }
 
     fn entry(&self, e: &Entry, reply: ReplyEntry) {
-        let attr_ttl = self.attr_ttl(e.node);
-        reply.entry_with_ttls(&attr_ttl, &self.ttl, &to_attr(&e.attr), Generation(0));
+        let (attr_ttl, entry_ttl) = self.ttls(e.node, &e.attr);
+        reply.entry_with_ttls(&attr_ttl, &entry_ttl, &to_attr(&e.attr), Generation(0));
     }
 
     fn reply_entry(&self, res: crate::error::Result<Entry>, reply: ReplyEntry) {
@@ -250,7 +271,7 @@ impl Filesystem for UfsFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         debug!("getattr(ino={ino}, fh={fh:?})");
         match self.ov.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(st) => reply.attr(&self.attr_ttl(ino.0), &to_attr(&st)),
+            Ok(st) => reply.attr(&self.attr_ttl(ino.0, &st), &to_attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -396,7 +417,7 @@ impl Filesystem for UfsFs {
                 INodeNo(entry.node),
                 off,
                 &e.name,
-                &self.attr_ttl(entry.node),
+                &self.attr_ttl(entry.node, &entry.attr),
                 &attr,
                 Generation(0),
             ) {
@@ -480,7 +501,7 @@ impl Filesystem for UfsFs {
             fh: fh.map(|f| f.0),
         };
         match self.ov.setattr(ino.0, change) {
-            Ok(st) => reply.attr(&self.attr_ttl(ino.0), &to_attr(&st)),
+            Ok(st) => reply.attr(&self.attr_ttl(ino.0, &st), &to_attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }

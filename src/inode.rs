@@ -231,6 +231,9 @@ pub struct Location {
     /// Other names a non-directory with several links was reached by (most recent last,
     /// bounded): copy-up links the index entry under one that still names the object.
     pub aliases: Vec<(u64, OsString)>,
+    /// Names of a lower file with several links whose copy-up broke away from it (without the
+    /// index): an operation that reaches this node through one of them goes to that copy.
+    pub broken: Vec<(u64, OsString)>,
 }
 
 /// How many other names of a hard-linked file a node remembers.
@@ -292,6 +295,16 @@ impl Inode {
         *self.listing.lock() = None;
     }
 
+    /// Records that the copy-up of this node's name `name` in `parent` broke away from it.
+    pub fn broke_away(&self, parent: u64, name: &OsStr) {
+        let mut l = self.location.lock();
+        l.broken.retain(|(p, n)| !(*p == parent && n == name));
+        l.broken.push((parent, name.to_os_string()));
+        if l.broken.len() > MAX_ALIASES {
+            l.broken.remove(0);
+        }
+    }
+
     pub fn location(&self) -> Location {
         self.location.lock().clone()
     }
@@ -343,6 +356,7 @@ impl InodeTable {
                 parent: ROOT_ID,
                 name: OsString::new(),
                 aliases: Vec::new(),
+                broken: Vec::new(),
             }),
             listing: Mutex::new(None),
             listing_gen: AtomicU64::new(0),
@@ -389,6 +403,7 @@ impl InodeTable {
                 parent,
                 name: name.to_os_string(),
                 aliases: Vec::new(),
+                broken: Vec::new(),
             }),
             listing: Mutex::new(None),
             listing_gen: AtomicU64::new(0),

@@ -72,7 +72,8 @@ pub struct Options {
     pub index: bool,
     /// `metacopy=on` (default): metadata changes of a lower file copy no data.
     pub metacopy: bool,
-    /// `xino=on|auto` (default): objects keep their inode number across copy-up and remount.
+    /// `xino=on|auto` (default) or `off`. Parsed and validated; ufs numbers objects the same
+    /// either way (docs/DIFFERENCES.md, "`xino=off`").
     pub xino: bool,
     /// One line per option that was not understood and therefore ignored.
     pub warnings: Vec<String>,

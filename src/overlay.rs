@@ -56,6 +56,10 @@ impl DirHandle {
 #[derive(Debug)]
 pub struct FileHandle {
     pub node: u64,
+    /// The number `fstat` through this file reports: the node's, or for a file whose open
+    /// broke its name away from a lower file's other names (see [`Overlay::writable`]), the
+    /// copy's.
+    pub ino: u64,
     pub file: OwnedFd,
     /// Opened for writing (so on the upper copy).
     pub writable: bool,
@@ -97,13 +101,14 @@ pub struct Overlay {
     pub(crate) index: bool,
     /// Copy only metadata for metadata changes of lower files (`metacopy=on`).
     pub(crate) metacopy: bool,
-    /// Keep inode numbers across copy-up and remount (`xino=on`).
-    pub(crate) xino: bool,
     /// `squash_to_root` / `squash_to_uid=` / `squash_to_gid=`: the owner every object reports.
     pub(crate) squash_uid: Option<u32>,
     pub(crate) squash_gid: Option<u32>,
     /// The xattr namespace of the records this mount reads and writes.
     pub(crate) record_ns: XattrNamespace,
+    /// Tells the kernel to drop what it cached of a directory (its listing): set by the FUSE
+    /// glue, used where an entry's number changes without the directory changing.
+    dir_invalidator: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl Overlay {
@@ -135,7 +140,6 @@ impl Overlay {
             redirect_dir: opts.redirect_dir,
             index: opts.index,
             metacopy: opts.metacopy,
-            xino: opts.xino,
             work,
             read_only,
             layers,
@@ -143,7 +147,22 @@ impl Overlay {
             dirs: DashMap::new(),
             files: DashMap::new(),
             next_fh: AtomicU64::new(1),
+            dir_invalidator: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs how to make the kernel drop its cache of a directory node.
+    pub fn set_dir_invalidator(&self, f: Box<dyn Fn(u64) + Send + Sync>) {
+        if self.dir_invalidator.set(f).is_err() {
+            log::warn!("directory invalidator installed twice");
+        }
+    }
+
+    /// Asks the kernel to forget what it cached of directory node `dir`.
+    pub(crate) fn invalidate_dir(&self, dir: u64) {
+        if let Some(f) = self.dir_invalidator.get() {
+            f(dir);
+        }
     }
 
     pub fn is_read_only(&self) -> bool {
@@ -377,27 +396,76 @@ impl Overlay {
         }
     }
 
-    /// Whether the kernel must not cache the node's attributes: a metadata-only copy's size in
-    /// blocks and times change when its data is copied, which can happen inside an `open`.
-    pub fn attr_volatile(&self, node: u64) -> bool {
-        self.inodes
-            .get(node)
-            .is_ok_and(|n| n.state.read().lower_data.is_some())
+    /// What the kernel must not cache about a node (`attr` is what it is told now): its
+    /// attributes (`.0`), and also the names that lead to it (`.1`). A metadata-only copy's
+    /// size in blocks and times change when its data is copied, which can happen inside an
+    /// `open`; a lower file with several links while the index is off gets a new number through
+    /// the name it is copied up by, so each name must be looked up again.
+    pub fn volatile(&self, node: u64, attr: &libc::stat) -> (bool, bool) {
+        let Ok(n) = self.inodes.get(node) else {
+            return (false, false);
+        };
+        let st = n.state.read();
+        let names = st
+            .reals
+            .first()
+            .is_some_and(|r| Some(r.layer) != self.layers.upper())
+            && self.breaks_links(&n, attr);
+        (names || st.lower_data.is_some(), names)
     }
 
-    /// Attributes of a node; through the open file `fh` when the kernel names one (so a file
-    /// unlinked while open still answers).
+    /// Whether a copy-up of the lower non-directory `node` (with attributes `st`) breaks it
+    /// away from its other names: it has several and the index is off.
+    pub(crate) fn breaks_links(&self, node: &Inode, st: &libc::stat) -> bool {
+        node.kind != Kind::Directory
+            && st.st_nlink > 1
+            && !self.read_only
+            && self.work.as_ref().is_some_and(|w| w.index.is_none())
+    }
+
+    /// Attributes of a node; through the open file `fh` when the kernel names one and it is
+    /// not the node's object any more (a copy that broke away from a lower file's other names),
+    /// or when the node's object cannot be reached (unlinked while open).
     pub fn getattr(&self, node: u64, fh: Option<u64>) -> Result<libc::stat> {
         let node = self.inodes.get(node)?;
-        if let Some(h) = fh.and_then(|fh| self.files.get(&fh).map(|h| h.clone()))
-            && node.state.read().lower_data.is_none()
-        {
+        let handle = fh.and_then(|fh| self.files.get(&fh).map(|h| h.clone()));
+        let through_file = |h: &FileHandle| -> Result<libc::stat> {
             let mut st = sys::fstat(h.file.as_fd())?;
-            st.st_ino = node.ino;
+            st.st_ino = h.ino;
             self.present(&mut st);
-            return Ok(st);
+            Ok(st)
+        };
+        match handle {
+            Some(h) if h.ino != node.ino => through_file(&h),
+            Some(h) => match self.attr_as_reached(&node) {
+                Err(e) if e.errno() == libc::ENOENT && node.state.read().lower_data.is_none() => {
+                    through_file(&h)
+                }
+                other => other,
+            },
+            None => self.attr_as_reached(&node),
         }
-        self.attr(&node)
+    }
+
+    /// Attributes of a node as reached by the name it was last looked up by: when that name
+    /// broke away from the node (a copy-up without the index, see [`Overlay::writable`]), the
+    /// request most likely comes through a file opened by that name, so it answers for the copy.
+    pub(crate) fn attr_as_reached(&self, node: &Inode) -> Result<libc::stat> {
+        let loc = node.location();
+        if loc.broken.is_empty() || !loc.broken.contains(&(loc.parent, loc.name.clone())) {
+            return self.attr(node);
+        }
+        if let Ok(e) = self.lookup(loc.parent, &loc.name) {
+            let copy = self.inodes.get(e.node);
+            self.inodes.forget(e.node, 1);
+            if let Ok(copy) = copy
+                && copy.kind == node.kind
+                && copy.reals().first().map(|r| Some(r.layer)) == Some(self.layers.upper())
+            {
+                return Ok(e.attr);
+            }
+        }
+        self.attr(node)
     }
 
     /// Pins the live node of the non-directory `resolved` (about to lose the name it is known
@@ -443,13 +511,16 @@ impl Overlay {
             _ => return Err(crate::error::EINVAL),
         }
         let writes = (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let mut ino = node.ino;
         let reals = if writes {
             let data = if flags & libc::O_TRUNC != 0 {
                 CopyData::None
             } else {
                 CopyData::All
             };
-            self.ensure_upper(&node, data)?
+            let (copy, reals) = self.writable(&node, data)?;
+            ino = copy.ino;
+            reals
         } else {
             node.reals()
         };
@@ -459,7 +530,11 @@ impl Overlay {
             node.data_source()
         };
         let top = top.as_ref().ok_or(crate::error::EIO)?;
-        let keep_cache = Some(top.layer) != self.layers.upper() && reals.top()?.layer == top.layer;
+        // The page cache of a lower file is kept, unless a copy-up through one of its names
+        // may write through this node while the others keep the lower data.
+        let keep_cache = Some(top.layer) != self.layers.upper()
+            && reals.top()?.layer == top.layer
+            && !self.breaks_links(&node, &top.stat()?);
         let pass = flags
             & (libc::O_ACCMODE
                 | libc::O_APPEND
@@ -472,7 +547,7 @@ impl Overlay {
         let file = top.open_file(pass)?;
         let from_lower = Some(top.layer) != self.layers.upper();
         Ok(Opened {
-            fh: self.add_file(node.id, file, writes, from_lower),
+            fh: self.add_file(node.id, ino, file, writes, from_lower),
             keep_cache,
         })
     }
@@ -480,6 +555,7 @@ impl Overlay {
     pub(crate) fn add_file(
         &self,
         node: u64,
+        ino: u64,
         file: OwnedFd,
         writable: bool,
         from_lower: bool,
@@ -489,6 +565,7 @@ impl Overlay {
             fh,
             Arc::new(FileHandle {
                 node,
+                ino,
                 file,
                 writable,
                 from_lower,
@@ -713,7 +790,7 @@ impl Overlay {
                 timespec(change.mtime),
             )?;
         }
-        self.attr(&node)
+        self.attr_as_reached(&node)
     }
 
     /// `create(2)` with `O_CREAT`: makes and opens a regular file.
@@ -733,7 +810,10 @@ impl Overlay {
             crate::dir::NewEntry::File { flags },
         )?;
         let file = file.ok_or(crate::error::EIO)?;
-        Ok((entry, self.add_file(entry.node, file, true, false)))
+        Ok((
+            entry,
+            self.add_file(entry.node, entry.attr.st_ino, file, true, false),
+        ))
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {

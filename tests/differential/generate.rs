@@ -51,8 +51,8 @@ const PAST: std::ops::Range<i64> = 1_000_000_000..1_600_000_000;
 pub struct Config {
     /// `redirect_dir=on`: directories with lower parts can be renamed (else `EXDEV`).
     pub redirect_dir: bool,
-    /// `index=on`: hard links of lower files survive copy-up (else see
-    /// `runner::KnownDifference::HardLinksWithoutIndex`).
+    /// `index=on`: hard links of lower files survive copy-up (else the copy-up of one name
+    /// breaks it away from the others).
     pub index: bool,
     /// `metacopy=on` (the kernel needs `redirect_dir=on` for it).
     pub metacopy: bool,
@@ -390,9 +390,6 @@ pub struct MNode {
     /// Directory: some part of it is in a lower layer (renaming it answers `EXDEV`).
     /// Non-directory: it lives in a lower layer (not copied up yet).
     pub lower: bool,
-    /// A lower regular file with more than one link: see
-    /// `runner::KnownDifference::HardLinksWithoutIndex`.
-    pub multilink: bool,
 }
 
 /// Paths (relative, `""` is the root and not stored) to what the merged view shows there.
@@ -401,26 +398,9 @@ pub struct Model {
     pub entries: BTreeMap<String, MNode>,
     /// Directories with lower parts can be renamed.
     pub redirect_dir: bool,
-    /// Lower hard links survive copy-up.
-    pub index: bool,
 }
 
-/// Paths of a layer that are hard links (names of a file with more than one link).
-fn multilink_paths(entries: &BTreeMap<String, Node>, rel: &str, out: &mut BTreeSet<String>) {
-    for (name, node) in entries {
-        let r = join(rel, name);
-        match node {
-            Node::HardLink { target } => {
-                out.insert(r);
-                out.insert(target.clone());
-            }
-            Node::Dir { children, .. } => multilink_paths(children, &r, out),
-            _ => {}
-        }
-    }
-}
-
-type Part<'a> = (&'a BTreeMap<String, Node>, bool, &'a BTreeSet<String>);
+type Part<'a> = (&'a BTreeMap<String, Node>, bool);
 
 fn model_dir(out: &mut BTreeMap<String, MNode>, rel: &str, parts: &[Part<'_>]) {
     let names: BTreeSet<&String> = parts.iter().flat_map(|p| p.0.keys()).collect();
@@ -428,7 +408,7 @@ fn model_dir(out: &mut BTreeMap<String, MNode>, rel: &str, parts: &[Part<'_>]) {
         let path = join(rel, name);
         let mut top: Option<MNode> = None;
         let mut sub: Vec<Part<'_>> = Vec::new();
-        for (entries, lower, multi) in parts {
+        for (entries, lower) in parts {
             let Some(n) = entries.get(name.as_str()) else {
                 continue;
             };
@@ -443,9 +423,8 @@ fn model_dir(out: &mut BTreeMap<String, MNode>, rel: &str, parts: &[Part<'_>]) {
                     top = Some(MNode {
                         kind: Kind::Dir,
                         lower: *lower,
-                        multilink: false,
                     });
-                    sub.push((children, *lower, multi));
+                    sub.push((children, *lower));
                     if *opaque {
                         break;
                     }
@@ -457,7 +436,7 @@ fn model_dir(out: &mut BTreeMap<String, MNode>, rel: &str, parts: &[Part<'_>]) {
                     Some(t),
                 ) if t.kind == Kind::Dir => {
                     t.lower |= *lower;
-                    sub.push((children, *lower, multi));
+                    sub.push((children, *lower));
                     if *opaque {
                         break;
                     }
@@ -472,7 +451,6 @@ fn model_dir(out: &mut BTreeMap<String, MNode>, rel: &str, parts: &[Part<'_>]) {
                     top = Some(MNode {
                         kind,
                         lower: *lower,
-                        multilink: *lower && kind == Kind::File && multi.contains(&path),
                     });
                     break;
                 }
@@ -494,25 +472,15 @@ impl Model {
             layers.push((u, false));
         }
         layers.extend(stack.lowers.iter().map(|l| (l, true)));
-        let multis: Vec<BTreeSet<String>> = layers
-            .iter()
-            .map(|(l, _)| {
-                let mut s = BTreeSet::new();
-                multilink_paths(&l.entries, "", &mut s);
-                s
-            })
-            .collect();
         let parts: Vec<Part<'_>> = layers
             .iter()
-            .zip(&multis)
-            .map(|((l, lower), m)| (&l.entries, *lower, m))
+            .map(|(l, lower)| (&l.entries, *lower))
             .collect();
         let mut entries = BTreeMap::new();
         model_dir(&mut entries, "", &parts);
         Model {
             entries,
             redirect_dir: config.redirect_dir,
-            index: config.index,
         }
     }
 
@@ -584,14 +552,8 @@ impl Model {
 
     fn insert_new(&mut self, p: &str, kind: Kind) {
         if self.is_dir(Self::parent(p)) && self.get(p).is_none() {
-            self.entries.insert(
-                p.to_string(),
-                MNode {
-                    kind,
-                    lower: false,
-                    multilink: false,
-                },
-            );
+            self.entries
+                .insert(p.to_string(), MNode { kind, lower: false });
         }
     }
 
@@ -805,17 +767,13 @@ fn gen_op(rng: &mut StdRng, m: &Model) -> Op {
     ];
     let weights: Vec<u32> = WEIGHTS.iter().map(|w| w.1).collect();
     let kind = WEIGHTS[weighted(rng, &weights)].0;
-    // Objects an operation may copy up: without `index`, not a lower file with several links,
-    // whose copy-up the kernel and ufs show differently
-    // (`runner::KnownDifference::HardLinksWithoutIndex`).
-    let copyable = |n: &MNode| m.index || !(n.multilink && n.lower);
-    let file = |n: &MNode| n.kind == Kind::File && copyable(n);
+    let file = |n: &MNode| n.kind == Kind::File;
     match kind {
         "create" => Op::Create {
             path: if rng.random_bool(0.85) {
                 m.fresh(rng)
             } else {
-                m.target(rng, |n| copyable(n))
+                m.target(rng, |_| true)
             },
             mode: *pick(rng, &[0o644, 0o600, 0o755, 0o4755, 0o2644, 0o000]),
             excl: rng.random_bool(0.5),
@@ -850,7 +808,7 @@ fn gen_op(rng: &mut StdRng, m: &Model) -> Op {
             len: *pick(rng, &[1, 64, 300, 5000, 200_000]),
         },
         "chmod" => Op::Chmod {
-            path: m.target(rng, copyable),
+            path: m.target(rng, |_| true),
             mode: *pick(
                 rng,
                 &[
@@ -861,13 +819,13 @@ fn gen_op(rng: &mut StdRng, m: &Model) -> Op {
         "chown" => {
             let ids = [Some(0), Some(1000), Some(1234), None];
             Op::Chown {
-                path: m.target(rng, copyable),
+                path: m.target(rng, |_| true),
                 uid: *pick(rng, &ids),
                 gid: *pick(rng, &ids),
             }
         }
         "utimes" => Op::Utimes {
-            path: m.target(rng, copyable),
+            path: m.target(rng, |_| true),
             atime: gen_time(rng),
             mtime: gen_time(rng),
         },
@@ -902,7 +860,7 @@ fn gen_op(rng: &mut StdRng, m: &Model) -> Op {
             path: m.target(rng, |n| n.kind != Kind::Dir),
         },
         "rename" => {
-            let from = m.target(rng, copyable);
+            let from = m.target(rng, |_| true);
             let src_kind = m.get(&from).map(|n| n.kind);
             let mode = match rng.random_range(0..10) {
                 0 | 1 => RenameMode::NoReplace,
@@ -915,17 +873,17 @@ fn gen_op(rng: &mut StdRng, m: &Model) -> Op {
                     let same =
                         |n: &MNode| Some(n.kind == Kind::Dir) == src_kind.map(|k| k == Kind::Dir);
                     if mode == RenameMode::Exchange {
-                        m.target(rng, |n| same(n) && copyable(n))
+                        m.target(rng, same)
                     } else {
                         m.target(rng, same)
                     }
                 }
-                _ => m.target(rng, copyable),
+                _ => m.target(rng, |_| true),
             };
             Op::Rename { from, to, mode }
         }
         "link" => Op::Link {
-            from: m.target(rng, |n| n.kind != Kind::Dir && copyable(n)),
+            from: m.target(rng, |n| n.kind != Kind::Dir),
             to: if rng.random_bool(0.9) {
                 m.fresh(rng)
             } else {
@@ -947,9 +905,7 @@ fn gen_op(rng: &mut StdRng, m: &Model) -> Op {
         "setxattr" => {
             let len = rng.random_range(0..10);
             Op::SetXattr {
-                path: m.target(rng, |n| {
-                    copyable(n) && matches!(n.kind, Kind::File | Kind::Dir)
-                }),
+                path: m.target(rng, |n| matches!(n.kind, Kind::File | Kind::Dir)),
                 name: pick(rng, XATTR_NAMES).to_string(),
                 value: (0..len).map(|_| rng.random_range(b'a'..=b'z')).collect(),
                 mode: *pick(
@@ -964,9 +920,7 @@ fn gen_op(rng: &mut StdRng, m: &Model) -> Op {
             }
         }
         "removexattr" => Op::RemoveXattr {
-            path: m.target(rng, |n| {
-                copyable(n) && matches!(n.kind, Kind::File | Kind::Dir)
-            }),
+            path: m.target(rng, |n| matches!(n.kind, Kind::File | Kind::Dir)),
             name: pick(rng, XATTR_NAMES).to_string(),
         },
         "getxattrs" => Op::GetXattrs {

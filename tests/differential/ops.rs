@@ -253,33 +253,6 @@ impl Op {
             Op::Remount => "remount",
         }
     }
-
-    /// The paths whose object this operation copies up when it lives in a lower layer
-    /// (SEMANTICS.md, "Copy-up": open for writing, truncate, chmod/chown/utimes, xattr changes,
-    /// the source of `link` and `rename`, both sides of an exchange).
-    pub fn copy_up_targets(&self) -> Vec<&str> {
-        match self {
-            Op::Create {
-                path, excl: false, ..
-            }
-            | Op::Write { path, .. }
-            | Op::Append { path, .. }
-            | Op::Truncate { path, .. }
-            | Op::Chmod { path, .. }
-            | Op::Chown { path, .. }
-            | Op::Utimes { path, .. }
-            | Op::SetXattr { path, .. }
-            | Op::RemoveXattr { path, .. } => vec![path],
-            Op::Link { from, .. } => vec![from],
-            Op::Rename {
-                from,
-                to,
-                mode: RenameMode::Exchange,
-            } => vec![from, to],
-            Op::Rename { from, .. } => vec![from],
-            _ => Vec::new(),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -903,22 +876,3 @@ fn run_inner(root: &Path, op: &Op, ino_problems: &mut Vec<String>) -> io::Result
 }
 
 pub use crate::common::kind_of as kind_of_ft;
-
-/// Whether `path` in the kernel mount `root` is a lower regular file with more than one link
-/// (an object that `upper` does not hold yet). Used to keep the operations that would copy it
-/// up out of a sequence: see [`KnownDifference::HardLinksWithoutIndex`].
-pub fn is_lower_hard_link(root: &Path, upper: &Path, path: &str) -> bool {
-    let Ok(p) = parent_of(root, path) else {
-        return false;
-    };
-    let Ok(st) = lstat_at(&p.fd, &p.name) else {
-        return false;
-    };
-    if kind_of_mode(st.st_mode) != "file" || st.st_nlink <= 1 {
-        return false;
-    }
-    match parent_of(upper, path).and_then(|u| lstat_at(&u.fd, &u.name)) {
-        Ok(ust) => kind_of_mode(ust.st_mode) != "file",
-        Err(_) => true,
-    }
-}

@@ -29,12 +29,6 @@ pub enum KnownDifference {
     /// "Defaults": ufs turns `redirect_dir`, `index` and `metacopy` on by default, the kernel
     /// (here) off. Both mounts of a case get the same explicit options ([`Config::options`]).
     Defaults,
-    /// "Hard links with `index=off`": after one name of a lower file with several links is
-    /// copied up, ufs shows the new content through every name while the kernel breaks the
-    /// link. With `index=off`, operations that would copy up such a file are not generated, and
-    /// the runner skips (on both mounts) any that still reaches one (judged on the kernel mount
-    /// before the operation runs). With `index=on` both keep the link and nothing is skipped.
-    HardLinksWithoutIndex,
     /// "OCI whiteouts and opaque markers": ufs reads `.wh.NAME`, `.wh..wh..opq` and
     /// `user.overlay.opaque`; the kernel reads none. Only the ufs copy of the lowers uses them;
     /// the kernel copy (and every upper layer) gets 0/0 devices and `trusted.overlay.opaque`.
@@ -48,12 +42,17 @@ pub enum KnownDifference {
     /// "Names starting with `.wh.`": ufs refuses to create them (`EINVAL`). Operations never
     /// use such names.
     WhiteoutNamesRefused,
+    /// "Renaming one name of a lower hard link over another (`index=off`)": the kernel's VFS
+    /// never sends ufs such a rename (both names are one FUSE inode), while the kernel overlay
+    /// copies up and renames. The runner skips (on both mounts) a rename or exchange whose two
+    /// names show one inode number on the kernel mount, without the index.
+    RenameOverOwnLink,
 }
 
 impl KnownDifference {
     pub const ALL: [KnownDifference; 6] = [
         KnownDifference::Defaults,
-        KnownDifference::HardLinksWithoutIndex,
+        KnownDifference::RenameOverOwnLink,
         KnownDifference::OciMarkers,
         KnownDifference::UserOverlayXattrs,
         KnownDifference::OrphanWhiteouts,
@@ -64,11 +63,13 @@ impl KnownDifference {
     pub fn entry(self) -> &'static str {
         match self {
             KnownDifference::Defaults => "## Defaults",
-            KnownDifference::HardLinksWithoutIndex => "Hard links with `index=off`",
             KnownDifference::OciMarkers => "OCI whiteouts and opaque markers",
             KnownDifference::UserOverlayXattrs => "`user.overlay.*` is always private",
             KnownDifference::OrphanWhiteouts => "Orphan whiteouts",
             KnownDifference::WhiteoutNamesRefused => "Names starting with `.wh.`",
+            KnownDifference::RenameOverOwnLink => {
+                "Renaming one name of a lower hard link over another"
+            }
         }
     }
 }
@@ -333,16 +334,23 @@ fn compare_trees(k: &Path, u: &Path) -> Result<Tree, String> {
     Err(msg)
 }
 
-/// The guard for [`KnownDifference::HardLinksWithoutIndex`]: whether `op` would copy up a
-/// lower file with several links without `index`, judged on the kernel mount before it runs.
+/// The guard for [`KnownDifference::RenameOverOwnLink`]: without the index, a rename or
+/// exchange between two names that show one inode number on the kernel mount.
 fn known_difference(op: &Op, bench: &Bench) -> Option<KnownDifference> {
-    let kd = KnownDifference::HardLinksWithoutIndex;
-    (!bench.config.index
-        && op
-            .copy_up_targets()
-            .iter()
-            .any(|p| ops::is_lower_hard_link(&bench.k.mnt, &bench.k.upper, p)))
-    .then_some(kd)
+    let Op::Rename { from, to, .. } = op else {
+        return None;
+    };
+    let ino = |p: &str| {
+        ops::parent_of(&bench.k.mnt, p)
+            .and_then(|d| ops::lstat_at(&d.fd, &d.name))
+            .map(|st| (st.st_dev, st.st_ino))
+    };
+    match (ino(from), ino(to)) {
+        (Ok(a), Ok(b)) if !bench.config.index && a == b && from != to => {
+            Some(KnownDifference::RenameOverOwnLink)
+        }
+        _ => None,
+    }
 }
 
 /// Runs the operations `picks` (indices into `case.ops`, in order) on fresh mounts and checks
