@@ -872,11 +872,7 @@ fn gen_op(rng: &mut StdRng, m: &Model) -> Op {
                 0..=6 => {
                     let same =
                         |n: &MNode| Some(n.kind == Kind::Dir) == src_kind.map(|k| k == Kind::Dir);
-                    if mode == RenameMode::Exchange {
-                        m.target(rng, same)
-                    } else {
-                        m.target(rng, same)
-                    }
+                    m.target(rng, same)
                 }
                 _ => m.target(rng, |_| true),
             };
