@@ -163,11 +163,6 @@ impl Overlay {
             } else {
                 None
             };
-            let data = if indexed && data == CopyData::Metadata {
-                CopyData::All
-            } else {
-                data
-            };
             let (entry, published) = copy_up::copy_up(
                 work,
                 upper,
@@ -315,7 +310,7 @@ impl Overlay {
                 // Copy up under the name about to go, as the kernel does.
                 node.set_location(parent, name);
             }
-            self.ensure_upper(node, CopyData::All).map(drop)
+            self.ensure_upper(node, CopyData::Metadata).map(drop)
         })?;
         Ok(true)
     }

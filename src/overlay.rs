@@ -360,7 +360,12 @@ impl Overlay {
         match sys::fstatat(index_dir.as_fd(), &key.name) {
             Ok(st) => {
                 let lower = resolved.reals.top()?.clone();
-                resolved.reals = vec![RealEntry::named(upper, index_dir.clone(), &key.name), lower];
+                let entry = RealEntry::named(upper, index_dir.clone(), &key.name);
+                // A metadata-only copy keeps reading its data from the lower file.
+                if lookup::is_metacopy(entry.fd()?.as_fd())? {
+                    resolved.lower_data = Some(lower.clone());
+                }
+                resolved.reals = vec![entry, lower];
                 resolved.stat = st;
                 Ok(())
             }
