@@ -80,22 +80,15 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
     };
     let ov = fs.ov.clone();
     let session = fuser::Session::new(fs, mountpoint, &config)?;
-    // Invalidations go out from a thread of their own, never from a thread answering a
-    // request (the kernel may wait for that answer while it handles the notification).
+    // Sent from the thread answering the request that changed the directory, before it
+    // answers, so the change is visible when the caller's call returns. Dropping a directory's
+    // cached listing takes no lock a request in flight could hold (a directory has no dirty
+    // pages to write back).
     let notifier = session.notifier();
-    let (tx, rx) = std::sync::mpsc::channel::<u64>();
-    std::thread::Builder::new()
-        .name("ufs-notify".into())
-        .spawn(move || {
-            for dir in rx {
-                if let Err(e) = notifier.inval_inode(INodeNo(dir), 0, 0) {
-                    debug!("invalidating node {dir}: {e}");
-                }
-            }
-        })?;
     ov.set_dir_invalidator(Box::new(move |dir| {
-        // Fails only once the notifier thread is gone, at unmount.
-        let _ = tx.send(dir);
+        if let Err(e) = notifier.inval_inode(INodeNo(dir), 0, 0) {
+            debug!("invalidating node {dir}: {e}");
+        }
     }));
     on_ready();
     session.run()
