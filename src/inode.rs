@@ -252,6 +252,8 @@ pub struct Inode {
     /// counts the changes; a listing built across a change is not kept.
     listing: Mutex<Option<(u64, Arc<Listing>)>>,
     listing_gen: AtomicU64,
+    /// For a directory: lookups in it answered without a cached listing.
+    walks: AtomicU64,
 }
 
 impl Inode {
@@ -287,6 +289,15 @@ impl Inode {
         if self.listing_gen.load(Ordering::Acquire) == generation {
             *slot = Some((generation, listing));
         }
+    }
+
+    /// Counts a lookup in this directory that had no cached listing to answer from; returns
+    /// whether there have been enough of them that building the listing will pay off (a few
+    /// names of one directory are usually looked up together, and one listing answers all of
+    /// them, present or absent).
+    pub fn walked(&self) -> bool {
+        const WORTH_A_LISTING: u64 = 3;
+        self.walks.fetch_add(1, Ordering::Relaxed) + 1 >= WORTH_A_LISTING
     }
 
     /// Something changed in this directory: its listing must be built again.
@@ -360,6 +371,7 @@ impl InodeTable {
             }),
             listing: Mutex::new(None),
             listing_gen: AtomicU64::new(0),
+            walks: AtomicU64::new(0),
         });
         self.nodes.insert(ROOT_ID, node);
     }
@@ -407,6 +419,7 @@ impl InodeTable {
             }),
             listing: Mutex::new(None),
             listing_gen: AtomicU64::new(0),
+            walks: AtomicU64::new(0),
         });
         slot.insert(node.clone());
         Ok((node, true))

@@ -56,9 +56,9 @@ impl DirHandle {
 #[derive(Debug)]
 pub struct FileHandle {
     pub node: u64,
-    /// The number `fstat` through this file reports: the node's, or for a file whose open
-    /// broke its name away from a lower file's other names (see [`Overlay::writable`]), the
-    /// copy's.
+    /// The number reported when the kernel asks for attributes through this file: the
+    /// node's, or for a file whose open broke its name away from a lower file's other names
+    /// (see [`Overlay::writable`]), the copy's.
     pub ino: u64,
     pub file: OwnedFd,
     /// Opened for writing (so on the upper copy).
@@ -235,7 +235,12 @@ impl Overlay {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry> {
         let dir = self.dir_node(parent)?;
         let parents = dir.reals();
-        let (mut resolved, listed_ino) = match self.lookup_listed(&dir, &parents, name)? {
+        let mut listed = self.lookup_listed(&dir, &parents, name)?;
+        if matches!(listed, Listed::Unknown) && dir.cached_listing().is_none() && dir.walked() {
+            self.listing(&dir)?;
+            listed = self.lookup_listed(&dir, &parents, name)?;
+        }
+        let (mut resolved, listed_ino) = match listed {
             Listed::Absent => return Err(crate::error::ENOENT),
             Listed::Found(r, ino) => (*r, Some(ino)),
             Listed::Unknown => (lookup::lookup(&self.layers, &parents, name)?, None),
@@ -422,10 +427,13 @@ impl Overlay {
     /// Whether a copy-up of the lower non-directory `node` (with attributes `st`) breaks it
     /// away from its other names: it has several and the index is off.
     pub(crate) fn breaks_links(&self, node: &Inode, st: &libc::stat) -> bool {
-        node.kind != Kind::Directory
-            && st.st_nlink > 1
-            && !self.read_only
-            && self.work.as_ref().is_some_and(|w| w.index.is_none())
+        node.kind != Kind::Directory && st.st_nlink > 1 && self.may_break_links()
+    }
+
+    /// Whether a copy-up can break a name of a hard link away: a writable mount without the
+    /// index.
+    fn may_break_links(&self) -> bool {
+        !self.read_only && self.work.as_ref().is_some_and(|w| w.index.is_none())
     }
 
     /// Attributes of a node; through the open file `fh` when the kernel names one and it is
@@ -456,11 +464,17 @@ impl Overlay {
     /// broke away from the node (a copy-up without the index, see [`Overlay::writable`]), the
     /// request most likely comes through a file opened by that name, so it answers for the copy.
     pub(crate) fn attr_as_reached(&self, node: &Inode) -> Result<libc::stat> {
-        let loc = node.location();
-        if loc.broken.is_empty() || !loc.broken.contains(&(loc.parent, loc.name.clone())) {
+        let reached = {
+            let l = node.location.lock();
+            l.broken
+                .iter()
+                .any(|(p, n)| *p == l.parent && *n == l.name)
+                .then(|| (l.parent, l.name.clone()))
+        };
+        let Some((parent, name)) = reached else {
             return self.attr(node);
-        }
-        if let Ok(e) = self.lookup(loc.parent, &loc.name) {
+        };
+        if let Ok(e) = self.lookup(parent, &name) {
             let copy = self.inodes.get(e.node);
             self.inodes.forget(e.node, 1);
             if let Ok(copy) = copy
@@ -539,7 +553,7 @@ impl Overlay {
         // may write through this node while the others keep the lower data.
         let keep_cache = Some(top.layer) != self.layers.upper()
             && reals.top()?.layer == top.layer
-            && !self.breaks_links(&node, &top.stat()?);
+            && !(self.may_break_links() && self.breaks_links(&node, &top.stat()?));
         let pass = flags
             & (libc::O_ACCMODE
                 | libc::O_APPEND
@@ -622,26 +636,32 @@ impl Overlay {
         self.files.remove(&fh);
     }
 
+    /// The merged listing of directory `dir`: the cached one, or a new one, kept unless the
+    /// directory changed while it was built.
+    fn listing(&self, dir: &Inode) -> Result<Arc<Listing>> {
+        if let Some(l) = dir.cached_listing() {
+            return Ok(l);
+        }
+        // The change count first, then the real directories: a change after this point, even
+        // one that also adds a real directory (a copy-up), keeps this listing from being kept.
+        let generation = dir.listing_generation();
+        let reals = dir.reals();
+        let l = Arc::new(Listing::new(readdir::merged_listing(
+            &self.layers,
+            &reals,
+            self.record_ns,
+        )?));
+        dir.keep_listing(generation, l.clone());
+        Ok(l)
+    }
+
     pub fn opendir(&self, node: u64) -> Result<u64> {
         let dir = self.dir_node(node)?;
-        let reals = dir.reals();
         let parent_ino = {
             let parent = dir.location().parent;
             self.inodes.get(parent).map(|p| p.ino).unwrap_or(dir.ino)
         };
-        let merged = match dir.cached_listing() {
-            Some(l) => l,
-            None => {
-                let generation = dir.listing_generation();
-                let l = Arc::new(Listing::new(readdir::merged_listing(
-                    &self.layers,
-                    &reals,
-                    self.record_ns,
-                )?));
-                dir.keep_listing(generation, l.clone());
-                l
-            }
-        };
+        let merged = self.listing(&dir)?;
         let dots = [
             DirEntry {
                 name: OsString::from("."),

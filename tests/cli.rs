@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -135,21 +135,39 @@ fn foreground_stays_until_unmounted() {
 }
 
 fn unmount_with(method: &str, mnt: &Path) {
-    let mut cmd = match method {
-        "ufs umount" => {
-            let mut c = ufs_cmd();
-            c.arg("umount");
-            c
-        }
-        "umount" => Command::new("umount"),
-        _ => {
-            let mut c = Command::new("fusermount3");
-            c.arg("-u");
-            c
-        }
+    let command = || {
+        let mut cmd = match method {
+            "ufs umount" => {
+                let mut c = ufs_cmd();
+                c.arg("umount");
+                c
+            }
+            "umount" => Command::new("umount"),
+            _ => {
+                let mut c = Command::new("fusermount3");
+                c.arg("-u");
+                c
+            }
+        };
+        cmd.arg(mnt);
+        cmd
     };
-    let run = run_bounded(cmd.arg(mnt), CMD_TIMEOUT);
-    assert!(run.success(), "`{method} {}` failed:\n{run}", mnt.display());
+    // A process another test thread is starting holds copies of this process's open files
+    // until it execs, which can make the mount busy for that moment: try again, bounded.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let run = run_bounded(&mut command(), CMD_TIMEOUT);
+        if run.success() {
+            return;
+        }
+        let busy = run.stderr.contains("busy");
+        assert!(
+            busy && Instant::now() < deadline,
+            "`{method} {}` failed:\n{run}",
+            mnt.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
