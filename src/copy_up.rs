@@ -4,9 +4,9 @@
 //! is copied up first (by the caller, top-down); the copy is built under a temporary name in the
 //! work directory, data first (reflink with `FICLONE`, else `copy_file_range` over the data
 //! segments so holes stay holes), then xattrs, owner, mode and times; data is made durable unless
-//! the mount says `volatile`/`fsync=0`; then one `rename` publishes it under its real name, and
-//! the parent directory is made durable. A crash at any point leaves either no upper copy or a
-//! complete one; leftovers in the work directory are removed at the next mount.
+//! the mount says `volatile`/`fsync=0`; then one `rename` publishes it under its real name. Like
+//! the kernel, the parent directory is not synced: a crash at any point leaves either no upper
+//! copy or a complete one; leftovers in the work directory are removed at the next mount.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -237,16 +237,10 @@ pub fn copy_up(
                     }
                     Err(e) => return Err(e),
                 };
-            if work.fsync {
-                sync_dir(upper_dir)?;
-            }
             return Ok((fd, published));
         }
         sys::renameat2(work.dir(), &tmp, upper_dir, name, libc::RENAME_NOREPLACE)?;
         restore_times(upper_dir, &parent_st)?;
-        if work.fsync {
-            sync_dir(upper_dir)?;
-        }
         Ok((fd, true))
     });
     match result {

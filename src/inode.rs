@@ -252,7 +252,7 @@ pub struct Inode {
     /// counts the changes; a listing built across a change is not kept.
     listing: Mutex<Option<(u64, Arc<Listing>)>>,
     listing_gen: AtomicU64,
-    /// For a directory: lookups in it answered without a cached listing.
+    /// For a directory: lookups in it answered without a cached listing since it last changed.
     walks: AtomicU64,
 }
 
@@ -304,6 +304,9 @@ impl Inode {
     pub fn listing_changed(&self) {
         self.listing_gen.fetch_add(1, Ordering::AcqRel);
         *self.listing.lock() = None;
+        // A directory changed between lookups (a loop of creates or unlinks) would otherwise
+        // be listed again for every lookup.
+        self.walks.store(0, Ordering::Relaxed);
     }
 
     /// Records that the copy-up of this node's name `name` in `parent` broke away from it.
