@@ -177,6 +177,9 @@ impl Overlay {
                 key.as_ref(),
             )?;
             self.layers.remember_copy_up(entry.stat()?.st_ino, node.ino);
+            // The parent's cached listing names the lower entry; a node looked up from it
+            // after the kernel forgot this one would show the lower object again.
+            parent.listing_changed();
             let mut new_reals = vec![entry];
             if node.kind == Kind::Directory || indexed {
                 new_reals.extend(st.reals.iter().cloned());
@@ -285,6 +288,7 @@ impl Overlay {
             }
             let preals = self.ensure_upper(&pnode, CopyData::All)?;
             link_alias(node, preals.top()?.dir_fd()?, &sys::cstr(name)?)?;
+            pnode.listing_changed();
             node.set_location(*parent, name);
             return Ok(true);
         }

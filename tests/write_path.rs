@@ -1873,3 +1873,43 @@ fn data_ops_and_special_nodes() {
         "mtime {mtime} not set to now (>= {before})"
     );
 }
+
+/// A copy-up in a directory whose listing ufs had cached (it was listed), then the kernel
+/// forgetting the file's inode (`drop_caches`): the next lookup must find the copy, not the
+/// lower file the stale listing named.
+#[test]
+fn copy_up_is_found_after_the_kernel_forgets_the_file() {
+    if skip("copy_up_is_found_after_the_kernel_forgets_the_file") {
+        return;
+    }
+    let t = tempdir();
+    let d = Dirs::new(t.path(), 1);
+    for i in 0..5 {
+        put(&d.lower(0), &format!("dir/f{i}"), &format!("lower {i}\n"));
+    }
+    let _u = d.mount_ufs();
+    let dir = d.mnt.join("dir");
+    // Lists the directory (ufs keeps the listing), and looks every name up.
+    let names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(names.len(), 5);
+    fs::write(dir.join("f1"), "written\n").unwrap();
+    fs::write(dir.join("f3"), "written too\n").unwrap();
+    // The directory stays known to the kernel (and so keeps its node and listing in ufs); its
+    // files do not.
+    let _pin = fs::File::open(&dir).unwrap();
+    drop_caches();
+    for (name, want) in [
+        ("f1", "written\n"),
+        ("f3", "written too\n"),
+        ("f0", "lower 0\n"),
+    ] {
+        assert_eq!(
+            fs::read_to_string(dir.join(name)).unwrap(),
+            want,
+            "{name} after the kernel forgot it"
+        );
+    }
+}
