@@ -1885,7 +1885,7 @@ fn copy_up_is_found_after_the_kernel_forgets_the_file() {
     let t = tempdir();
     let d = Dirs::new(t.path(), 1);
     for i in 0..5 {
-        put(&d.lower(0), &format!("dir/f{i}"), &format!("lower {i}\n"));
+        put(d.lower(0), &format!("dir/f{i}"), &format!("lower {i}\n"));
     }
     let _u = d.mount_ufs();
     let dir = d.mnt.join("dir");
