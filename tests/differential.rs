@@ -367,6 +367,7 @@ fn generator_covers_the_issue() {
         "getxattrs",
         "readdir",
         "stat",
+        "forget",
     ];
     for k in all {
         assert!(kinds.get(k).copied().unwrap_or(0) > 100, "{k}: {kinds:?}");

@@ -606,7 +606,8 @@ impl Model {
             | Op::GetXattrs { .. }
             | Op::Readdir { .. }
             | Op::Stat { .. }
-            | Op::Remount => {}
+            | Op::Remount
+            | Op::Forget { .. } => {}
         }
     }
 
@@ -764,6 +765,7 @@ fn gen_op(rng: &mut StdRng, m: &Model) -> Op {
         ("getxattrs", 2),
         ("readdir", 5),
         ("stat", 6),
+        ("forget", 2),
     ];
     let weights: Vec<u32> = WEIGHTS.iter().map(|w| w.1).collect();
     let kind = WEIGHTS[weighted(rng, &weights)].0;
@@ -918,6 +920,9 @@ fn gen_op(rng: &mut StdRng, m: &Model) -> Op {
         "removexattr" => Op::RemoveXattr {
             path: m.target(rng, |n| matches!(n.kind, Kind::File | Kind::Dir)),
             name: pick(rng, XATTR_NAMES).to_string(),
+        },
+        "forget" => Op::Forget {
+            pin: m.target(rng, |n| n.kind == Kind::Dir),
         },
         "getxattrs" => Op::GetXattrs {
             path: m.target(rng, |_| true),

@@ -151,6 +151,12 @@ pub enum Op {
     },
     /// Unmount both mounts and mount them again over the same directories.
     Remount,
+    /// The kernel forgets the dentries and inodes it can (`drop_caches` = 2) while the
+    /// directory `pin` stays open on both mounts: names under it are then looked up again in a
+    /// directory the filesystem still holds (with what it cached about it).
+    Forget {
+        pin: String,
+    },
 }
 
 fn show(p: &str) -> String {
@@ -222,6 +228,7 @@ impl fmt::Display for Op {
             Op::Readdir { path } => write!(f, "readdir {}", show(path)),
             Op::Stat { path } => write!(f, "lstat {}", show(path)),
             Op::Remount => write!(f, "remount"),
+            Op::Forget { pin } => write!(f, "forget (keeping {} open)", show(pin)),
         }
     }
 }
@@ -251,6 +258,7 @@ impl Op {
             Op::Readdir { .. } => "readdir",
             Op::Stat { .. } => "stat",
             Op::Remount => "remount",
+            Op::Forget { .. } => "forget",
         }
     }
 }
@@ -872,7 +880,30 @@ fn run_inner(root: &Path, op: &Op, ino_problems: &mut Vec<String>) -> io::Result
             Ok(Value::Stat(stat_info(&st, target)))
         }
         Op::Remount => unreachable!("remount is run by the runner"),
+        Op::Forget { pin } => {
+            forget(&[root], pin)?;
+            Ok(Value::Done)
+        }
     }
+}
+
+/// [`Op::Forget`] on the mounts at `roots` at once: `pin` (if it is a directory) stays open on
+/// each while the kernel drops its dentries and inodes.
+pub fn forget(roots: &[&Path], pin: &str) -> io::Result<()> {
+    let pins: Vec<OwnedFd> = roots
+        .iter()
+        .filter_map(|root| {
+            let rootfd = open_root(root).ok()?;
+            if pin.is_empty() {
+                Some(rootfd)
+            } else {
+                open_beneath(&rootfd, pin).ok()
+            }
+        })
+        .collect();
+    std::fs::write("/proc/sys/vm/drop_caches", "2")?;
+    drop(pins);
+    Ok(())
 }
 
 pub use crate::common::kind_of as kind_of_ft;

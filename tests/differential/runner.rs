@@ -391,6 +391,18 @@ fn run_inner(case: &Case, picks: &[usize], verbose: bool) -> Result<Stats, Failu
             })?;
             continue;
         }
+        if let Op::Forget { pin } = op {
+            ops::forget(&[&kmnt, &umnt], pin).map_err(|e| Failure {
+                pos,
+                stage: "harness".into(),
+                detail: format!("#{i} {op}: {e}"),
+            })?;
+            stats.ops += 1;
+            if verbose {
+                println!("#{i:<3} {op}");
+            }
+            continue;
+        }
         let (k, u, ino_problems) = match known_difference(op, &bench) {
             Some(kd) => (Outcome::Skipped(kd), Outcome::Skipped(kd), Vec::new()),
             None => {
