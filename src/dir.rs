@@ -99,9 +99,9 @@ impl Overlay {
                 return Err(EIO);
             }
             let first = node.location();
-            if first.broken.contains(&(first.parent, first.name.clone())) {
+            if let Some(copy) = first.broken_copy(first.parent, &first.name) {
                 // Reached through a name whose copy already broke away: that copy it is.
-                return self.broken_away(first.parent, &first.name, data);
+                return self.broken_away(first.parent, &first.name, copy, data);
             }
             // The name to copy up under: where the node was last reached, unless that name no
             // longer stands for this lower file (a hard link whose name was replaced), then
@@ -132,13 +132,12 @@ impl Overlay {
             let several = node.kind != Kind::Directory && src_st.st_nlink > 1;
             let indexed = several && self.index && work.index.is_some();
             if several && !indexed {
-                let broke = (parent_id, chosen.clone());
-                if loc.broken.contains(&broke) {
+                if let Some(copy) = loc.broken_copy(parent_id, &chosen) {
                     // Another thread broke this name away meanwhile.
                     drop(st);
-                    return self.broken_away(parent_id, &chosen, data);
+                    return self.broken_away(parent_id, &chosen, copy, data);
                 }
-                copy_up::copy_up(
+                let (entry, _) = copy_up::copy_up(
                     work,
                     upper,
                     &src,
@@ -149,14 +148,15 @@ impl Overlay {
                     None,
                     None,
                 )?;
-                node.broke_away(parent_id, &chosen);
+                let copy = entry.stat()?.st_ino;
+                node.broke_away(parent_id, &chosen, copy);
                 drop(st);
                 parent.listing_changed();
                 // The name's number changed with no change to the directory the kernel would
                 // notice: its cached listing must go.
                 self.invalidate_dir(parent_id);
                 log::debug!("copied up {chosen:?} away from node {}", node.id);
-                return self.broken_away(parent_id, &chosen, data);
+                return self.broken_away(parent_id, &chosen, copy, data);
             }
             let key = if indexed {
                 Some(copy_up::IndexKey::of(&src)?)
@@ -208,23 +208,38 @@ impl Overlay {
         }
     }
 
-    /// The node of the copy that broke away at `name` in directory node `parent` (looked up
-    /// afresh), made writable for `data`.
+    /// The node of the copy (real inode number `copy`) that broke away at `name` in directory
+    /// node `parent` (looked up afresh), made writable for `data`.
     fn broken_away(
         &self,
         parent: u64,
         name: &OsStr,
+        copy: u64,
         data: CopyData,
     ) -> Result<(Arc<Inode>, Reals)> {
+        let found = self.broken_copy_node(parent, name, copy)?;
+        self.writable(&found, data)
+    }
+
+    /// The live node of the copy with real inode number `copy` at `name` in directory node
+    /// `parent`; `ESTALE` when the name holds something else now.
+    pub(crate) fn broken_copy_node(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        copy: u64,
+    ) -> Result<Arc<Inode>> {
         let e = self.lookup(parent, name)?;
-        let copy = self.inodes.get(e.node);
+        let found = self.inodes.get(e.node);
         self.inodes.forget(e.node, 1);
-        let copy = copy?;
-        if copy.reals().top()?.layer != self.upper_layer()?.0 {
-            // The copy is gone and the name stands for a lower object again.
+        let found = found?;
+        let reals = found.reals();
+        let top = reals.top()?;
+        if Some(top.layer) != self.layers.upper() || top.stat()?.st_ino != copy {
+            // The copy was removed or replaced since.
             return Err(crate::error::ESTALE);
         }
-        self.writable(&copy, data)
+        Ok(found)
     }
 
     /// The first of the names `node` was reached by (its location, then its other names, most

@@ -233,7 +233,26 @@ pub struct Location {
     pub aliases: Vec<(u64, OsString)>,
     /// Names of a lower file with several links whose copy-up broke away from it (without the
     /// index): an operation that reaches this node through one of them goes to that copy.
-    pub broken: Vec<(u64, OsString)>,
+    pub broken: Vec<BrokenName>,
+}
+
+/// A name (`name` in directory node `parent`) that broke away from a node, and the real inode
+/// number of the upper copy it got.
+#[derive(Debug, Clone)]
+pub struct BrokenName {
+    pub parent: u64,
+    pub name: OsString,
+    pub copy: u64,
+}
+
+impl Location {
+    /// The real inode number of the copy that `name` in `parent` broke away to, if it did.
+    pub fn broken_copy(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        self.broken
+            .iter()
+            .find(|b| b.parent == parent && b.name == name)
+            .map(|b| b.copy)
+    }
 }
 
 /// How many other names of a hard-linked file a node remembers.
@@ -309,11 +328,16 @@ impl Inode {
         self.walks.store(0, Ordering::Relaxed);
     }
 
-    /// Records that the copy-up of this node's name `name` in `parent` broke away from it.
-    pub fn broke_away(&self, parent: u64, name: &OsStr) {
+    /// Records that the copy-up of this node's name `name` in `parent` broke away from it, to
+    /// the upper object with real inode number `copy`.
+    pub fn broke_away(&self, parent: u64, name: &OsStr, copy: u64) {
         let mut l = self.location.lock();
-        l.broken.retain(|(p, n)| !(*p == parent && n == name));
-        l.broken.push((parent, name.to_os_string()));
+        l.broken.retain(|b| !(b.parent == parent && b.name == name));
+        l.broken.push(BrokenName {
+            parent,
+            name: name.to_os_string(),
+            copy,
+        });
         if l.broken.len() > MAX_ALIASES {
             l.broken.remove(0);
         }

@@ -466,25 +466,16 @@ impl Overlay {
     pub(crate) fn attr_as_reached(&self, node: &Inode) -> Result<libc::stat> {
         let reached = {
             let l = node.location.lock();
-            l.broken
-                .iter()
-                .any(|(p, n)| *p == l.parent && *n == l.name)
-                .then(|| (l.parent, l.name.clone()))
+            l.broken_copy(l.parent, &l.name)
+                .map(|copy| (l.parent, l.name.clone(), copy))
         };
-        let Some((parent, name)) = reached else {
+        let Some((parent, name, copy)) = reached else {
             return self.attr(node);
         };
-        if let Ok(e) = self.lookup(parent, &name) {
-            let copy = self.inodes.get(e.node);
-            self.inodes.forget(e.node, 1);
-            if let Ok(copy) = copy
-                && copy.kind == node.kind
-                && copy.reals().first().map(|r| Some(r.layer)) == Some(self.layers.upper())
-            {
-                return Ok(e.attr);
-            }
+        match self.broken_copy_node(parent, &name, copy) {
+            Ok(found) if found.kind == node.kind => self.attr(&found),
+            _ => self.attr(node),
         }
-        self.attr(node)
     }
 
     /// Pins the live node of the non-directory `resolved` (about to lose the name it is known
