@@ -4,7 +4,9 @@
 //! options for both mounts), a generated layer stack (1 to 4 lowers, sometimes an upper with
 //! content) written twice, once in the kernel's marker formats for `mount -t overlay` and once
 //! in the mixed formats ufs reads; then a sequence of 40 to 60 operations run on both mounts
-//! side by side. After every operation the two outcomes (value or errno) must be equal; after a
+//! side by side (among them `forget`: the kernel drops its dentries and inodes while one
+//! directory stays open, so names are looked up again in directories ufs still holds, and
+//! sometimes a remount in the middle). After every operation the two outcomes (value or errno) must be equal; after a
 //! remount and at the end the whole merged trees must be equal; and at the end the upper ufs
 //! wrote, mounted by the kernel over the same lowers, must show the tree ufs showed.
 //!
