@@ -154,7 +154,7 @@ impl Overlay {
                 parent.listing_changed();
                 // The name's number changed with no change to the directory the kernel would
                 // notice: its cached listing must go.
-                self.invalidate_dir(parent_id);
+                self.invalidate(parent_id, true);
                 log::debug!("copied up {chosen:?} away from node {}", node.id);
                 return self.broken_away(parent_id, &chosen, copy, data);
             }
@@ -191,6 +191,12 @@ impl Overlay {
             log::debug!("copied up {:?} (node {})", loc.name, node.id);
             let reals = st.reals.clone();
             drop(st);
+            if data == CopyData::Metadata {
+                // From now on its attributes must not be cached (see `Overlay::volatile`); the
+                // kernel may hold them from before, and a failed request (a `setxattr` that
+                // copied up, then failed) would not make it ask again.
+                self.invalidate(node.id, false);
+            }
             if indexed {
                 let linked = if published {
                     true

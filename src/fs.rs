@@ -80,14 +80,15 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
     };
     let ov = fs.ov.clone();
     let session = fuser::Session::new(fs, mountpoint, &config)?;
-    // Sent from the thread answering the request that changed the directory, before it
-    // answers, so the change is visible when the caller's call returns. Dropping a directory's
-    // cached listing takes no lock a request in flight could hold (a directory has no dirty
-    // pages to write back).
+    // Sent from the thread answering the request that made the change, before it answers, so
+    // the change is visible when the caller's call returns. The kernel takes no lock for it that
+    // a request in flight could hold: attributes are only marked stale, and contents are only
+    // dropped for directories (a cached listing has no dirty pages to write back).
     let notifier = session.notifier();
-    ov.set_dir_invalidator(Box::new(move |dir| {
-        if let Err(e) = notifier.inval_inode(INodeNo(dir), 0, 0) {
-            debug!("invalidating node {dir}: {e}");
+    ov.set_invalidator(Box::new(move |node, contents| {
+        let offset = if contents { 0 } else { -1 };
+        if let Err(e) = notifier.inval_inode(INodeNo(node), offset, 0) {
+            debug!("invalidating node {node}: {e}");
         }
     }));
     on_ready();

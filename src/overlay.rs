@@ -69,6 +69,10 @@ pub struct FileHandle {
     pub upper_file: parking_lot::Mutex<Option<Arc<OwnedFd>>>,
 }
 
+/// How the core asks the kernel to drop what it cached of a node (see
+/// [`Overlay::set_invalidator`]).
+pub type Invalidator = Box<dyn Fn(u64, bool) + Send + Sync>;
+
 /// What `open` answers besides the handle.
 #[derive(Debug, Clone, Copy)]
 pub struct Opened {
@@ -106,9 +110,10 @@ pub struct Overlay {
     pub(crate) squash_gid: Option<u32>,
     /// The xattr namespace of the records this mount reads and writes.
     pub(crate) record_ns: XattrNamespace,
-    /// Tells the kernel to drop what it cached of a directory (its listing): set by the FUSE
-    /// glue, used where an entry's number changes without the directory changing.
-    dir_invalidator: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Tells the kernel to drop what it cached of a node: its attributes, and with `true` its
+    /// cached contents too (a directory's listing). Set by the FUSE glue; used where something
+    /// the kernel cached changes without a request that would tell it so.
+    invalidator: std::sync::OnceLock<Invalidator>,
 }
 
 impl Overlay {
@@ -147,21 +152,22 @@ impl Overlay {
             dirs: DashMap::new(),
             files: DashMap::new(),
             next_fh: AtomicU64::new(1),
-            dir_invalidator: std::sync::OnceLock::new(),
+            invalidator: std::sync::OnceLock::new(),
         })
     }
 
-    /// Installs how to make the kernel drop its cache of a directory node.
-    pub fn set_dir_invalidator(&self, f: Box<dyn Fn(u64) + Send + Sync>) {
-        if self.dir_invalidator.set(f).is_err() {
-            log::warn!("directory invalidator installed twice");
+    /// Installs how to make the kernel drop what it cached of a node.
+    pub fn set_invalidator(&self, f: Invalidator) {
+        if self.invalidator.set(f).is_err() {
+            log::warn!("invalidator installed twice");
         }
     }
 
-    /// Asks the kernel to forget what it cached of directory node `dir`.
-    pub(crate) fn invalidate_dir(&self, dir: u64) {
-        if let Some(f) = self.dir_invalidator.get() {
-            f(dir);
+    /// Asks the kernel to forget the attributes of node `node`, and with `contents` also its
+    /// cached contents (a directory's listing).
+    pub(crate) fn invalidate(&self, node: u64, contents: bool) {
+        if let Some(f) = self.invalidator.get() {
+            f(node, contents);
         }
     }
 
@@ -253,6 +259,9 @@ impl Overlay {
         };
         let kind = resolved.kind;
         let fresh = resolved.reals.top()?.clone();
+        // A name resolved through the index: the index entry with the lower file beside it.
+        let indexed =
+            (kind != Kind::Directory && resolved.reals.len() > 1).then(|| resolved.reals.clone());
         let (node, created) =
             self.inodes
                 .lookup_or_insert(ino, kind, parent, name, || NodeState {
@@ -260,7 +269,10 @@ impl Overlay {
                     lower_data: resolved.lower_data,
                 })?;
         if !created && kind != Kind::Directory {
-            self.refresh_name(&node, fresh);
+            match indexed {
+                Some(reals) => self.adopt_index_entry(&node, reals),
+                None => self.refresh_name(&node, fresh),
+            }
         }
         self.entry_for(&node)
     }
@@ -402,6 +414,19 @@ impl Overlay {
             if let Some(slot) = reals.first_mut() {
                 *slot = fresh;
             }
+            st.reals = Arc::new(reals);
+        }
+    }
+
+    /// A live node of an indexed file reached again through the index: when it knows the
+    /// object only by one upper entry (it was reached through an upper name, which may since
+    /// have been removed while the node stayed alive), it takes the index entry and the lower
+    /// file instead, so its link count keeps counting the lower names (`overlay.nlink`).
+    fn adopt_index_entry(&self, node: &Inode, reals: Vec<RealEntry>) {
+        let mut st = node.state.write();
+        if st.reals.len() == 1
+            && st.reals.first().map(|r| Some(r.layer)) == Some(self.layers.upper())
+        {
             st.reals = Arc::new(reals);
         }
     }

@@ -406,6 +406,7 @@ use ops::{Op, RenameMode};
 
 const REDIRECT: Config = Config::new(true, false, false);
 const METACOPY: Config = Config::new(true, false, true);
+const INDEX: Config = Config::new(true, true, false);
 
 /// A layer with `entries` (`path`, node), parents created as plain directories.
 fn layer(entries: Vec<(&str, Node)>) -> Layer {
@@ -931,6 +932,69 @@ fn index_nlink_rename_of_lower_alias_after_remount() {
             },
             Op::Stat { path: path("h2") },
             Op::Stat { path: path("m") },
+        ],
+    );
+}
+
+/// Soak seed 31551160995790 (`metacopy`): a `setxattr` that copies a lower file up
+/// metadata-only and then fails (`XATTR_REPLACE` of a missing name) left the kernel holding the
+/// file's attributes from before; opening it for writing then completed the copy (new mtime),
+/// but ufs showed the cached old mtime where the kernel shows the new one.
+#[test]
+fn failed_setxattr_leaves_no_stale_attributes() {
+    regression(
+        "failed_setxattr_leaves_no_stale_attributes",
+        METACOPY,
+        vec![layer(vec![("d", Node::file(b"hello world"))])],
+        vec![
+            Op::Stat { path: path("d") },
+            Op::SetXattr {
+                path: path("d"),
+                name: "user.k2".into(),
+                value: Vec::new(),
+                mode: ops::XattrMode::Replace,
+            },
+            Op::Create {
+                path: path("d"),
+                mode: 0o644,
+                excl: false,
+            },
+            Op::Stat { path: path("d") },
+        ],
+    );
+}
+
+/// Soak seeds 140689926927150, 138277937262166, 91068641272837 (`index`): a lower file with
+/// three names is copied up through one (`lchown h1`), the kernel forgets it, it is reached
+/// again through that upper name and then through a lower one, and the upper name is
+/// removed: the node kept only the upper entry (pinned), so its link count lost the
+/// `overlay.nlink` record and showed 1 where the kernel shows 2.
+#[test]
+fn index_nlink_after_forget_and_unlink_of_the_upper_name() {
+    regression(
+        "index_nlink_after_forget_and_unlink_of_the_upper_name",
+        INDEX,
+        vec![layer(vec![
+            ("a", Node::file(b"data")),
+            ("h1", Node::HardLink { target: "a".into() }),
+            ("h2", Node::HardLink { target: "a".into() }),
+        ])],
+        vec![
+            Op::Chown {
+                path: path("h1"),
+                uid: Some(1234),
+                gid: Some(1234),
+            },
+            Op::Forget { pin: path("") },
+            Op::Append {
+                path: path("h1"),
+                len: 73,
+                fill: 127,
+            },
+            Op::Stat { path: path("a") },
+            Op::Unlink { path: path("h1") },
+            Op::Stat { path: path("a") },
+            Op::Stat { path: path("h2") },
         ],
     );
 }
