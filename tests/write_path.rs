@@ -1913,3 +1913,135 @@ fn copy_up_is_found_after_the_kernel_forgets_the_file() {
         );
     }
 }
+
+/// ufs in a user namespace of its own (`unshare --user --map-root-user --mount`), as rootless
+/// container tools run it: root there has no privilege on the host, so the records go to the
+/// `user.` xattr namespace. A copy-up, a deletion (0/0 whiteout, which the kernel lets a user
+/// namespace create), a directory rename (redirect) and a hard link are made, the mount is made
+/// again, and the view must be the same, with the same inode numbers; on the host, the upper must
+/// hold `user.overlay.*` records and no `trusted.overlay.*` ones.
+#[test]
+fn unprivileged_mount_in_a_user_namespace() {
+    if skip("unprivileged_mount_in_a_user_namespace") {
+        return;
+    }
+    let Some(unshare) = which("unshare") else {
+        say("SKIP unprivileged_mount_in_a_user_namespace: no unshare(1)");
+        return;
+    };
+    let t = tempdir();
+    let d = Dirs::new(t.path(), 1);
+    let l = d.lower(0);
+    put(&l, "a", "lower a\n");
+    put(&l, "b", "lower b\n");
+    put(&l, "dir/f", "in dir\n");
+    put(&l, "h", "linked\n");
+    let probe = run_bounded(
+        Command::new(&unshare).args(["--user", "--map-root-user", "--mount", "true"]),
+        CMD_TIMEOUT,
+    );
+    if !probe.success() {
+        say(&format!(
+            "SKIP unprivileged_mount_in_a_user_namespace: cannot create a user namespace: {}",
+            probe.stderr.trim()
+        ));
+        return;
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        l.display(),
+        d.upper.display(),
+        d.work.display()
+    );
+    let (ufs, m) = (ufs_bin(), d.mnt.clone());
+    // Everything happens inside the namespace; the mount dies with it, whatever happens.
+    let script = format!(
+        r#"set -e
+ufs={ufs} m={m}
+"$ufs" mount -o "{opts}" "$m"
+echo appended >> "$m/a"
+rm "$m/b"
+mv "$m/dir" "$m/moved"
+ln "$m/h" "$m/h2"
+view() {{ for n in a moved/f h h2; do printf '%s %s %s ' "$n" "$(stat -c '%i %h' "$m/$n")" "$(cat "$m/$n" | tr '\n' '|')"; done; ls "$m" | tr '\n' ' '; }}
+before=$(view)
+"$ufs" umount "$m"
+"$ufs" mount -o "{opts}" "$m"
+after=$(view)
+"$ufs" umount "$m"
+echo "before: $before"
+echo "after: $after"
+"#,
+        ufs = ufs.display(),
+        m = m.display(),
+    );
+    let run = run_bounded(
+        Command::new(&unshare)
+            .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+            .arg(&script),
+        Duration::from_secs(60),
+    );
+    assert!(
+        run.success(),
+        "the script in the user namespace failed:\n{run}"
+    );
+    let line = |tag: &str| {
+        run.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(tag))
+            .unwrap_or_else(|| panic!("no {tag:?} line in:\n{run}"))
+            .to_string()
+    };
+    let (before, after) = (line("before: "), line("after: "));
+    assert_eq!(before, after, "the view changed across a remount");
+    for want in [
+        "a ",
+        "lower a|appended|",
+        "moved/f ",
+        "in dir|",
+        "h2 ",
+        "a h h2 moved ",
+    ] {
+        assert!(
+            before.contains(want),
+            "{want:?} missing from the view {before:?}"
+        );
+    }
+    // `h` and `h2` are one file with two links.
+    let ino_links = |name: &str| {
+        let rest = before
+            .split(&format!("{name} "))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{name} missing from {before:?}"));
+        rest.split(' ').take(2).collect::<Vec<_>>().join(" ")
+    };
+    assert_eq!(ino_links("h"), ino_links("h2"), "in {before:?}");
+    assert!(
+        ino_links("h").ends_with(" 2"),
+        "link count of h in {before:?}"
+    );
+    // What it left on the host.
+    let b = fs::symlink_metadata(d.upper.join("b")).expect("whiteout for b");
+    assert!(
+        b.file_type().is_char_device() && b.rdev() == 0,
+        "b is not a 0/0 whiteout: {b:?}"
+    );
+    assert!(
+        get_xattr(&d.upper.join("moved"), "user.overlay.redirect").is_ok(),
+        "no user.overlay.redirect on the renamed directory"
+    );
+    assert!(
+        get_xattr(&d.upper.join("a"), "user.overlay.ufs.ino").is_ok(),
+        "no user.overlay.ufs.ino record on the copied-up file"
+    );
+    let mut trusted = Vec::new();
+    for p in ["a", "moved", "h", "h2", ""] {
+        let path = d.upper.join(p);
+        for x in list_xattrs(&path).unwrap_or_default() {
+            if x.starts_with("trusted.") {
+                trusted.push(format!("{}: {x}", path.display()));
+            }
+        }
+    }
+    assert!(trusted.is_empty(), "trusted.* records written: {trusted:?}");
+}
