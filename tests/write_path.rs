@@ -1932,10 +1932,10 @@ fn unprivileged_mount_in_a_user_namespace() {
     let t = tempdir();
     let d = Dirs::new(t.path(), 1);
     let l = d.lower(0);
-    put(&l, "a", "lower a\n");
-    put(&l, "b", "lower b\n");
-    put(&l, "dir/f", "in dir\n");
-    put(&l, "h", "linked\n");
+    put(l, "a", "lower a\n");
+    put(l, "b", "lower b\n");
+    put(l, "dir/f", "in dir\n");
+    put(l, "h", "linked\n");
     let probe = run_bounded(
         Command::new(&unshare).args(["--user", "--map-root-user", "--mount", "true"]),
         CMD_TIMEOUT,
