@@ -131,31 +131,10 @@ impl Overlay {
             // and every name finds that copy. Without it, the copy is a new object.
             let several = node.kind != Kind::Directory && src_st.st_nlink > 1;
             let indexed = several && self.index && work.index.is_some();
-            if several && !indexed {
-                if let Some(copy) = loc.broken_copy(parent_id, &chosen) {
-                    // Another thread broke this name away meanwhile.
-                    drop(st);
-                    return self.broken_away(parent_id, &chosen, copy, data);
-                }
-                let (entry, _) = copy_up::copy_up(
-                    work,
-                    upper,
-                    &src,
-                    node.kind,
-                    preals.top()?.dir_arc()?,
-                    &name,
-                    data,
-                    None,
-                    None,
-                )?;
-                let copy = entry.stat()?.st_ino;
-                node.broke_away(parent_id, &chosen, copy);
+            let breaks = several && !indexed;
+            if breaks && let Some(copy) = loc.broken_copy(parent_id, &chosen) {
+                // Another thread broke this name away meanwhile.
                 drop(st);
-                parent.listing_changed();
-                // The name's number changed with no change to the directory the kernel would
-                // notice: its cached listing must go.
-                self.invalidate(parent_id, true);
-                log::debug!("copied up {chosen:?} away from node {}", node.id);
                 return self.broken_away(parent_id, &chosen, copy, data);
             }
             let key = if indexed {
@@ -171,15 +150,26 @@ impl Overlay {
                 preals.top()?.dir_arc()?,
                 &name,
                 data,
-                // The number survives a remount through this record (the kernel finds it
+                // A copy that breaks away is a new object with a number of its own. Any other
+                // keeps its number across a remount through this record (the kernel finds it
                 // through the origin, whatever `xino` says).
-                Some(node.ino),
+                (!breaks).then_some(node.ino),
                 key.as_ref(),
             )?;
-            self.layers.remember_copy_up(entry.stat()?.st_ino, node.ino);
             // The parent's cached listing names the lower entry; a node looked up from it
             // after the kernel forgot this one would show the lower object again.
             parent.listing_changed();
+            if breaks {
+                let copy = entry.stat()?.st_ino;
+                node.broke_away(parent_id, &chosen, copy);
+                drop(st);
+                // The name's number changed with no change to the directory the kernel would
+                // notice: its cached listing must go.
+                self.invalidate(parent_id, true);
+                log::debug!("copied up {chosen:?} away from node {}", node.id);
+                return self.broken_away(parent_id, &chosen, copy, data);
+            }
+            self.layers.remember_copy_up(entry.stat()?.st_ino, node.ino);
             let mut new_reals = vec![entry];
             if node.kind == Kind::Directory || indexed {
                 new_reals.extend(st.reals.iter().cloned());
