@@ -436,18 +436,20 @@ impl Overlay {
         let opaque = is_dir && self.lower_has(&preals, name)?;
         let pst = sys::fstat(udir)?;
         let mut mode = mode & 0o7777;
+        // Owners on disk: the caller's ids turned into disk ids, or the parent's (disk) group.
+        let uid = self.uids.to_disk(caller.uid);
         let gid = if pst.st_mode & libc::S_ISGID != 0 {
             if is_dir {
                 mode |= libc::S_ISGID;
             }
             pst.st_gid
         } else {
-            caller.gid
+            self.gids.to_disk(caller.gid)
         };
         let file = if !over_whiteout && !opaque {
             // Nothing to replace and no marker to set: made in place, as the kernel does
             // (`ovl_create_upper`). A failure part way removes what was made.
-            match self.build_new(udir, &cname, mode, caller.uid, gid, what, opaque) {
+            match self.build_new(udir, &cname, mode, uid, gid, what, opaque) {
                 Ok(file) => file,
                 // `EEXIST`: someone else made the name meanwhile; it is theirs, not half-made.
                 Err(e) if e == EEXIST => return Err(e),
@@ -461,7 +463,7 @@ impl Overlay {
         } else {
             // Built complete in the work directory, then swapped with the whiteout in one step.
             let tmp = work.temp_name();
-            let file = match self.build_new(work.dir(), &tmp, mode, caller.uid, gid, what, opaque) {
+            let file = match self.build_new(work.dir(), &tmp, mode, uid, gid, what, opaque) {
                 Ok(file) => file,
                 Err(e) => {
                     work.discard(&tmp);

@@ -32,9 +32,6 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
         Err(e) => log::warn!("cannot raise the open file limit: {e}"),
     }
     crate::sys::clear_umask();
-    if !opts.uid_mappings.is_empty() || !opts.gid_mappings.is_empty() {
-        log::warn!("uidmapping= and gidmapping= are accepted but not applied yet");
-    }
     let overlay = Overlay::new(opts)?;
     let mut mount_options = vec![
         MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| "ufs".into())),

@@ -2,12 +2,13 @@
 //!
 //! The crate is a library so that `tests/` and `benches/` can drive it; `src/main.rs` is only the
 //! command line. Dependencies point one way:
-//! `main -> fs (FUSE glue) -> overlay (core) -> lookup / readdir / xattr / inode / layer -> sys`.
+//! `main -> fs (FUSE glue) -> overlay (core) -> lookup / readdir / xattr / idmap / inode / layer -> sys`.
 
 pub mod copy_up;
 pub mod dir;
 pub mod error;
 pub mod fs;
+pub mod idmap;
 pub mod inode;
 pub mod layer;
 pub mod lookup;

@@ -13,6 +13,7 @@ use dashmap::DashMap;
 
 use crate::copy_up::{CopyData, Workdir, XattrNamespace};
 use crate::error::{EBADF, EISDIR, ENODATA, ENOTDIR, EROFS, Result};
+use crate::idmap::IdMap;
 use crate::inode::{Inode, InodeTable, Kind, NodeState, ROOT_ID, RealEntry, Top};
 use crate::layer::LayerStack;
 use crate::options::Options;
@@ -105,9 +106,10 @@ pub struct Overlay {
     pub(crate) index: bool,
     /// Copy only metadata for metadata changes of lower files (`metacopy=on`).
     pub(crate) metacopy: bool,
-    /// `squash_to_root` / `squash_to_uid=` / `squash_to_gid=`: the owner every object reports.
-    pub(crate) squash_uid: Option<u32>,
-    pub(crate) squash_gid: Option<u32>,
+    /// Owners between disk and mount: `uidmapping=`/`gidmapping=` and the `squash_to_*`
+    /// options.
+    pub(crate) uids: IdMap,
+    pub(crate) gids: IdMap,
     /// The xattr namespace of the records this mount reads and writes.
     pub(crate) record_ns: XattrNamespace,
     /// Tells the kernel to drop what it cached of a node: its attributes, and with `true` its
@@ -139,8 +141,8 @@ impl Overlay {
         let squash_uid = opts.squash_to_uid.or(opts.squash_to_root.then_some(0));
         let squash_gid = opts.squash_to_gid.or(opts.squash_to_root.then_some(0));
         Ok(Overlay {
-            squash_uid,
-            squash_gid,
+            uids: IdMap::new(opts.uid_mappings.clone(), squash_uid),
+            gids: IdMap::new(opts.gid_mappings.clone(), squash_gid),
             record_ns,
             redirect_dir: opts.redirect_dir,
             index: opts.index,
@@ -179,14 +181,10 @@ impl Overlay {
         &self.layers
     }
 
-    /// Applies the owner squashing options to attributes about to be reported.
+    /// Turns the owner of attributes about to be reported into the mount's ids.
     fn present(&self, st: &mut libc::stat) {
-        if let Some(uid) = self.squash_uid {
-            st.st_uid = uid;
-        }
-        if let Some(gid) = self.squash_gid {
-            st.st_gid = gid;
-        }
+        st.st_uid = self.uids.to_mount(st.st_uid);
+        st.st_gid = self.gids.to_mount(st.st_gid);
     }
 
     /// Attributes of a node as the mount reports them.
@@ -808,7 +806,11 @@ impl Overlay {
         let reals = self.ensure_upper(&node, data)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
         if change.uid.is_some() || change.gid.is_some() {
-            sys::fchown(top.fd()?.as_fd(), change.uid, change.gid)?;
+            sys::fchown(
+                top.fd()?.as_fd(),
+                change.uid.map(|u| self.uids.to_disk(u)),
+                change.gid.map(|g| self.gids.to_disk(g)),
+            )?;
         }
         if let Some(mode) = change.mode
             && node.kind != Kind::Symlink

@@ -1706,6 +1706,80 @@ fn squash_options_report_one_owner() {
     assert_eq!(lmeta(&lay.upper.join("f2")).gid(), 100);
 }
 
+/// `uidmapping=`/`gidmapping=` (fuse-overlayfs's options): disk ids in a range show as the
+/// mount's ids, others as 65534; owners set through the mount (`chown`, new entries, copy-ups)
+/// land on disk as the mapped-back ids, so a later mount shows them the same.
+#[test]
+fn id_mappings_translate_owners_both_ways() {
+    if skip("id_mappings_translate_owners_both_ways") {
+        return;
+    }
+    let t = tempdir();
+    let lay = Layout::new(t.path(), 1);
+    let l = &lay.lowers[0];
+    for (name, uid, gid) in [
+        ("root-owned", 100_000, 100_000),
+        ("user", 101_000, 101_005),
+        ("outside", 5, 6),
+        ("sgid/x", 100_042, 100_043),
+    ] {
+        let p = put(l, name, "x\n");
+        std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).unwrap();
+    }
+    std::os::unix::fs::lchown(l.join("sgid"), Some(100_000), Some(100_777)).unwrap();
+    chmod(&l.join("sgid"), 0o2775).unwrap();
+    let opts = "uidmapping=0:100000:65536,gidmapping=0:100000:65536";
+    let shown = |m: &Path, n: &str| {
+        let md = lmeta(&m.join(n));
+        (md.uid(), md.gid())
+    };
+    let on_disk = |n: &str| {
+        let md = lmeta(&lay.upper.join(n));
+        (md.uid(), md.gid())
+    };
+    {
+        let _m = lay.mount_ufs(opts);
+        let mnt = &lay.mnt;
+        assert_eq!(shown(mnt, "root-owned"), (0, 0));
+        assert_eq!(shown(mnt, "user"), (1000, 1005));
+        assert_eq!(
+            shown(mnt, "outside"),
+            (65534, 65534),
+            "an id outside the ranges"
+        );
+        assert_eq!(shown(mnt, "sgid/x"), (42, 43));
+        // Owners set through the mount are mount ids.
+        std::os::unix::fs::chown(mnt.join("user"), Some(7), Some(8)).unwrap();
+        assert_eq!(shown(mnt, "user"), (7, 8));
+        assert_eq!(on_disk("user"), (100_007, 100_008));
+        // A new entry is owned by the caller (root here: mount id 0), or by the group of a
+        // setgid parent.
+        fs::write(mnt.join("new"), "n\n").unwrap();
+        assert_eq!(shown(mnt, "new"), (0, 0));
+        assert_eq!(on_disk("new"), (100_000, 100_000));
+        fs::create_dir(mnt.join("sgid/sub")).unwrap();
+        assert_eq!(shown(mnt, "sgid/sub"), (0, 777));
+        assert_eq!(on_disk("sgid/sub"), (100_000, 100_777));
+        // A copy-up keeps the disk owner.
+        append(&mnt.join("root-owned"), b"more\n").unwrap();
+        assert_eq!(on_disk("root-owned"), (100_000, 100_000));
+        let open = fs::File::open(mnt.join("sgid/x"))
+            .unwrap()
+            .metadata()
+            .unwrap();
+        assert_eq!((open.uid(), open.gid()), (42, 43), "fstat of an open file");
+    }
+    // Mounted again, and without the mapping: the disk ids.
+    {
+        let _m = lay.mount_ufs(opts);
+        assert_eq!(shown(&lay.mnt, "user"), (7, 8));
+        assert_eq!(shown(&lay.mnt, "new"), (0, 0));
+    }
+    let _m = lay.mount_ufs("");
+    assert_eq!(shown(&lay.mnt, "user"), (100_007, 100_008));
+    assert_eq!(shown(&lay.mnt, "root-owned"), (100_000, 100_000));
+}
+
 /// Regression: `open(O_TRUNC)` of a lower file used to reach ufs as an open for writing (which
 /// copied all the data) followed by a truncate, until ufs asked the kernel for ATOMIC_O_TRUNC.
 /// The upper here is a 16 MiB tmpfs and the lower files are 64 MiB: any data copy fails with
