@@ -299,7 +299,11 @@ pub fn nlink_record(entry: &RealEntry) -> Result<Option<i64>> {
         match entry.getxattr(name) {
             Ok(v) => {
                 let s = String::from_utf8_lossy(&v);
-                return Ok(s.strip_prefix('U').and_then(|n| n.parse::<i64>().ok()));
+                let n = s.strip_prefix('U').and_then(|n| n.parse::<i64>().ok());
+                if n.is_none() {
+                    log::warn!("ignoring a link-count record ufs cannot read: {s:?}");
+                }
+                return Ok(n);
             }
             Err(e) if is_no_xattr(e.errno()) => {}
             Err(e) => return Err(e),
@@ -516,7 +520,11 @@ fn copy_range_userspace(
         }
         let mut done = 0;
         while done < n {
-            done += sys::pwrite(out, &buf[done..n], pos + done as u64)?;
+            match sys::pwrite(out, &buf[done..n], pos + done as u64)? {
+                // Nothing written of a non-empty buffer: it would never finish.
+                0 => return Err(crate::error::EIO),
+                w => done += w,
+            }
         }
         pos += n as u64;
     }

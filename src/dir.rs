@@ -225,17 +225,15 @@ impl Overlay {
         name: &OsStr,
         copy: u64,
     ) -> Result<Arc<Inode>> {
-        let e = self.lookup(parent, name)?;
-        let found = self.inodes.get(e.node);
-        self.inodes.forget(e.node, 1);
-        let found = found?;
-        let reals = found.reals();
-        let top = reals.top()?;
-        if Some(top.layer) != self.layers.upper() || top.stat()?.st_ino != copy {
-            // The copy was removed or replaced since.
-            return Err(crate::error::ESTALE);
-        }
-        Ok(found)
+        self.with_child(parent, name, |found| {
+            let reals = found.reals();
+            let top = reals.top()?;
+            if Some(top.layer) != self.layers.upper() || top.stat()?.st_ino != copy {
+                // The copy was removed or replaced since.
+                return Err(crate::error::ESTALE);
+            }
+            Ok(found.clone())
+        })
     }
 
     /// The first of the names `node` was reached by (its location, then its other names, most
@@ -800,10 +798,8 @@ impl Overlay {
             let src_node = &src_node;
             self.set_data_redirect(src_node)?;
             let dst_node = if exchange {
-                let e = self.lookup(newparent, newname)?;
-                let n = self.inodes.get(e.node);
-                self.inodes.forget(e.node, 1);
-                let (n, _) = self.writable(&n?, CopyData::Metadata)?;
+                let (n, _) =
+                    self.with_child(newparent, newname, |n| self.writable(n, CopyData::Metadata))?;
                 self.set_data_redirect(&n)?;
                 Some(n)
             } else {
