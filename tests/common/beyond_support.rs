@@ -162,17 +162,7 @@ pub fn all_paths(root: &Path) -> Vec<String> {
         } else {
             root.join(rel)
         };
-        let mut names: Vec<String> = fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
-            .map(|e| {
-                e.expect("dir entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        names.sort();
-        for n in names {
+        for n in list_names(&dir) {
             let r = if rel.is_empty() {
                 n
             } else {
