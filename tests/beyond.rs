@@ -808,56 +808,49 @@ fn two_fs_copy_ups(m: &Path) {
     fs::create_dir(m.join("nd")).unwrap();
 }
 
-#[test]
-fn inode_numbers_unique_and_stable_across_two_filesystems() {
-    if skip("inode_numbers_unique_and_stable_across_two_filesystems") {
-        return;
-    }
+/// On two filesystems, mounted with `opts`: numbers unique, and kept across copy-up, remount
+/// and the rotation of the upper into the lowers.
+fn two_fs_numbers_hold(opts: &str, what: &str) {
     let t = tempdir();
     // Declared after the tmpfs guard inside `fx`, so the mounts drop before it.
     let fx = two_fs_fixture(t.path());
     let lay = &fx.lay;
     let mnt = lay.mnt.clone();
-    let mut m = lay.mount_ufs("");
-    let w0 = assert_ino_rules(&mnt, "two filesystems, fresh mount");
+    let mut m = lay.mount_ufs(opts);
+    let w0 = assert_ino_rules(&mnt, &format!("{what}, fresh mount"));
     two_fs_copy_ups(&mnt);
-    let w1 = assert_ino_rules(&mnt, "two filesystems, after copy-ups");
-    assert_same_numbers(&w0, &w1, "two filesystems, copy-up");
+    let w1 = assert_ino_rules(&mnt, &format!("{what}, after copy-ups"));
+    assert_same_numbers(&w0, &w1, &format!("{what}, copy-up"));
     unmount_and_wait(&mut m);
     drop(m);
-    let mut m = lay.mount_ufs("");
-    let w2 = assert_ino_rules(&mnt, "two filesystems, after remount");
-    assert_same_numbers(&w1, &w2, "two filesystems, remount");
+    let mut m = lay.mount_ufs(opts);
+    let w2 = assert_ino_rules(&mnt, &format!("{what}, after remount"));
+    assert_same_numbers(&w1, &w2, &format!("{what}, remount"));
     unmount_and_wait(&mut m);
     drop(m);
     let rot = lay.rotated("rot");
-    let m = rot.mount_ufs("");
-    let w3 = assert_ino_rules(&mnt, "two filesystems, rotated");
-    assert_same_numbers(&without_root(&w2), &w3, "two filesystems, rotation");
+    let m = rot.mount_ufs(opts);
+    let w3 = assert_ino_rules(&mnt, &format!("{what}, rotated"));
+    assert_same_numbers(&without_root(&w2), &w3, &format!("{what}, rotation"));
     drop(m);
 }
 
+#[test]
+fn inode_numbers_unique_and_stable_across_two_filesystems() {
+    if skip("inode_numbers_unique_and_stable_across_two_filesystems") {
+        return;
+    }
+    two_fs_numbers_hold("", "two filesystems");
+}
+
+/// Like the kernel, which finds a copy's number through its origin whatever `xino` says,
+/// numbers survive a remount with `xino=off` (DIFFERENCES.md, "`xino=off`").
 #[test]
 fn inode_numbers_unique_with_xino_off() {
     if skip("inode_numbers_unique_with_xino_off") {
         return;
     }
-    let t = tempdir();
-    let fx = two_fs_fixture(t.path());
-    let lay = &fx.lay;
-    let mnt = lay.mnt.clone();
-    let mut m = lay.mount_ufs("xino=off");
-    let w0 = assert_ino_rules(&mnt, "xino=off, fresh mount");
-    two_fs_copy_ups(&mnt);
-    let w1 = assert_ino_rules(&mnt, "xino=off, after copy-ups");
-    assert_same_numbers(&w0, &w1, "xino=off, copy-up");
-    unmount_and_wait(&mut m);
-    drop(m);
-    // Like the kernel, which finds a copy's number through its origin whatever `xino` says,
-    // numbers survive a remount (DIFFERENCES.md, "`xino=off`").
-    let _m = lay.mount_ufs("xino=off");
-    let w2 = assert_ino_rules(&mnt, "xino=off, after remount");
-    assert_same_numbers(&w1, &w2, "xino=off, remount");
+    two_fs_numbers_hold("xino=off", "xino=off");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -656,10 +656,7 @@ fn rename_after_remount_keeps_the_file_reachable() {
 /// ufs only lowered the record of an index entry that already existed.
 #[test]
 fn index_lower_hard_link_removed_lowers_nlink() {
-    for config in [
-        Config::new(true, true, false),
-        Config::new(true, true, true),
-    ] {
+    for config in [INDEX, Config::new(true, true, true)] {
         regression(
             "index_lower_hard_link_removed_lowers_nlink",
             config,
@@ -694,7 +691,7 @@ fn index_lower_hard_link_removed_lowers_nlink() {
 fn index_nlink_record_read_by_the_kernel() {
     regression(
         "index_nlink_record_read_by_the_kernel",
-        Config::new(true, true, false),
+        INDEX,
         vec![layer(vec![
             ("a", Node::file(b"a")),
             ("b", Node::HardLink { target: "a".into() }),
@@ -723,7 +720,7 @@ fn index_nlink_record_read_by_the_kernel() {
 fn index_nlink_after_copy_up_through_two_names() {
     regression(
         "index_nlink_after_copy_up_through_two_names",
-        Config::new(true, true, false),
+        INDEX,
         vec![
             layer(vec![("c", Node::Whiteout)]),
             layer(vec![
@@ -912,7 +909,7 @@ fn index_metacopy_of_a_hard_linked_file() {
 fn index_nlink_rename_of_lower_alias_after_remount() {
     regression(
         "index_nlink_rename_of_lower_alias_after_remount",
-        Config::new(true, true, false),
+        INDEX,
         vec![layer(vec![
             ("c", Node::file(b"data")),
             ("h2", Node::HardLink { target: "c".into() }),
