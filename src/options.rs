@@ -72,6 +72,9 @@ pub struct Options {
     pub index: bool,
     /// `metacopy=on` (default): metadata changes of a lower file copy no data.
     pub metacopy: bool,
+    /// `userxattr`: records in `user.overlay.*` even where `trusted.*` could be used, with the
+    /// kernel's rules for it (redirects and metadata-only copies off unless asked for).
+    pub userxattr: bool,
     /// `xino=on|auto` (default) or `off`. Parsed and validated; ufs numbers objects the same
     /// either way (docs/DIFFERENCES.md, "`xino=off`").
     pub xino: bool,
@@ -112,6 +115,7 @@ impl Default for Options {
             redirect_dir: true,
             index: true,
             metacopy: true,
+            userxattr: false,
             xino: true,
             warnings: Vec::new(),
         }
@@ -139,6 +143,8 @@ pub enum OptionError {
     },
     /// A double quote that is never closed; `item` is the list item that contains it.
     UnterminatedQuote { item: String },
+    /// Two options that cannot be used together (as the kernel words it).
+    Conflict { options: String },
 }
 
 impl fmt::Display for OptionError {
@@ -165,6 +171,7 @@ impl fmt::Display for OptionError {
             OptionError::UnterminatedQuote { item } => {
                 write!(f, "unterminated double quote in option \"{item}\"")
             }
+            OptionError::Conflict { options } => write!(f, "conflicting options: {options}"),
         }
     }
 }
@@ -195,6 +202,8 @@ const NO_EFFECT: &[&str] = &[
 pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
     let mut options = Options::default();
     let mut lowerdirs: Option<Vec<PathBuf>> = None;
+    // Asked for explicitly (they conflict with `userxattr`, as in the kernel).
+    let (mut redirect_on, mut metacopy_on) = (false, false);
 
     for arg in opts {
         for item in split_list(arg, ',')? {
@@ -230,9 +239,11 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
                 "debug" => flag(&mut options.debug, true)?,
                 "volatile" => flag(&mut options.fsync, false)?,
                 "squash_to_root" => flag(&mut options.squash_to_root, true)?,
-                // ufs always checks permissions in the kernel, and always uses the kernel's
-                // `userxattr` fallback when it lacks the privilege for `trusted.` names.
-                "default_permissions" | "userxattr" => no_value(key, raw)?,
+                // ufs always checks permissions in the kernel.
+                "default_permissions" => no_value(key, raw)?,
+                // Without it, ufs still falls back to `user.overlay.*` records when it lacks
+                // the privilege for `trusted.*` names.
+                "userxattr" => flag(&mut options.userxattr, true)?,
                 // Container tools pass SELinux labels to every mount program whether or not it
                 // can use them; ufs does not label files itself, so these are consumed silently.
                 "context" | "fscontext" | "defcontext" | "rootcontext" => {}
@@ -260,6 +271,7 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
                     options.fsname = Some(value);
                 }
                 "redirect_dir" => {
+                    redirect_on = required(key, raw)? == "on";
                     options.redirect_dir = match required(key, raw)? {
                         "on" => true,
                         "off" | "follow" | "nofollow" => false,
@@ -276,6 +288,7 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
                         options.index = on;
                     } else {
                         options.metacopy = on;
+                        metacopy_on = on;
                     }
                 }
                 "xino" => {
@@ -304,6 +317,22 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
     }
 
     options.lowerdirs = lowerdirs.ok_or(OptionError::MissingLowerdir)?;
+    if options.userxattr {
+        // The kernel's rules (`ovl_parse_param`): with records anyone may write, redirects and
+        // metadata-only copies are only used when asked for, and then refused.
+        for (on, name) in [
+            (redirect_on, "redirect_dir=on"),
+            (metacopy_on, "metacopy=on"),
+        ] {
+            if on {
+                return Err(OptionError::Conflict {
+                    options: format!("userxattr,{name}"),
+                });
+            }
+        }
+        options.redirect_dir = false;
+        options.metacopy = false;
+    }
     match (&options.upperdir, &options.workdir) {
         (Some(_), None) => return Err(OptionError::MissingWorkdir),
         (None, Some(_)) => return Err(OptionError::MissingUpperdir),
