@@ -21,11 +21,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// One `C:H:N` range of a `uidmapping=`/`gidmapping=` option (container id, host id, count).
+/// One `D:S:N` range of a `uidmapping=`/`gidmapping=` option, in fuse-overlayfs's order: ids
+/// `D..D+N` on disk show as `S..S+N` in the mount.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdMapping {
-    pub container: u32,
-    pub host: u32,
+    pub disk: u32,
+    pub shown: u32,
     pub count: u32,
 }
 
@@ -437,12 +438,15 @@ fn parse_id(option: &str, value: &str) -> Result<u32, OptionError> {
         .map_err(|_| invalid(option, value, "a numeric id"))
 }
 
-/// Parses `C:H:N[:C:H:N...]`. Each range must be non-empty and stay inside the 32-bit id space
+/// Parses `D:S:N[:D:S:N...]`. Each range must be non-empty and stay inside the 32-bit id space
 /// on both sides, so the core can map ids without overflow checks.
 fn parse_mappings(option: &str, value: &str) -> Result<Vec<IdMapping>, OptionError> {
-    const EXPECTED: &str = "container:host:count triples of numeric ids";
+    const EXPECTED: &str = "disk:shown:count triples of numeric ids";
+    // containers/storage joins its ranges with a leading `:` (`uidmapping=:0:1:1001:...`);
+    // fuse-overlayfs skips empty fields, and so does ufs.
     let numbers = value
         .split(':')
+        .filter(|n| !n.is_empty())
         .map(|n| n.parse::<u32>())
         .collect::<Result<Vec<u32>, _>>()
         .map_err(|_| invalid(option, value, EXPECTED))?;
@@ -453,13 +457,12 @@ fn parse_mappings(option: &str, value: &str) -> Result<Vec<IdMapping>, OptionErr
         .chunks_exact(3)
         .map(|triple| {
             let mapping = IdMapping {
-                container: triple[0],
-                host: triple[1],
+                disk: triple[0],
+                shown: triple[1],
                 count: triple[2],
             };
             let end = |start: u32| u64::from(start) + u64::from(mapping.count);
-            if mapping.count == 0 || end(mapping.container) > 1 << 32 || end(mapping.host) > 1 << 32
-            {
+            if mapping.count == 0 || end(mapping.disk) > 1 << 32 || end(mapping.shown) > 1 << 32 {
                 return Err(invalid(
                     option,
                     value,
@@ -667,14 +670,16 @@ mod tests {
 
     #[test]
     fn id_mappings() {
-        let m = |container, host, count| IdMapping {
-            container,
-            host,
-            count,
-        };
+        let m = |disk, shown, count| IdMapping { disk, shown, count };
         let o =
             parse_ok(&["lowerdir=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:0:4294967295"]);
         assert_eq!(o.uid_mappings, vec![m(0, 1000, 1), m(1, 100000, 65536)]);
+        // containers/storage's form for --userns=keep-id: a leading colon.
+        let keep_id = parse_ok(&["lowerdir=/a,uidmapping=:0:1:1000:1000:0:1:1001:1001:64535"]);
+        assert_eq!(
+            keep_id.uid_mappings,
+            vec![m(0, 1, 1000), m(1000, 0, 1), m(1001, 1001, 64535)]
+        );
         assert_eq!(o.gid_mappings, vec![m(0, 0, u32::MAX)]);
         // The range may end exactly at the top of the id space.
         let top = parse_ok(&["lowerdir=/a,uidmapping=4294967295:0:1"]);
@@ -746,7 +751,7 @@ mod tests {
             expected,
         };
         const SECS: &str = "a non-negative number of seconds";
-        const TRIPLES: &str = "container:host:count triples of numeric ids";
+        const TRIPLES: &str = "disk:shown:count triples of numeric ids";
         const RANGES: &str = "non-empty ranges within the 32-bit id space";
         let cases: &[(&[&str], OptionError)] = &[
             (&[], MissingLowerdir),
