@@ -35,7 +35,10 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
     let overlay = Overlay::new(opts)?;
     let mut mount_options = vec![
         MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| "ufs".into())),
-        MountOption::Subtype("ufs".into()),
+        // As text rather than `MountOption::Subtype`: fuser's direct mount (as root) drops
+        // `Subtype`, leaving the type `fuse`, while the kernel takes `subtype=` like any other
+        // option. Either way the mount table says `fuse.ufs`, the type `mount -t` was given.
+        MountOption::CUSTOM("subtype=ufs".into()),
         // The kernel checks permission bits against the attributes ufs reports, as it does for
         // an overlay mount; requests reach ufs only when they are allowed.
         MountOption::DefaultPermissions,
