@@ -11,6 +11,7 @@ pub mod fs;
 pub mod idmap;
 pub mod inode;
 pub mod layer;
+pub mod lifecycle;
 pub mod lookup;
 pub mod mount;
 pub mod options;
