@@ -9,6 +9,7 @@ pub mod dir;
 pub mod error;
 pub mod fs;
 pub mod idmap;
+pub mod in_use;
 pub mod inode;
 pub mod layer;
 pub mod lifecycle;
