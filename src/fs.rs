@@ -103,11 +103,16 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
     // `spawn` moves the `Mount` into the `BackgroundSession`, which is therefore never dropped;
     // `OwnMount::release` does the one unmount ufs needs, and only of its own mount.
     let mut background = ManuallyDrop::new(session.spawn()?);
-    {
-        let own = own.clone();
-        std::thread::Builder::new()
-            .name("ufs-signals".into())
-            .spawn(move || lifecycle::end_on_signals(signals, &own))?;
+    let for_signals = own.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ufs-signals".into())
+        .spawn(move || lifecycle::end_on_signals(signals, &for_signals));
+    if let Err(e) = spawned {
+        // Nothing would end the mount on a signal; do not leave it behind unserved.
+        if let Err(e) = own.release() {
+            log::warn!("cannot unmount {}: {e}", mountpoint.display());
+        }
+        return Err(e);
     }
     on_ready();
     let session_thread = std::mem::replace(&mut background.guard, std::thread::spawn(|| Ok(())));
