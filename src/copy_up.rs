@@ -11,7 +11,6 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -41,12 +40,11 @@ impl Workdir {
     /// whether `trusted.*` xattrs can be written.
     /// With `userxattr`, records go to `user.overlay.*` whatever the daemon may do.
     pub fn open(
-        workdir: &Path,
+        wd: OwnedFd,
         fsync: bool,
         index: bool,
         userxattr: bool,
     ) -> std::io::Result<Workdir> {
-        let wd = sys::open_dir_path(workdir)?;
         match sys::mkdirat(wd.as_fd(), c"work", 0o700) {
             Ok(()) => {}
             Err(e) if e.errno() == libc::EEXIST => {}

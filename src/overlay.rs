@@ -125,7 +125,18 @@ pub struct Overlay {
 impl Overlay {
     /// Opens the layers of `opts` and builds the root node.
     pub fn new(opts: &Options) -> std::io::Result<Overlay> {
-        let mut layers = LayerStack::open(opts.upperdir.as_deref(), &opts.lowerdirs)?;
+        let writable = !opts.read_only && opts.upperdir.is_some();
+        let dirs = crate::layer::open_dirs(
+            opts.upperdir.as_deref(),
+            opts.workdir.as_deref().filter(|_| writable),
+            &opts.lowerdirs,
+        )?;
+        let mut layers = LayerStack::from_dirs(
+            opts.upperdir.as_deref(),
+            dirs.upper,
+            &opts.lowerdirs,
+            dirs.lowers,
+        )?;
         let mut reals = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter() {
             reals.push(RealEntry::new(i, layer.root.try_clone()?));
@@ -135,7 +146,7 @@ impl Overlay {
         let inodes = InodeTable::new();
         inodes.insert_root(root_ino, reals);
         let read_only = opts.read_only || layers.upper().is_none();
-        let work = match (&opts.workdir, read_only) {
+        let work = match (dirs.work, read_only) {
             (Some(w), false) => Some(Workdir::open(w, opts.fsync, opts.index, opts.userxattr)?),
             _ => None,
         };
