@@ -6,9 +6,19 @@
 //! in the mixed formats ufs reads; then a sequence of 40 to 60 operations run on both mounts
 //! side by side (among them `forget`: the kernel drops its dentries and inodes while one
 //! directory stays open, so names are looked up again in directories ufs still holds, and
-//! sometimes a remount in the middle). After every operation the two outcomes (value or errno) must be equal; after a
-//! remount and at the end the whole merged trees must be equal; and at the end the upper ufs
-//! wrote, mounted by the kernel over the same lowers, must show the tree ufs showed.
+//! sometimes a remount in the middle). After every operation the two outcomes (value or errno)
+//! must be equal; after a remount and at the end the whole merged trees must be equal; and at
+//! the end the upper and workdir ufs wrote, mounted by the kernel over the same lowers, must
+//! show the tree ufs showed (owners, modes, link counts, `user.*` xattrs and hard-link groups
+//! included, in every feature set).
+//!
+//! The layer lifecycle (issue 9) is part of the sequences: `remount-ro` unmounts both sides
+//! and mounts each read-only with its upper as the top lower (`lowerdir=UPPER:LOWERS`; the
+//! kernel with `redirect_dir=follow`, `metacopy=on` where the case has those features, see
+//! `runner::read_only_features`), compares the trees, also mounts the kernel read-only over
+//! ufs's layers and compares that with ufs, then mounts both writable again as before;
+//! `rotate` pushes each side's upper into its `lowerdir=` under a new empty upper and workdir,
+//! compares the trees, and the sequence goes on over the new stacks.
 //!
 //! Modes (all need root, `/dev/fuse`, `fusermount3` and the kernel overlay; elsewhere the test
 //! prints why it skips):
@@ -298,9 +308,11 @@ fn keep_replay(case: &Case, picks: &[usize]) {
     bench.mount();
     for &i in picks {
         let op = &case.ops[i];
-        if *op == ops::Op::Remount {
-            bench.unmount();
-            bench.mount();
+        if op.is_lifecycle() {
+            println!("#{i:<3} {op}");
+            if let Err((stage, detail)) = bench.lifecycle(op) {
+                println!("       {stage}: {detail}");
+            }
             continue;
         }
         println!(
@@ -380,6 +392,11 @@ fn generator_covers_the_issue() {
         "lower counts {lowers:?}"
     );
     assert!((15..=60).contains(&remounts), "remounts {remounts}");
+    // The layer lifecycle (issue 9): read-only stacks over the upper, rotations.
+    for (k, range) in [("remount-ro", 50..=120), ("rotate", 70..=160)] {
+        let n = kinds.get(k).copied().unwrap_or(0);
+        assert!(range.contains(&n), "{k}: {n} ({kinds:?})");
+    }
     assert!(with_upper > 50, "stacks with upper content: {with_upper}");
     for what in ["WHITEOUT", "OPAQUE", "hard link of", "symlink", "fifo"] {
         assert!(layer_text.contains(what), "no {what} in the stacks");

@@ -3,8 +3,9 @@
 //! Layout of one case under a fresh temp dir: `k/` holds the kernel's copy of the layers
 //! (kernel marker formats only), `u/` the ufs copy (mixed formats: see
 //! [`KnownDifference::OciMarkers`]), each with `l/0..` (lowers, top first), `up`, `wk` and the
-//! mount point `m`; `x/` holds the fresh workdir and mount point of the cross-mount check (the
-//! kernel over `u/up` and the kernel's lowers).
+//! mount point `m`; after a rotation also the uppers and workdirs `upN`, `wkN` that followed
+//! (the old ones are then the top lowers); `x/m` is the mount point of the cross-mount checks
+//! (the kernel over ufs's upper and workdir, and read-only over ufs's upper as the top lower).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -77,12 +78,12 @@ impl KnownDifference {
 /// Options of a kernel mount: the layers (relative to `base`, the mount data is limited to a
 /// page) and the case's features, the same as ufs gets, spelled out even where they are the
 /// kernel's defaults ([`KnownDifference::Defaults`]). `xino=off` pins the last default (all
-/// layers are on one filesystem, where it changes nothing).
+/// layers are on one filesystem, where it changes nothing). `upper` is the upper and workdir,
+/// or `None` for a read-only stack: see [`read_only_features`].
 pub fn kernel_options(
     config: Config,
     lowers: &[PathBuf],
-    upper: &Path,
-    work: &Path,
+    upper: Option<(&Path, &Path)>,
     base: &Path,
 ) -> String {
     let rel = |p: &Path| {
@@ -92,17 +93,47 @@ pub fn kernel_options(
             .to_string()
     };
     let lower: Vec<String> = lowers.iter().map(|p| rel(p)).collect();
-    format!(
-        "lowerdir={},upperdir={},workdir={},{},xino=off",
-        lower.join(":"),
-        rel(upper),
-        rel(work),
-        config.options()
-    )
+    match upper {
+        Some((upper, work)) => format!(
+            "lowerdir={},upperdir={},workdir={},{},xino=off",
+            lower.join(":"),
+            rel(upper),
+            rel(work),
+            config.options()
+        ),
+        None => format!(
+            "lowerdir={}{},xino=off",
+            lower.join(":"),
+            read_only_features(config)
+        ),
+    }
 }
 
-/// The directories of one side (kernel or ufs).
+/// The kernel's features for a read-only stack whose top lower is a former upper: what makes it
+/// read the records the upper got, and its defaults where the case has a feature off.
+///
+/// This kernel (6.18) accepts every combination without an upper, but: `index=on` is "useless
+/// in a non-upper mount" (ignored, with a message: the index lives in a workdir, and there is
+/// none), so it is not passed; `redirect_dir=` shows as `on` for anything but `nofollow`, and
+/// what matters is that redirects are followed (`follow`); `metacopy=on` makes it follow
+/// metadata-only copies in the former upper down to their data (without it it refuses them).
+/// Its defaults (module parameters here: `redirect_always_follow=Y`, `metacopy=N`) follow
+/// redirects too, which changes nothing where ufs wrote none.
+pub fn read_only_features(config: Config) -> String {
+    let mut s = String::new();
+    if config.redirect_dir {
+        s.push_str(",redirect_dir=follow");
+    }
+    if config.metacopy {
+        s.push_str(",metacopy=on");
+    }
+    s
+}
+
+/// The directories of one side (kernel or ufs). `lowers`, `upper` and `work` change with
+/// [`Bench::rotate`]: the upper is pushed onto the lowers and a new upper and workdir start.
 pub struct Side {
+    pub base: PathBuf,
     pub lowers: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
@@ -137,11 +168,27 @@ impl Side {
             &mut rng,
         );
         Side {
+            base: base.to_path_buf(),
             lowers,
             upper: up,
             work: mkdirs(&base.join("wk")),
             mnt: mkdirs(&base.join("m")),
         }
+    }
+
+    /// The upper becomes the top lower; a new empty upper `upN` and workdir `wkN` start.
+    fn rotate(&mut self, generation: usize) {
+        let upper = mkdirs(&self.base.join(format!("up{generation}")));
+        let old = std::mem::replace(&mut self.upper, upper);
+        self.lowers.insert(0, old);
+        self.work = mkdirs(&self.base.join(format!("wk{generation}")));
+    }
+
+    /// `lowerdir=` of the read-only stack: the upper, then the lowers.
+    fn read_only_lowers(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.upper.clone()];
+        v.extend(self.lowers.iter().cloned());
+        v
     }
 }
 
@@ -150,9 +197,13 @@ pub struct Bench {
     pub base: tempfile::TempDir,
     pub k: Side,
     pub u: Side,
-    /// The marker formats of `u`'s lowers.
+    /// The marker formats of `u`'s generated lowers (the last ones of `u.lowers`; former
+    /// uppers, on top of them, are always in the kernel's formats).
     pub ufs_flavor: Flavor,
     pub config: Config,
+    /// How many rotations happened: the first `rotations` lowers of each side are former
+    /// uppers of that side.
+    pub rotations: usize,
     kernel: Option<KernelOverlay>,
     ufs: Option<UfsMount>,
 }
@@ -190,29 +241,53 @@ impl Bench {
             u,
             ufs_flavor,
             config: case.config,
+            rotations: 0,
             kernel: None,
             ufs: None,
         }
     }
 
+    /// Mounts both sides writable over their current layers.
     pub fn mount(&mut self) {
         let b = self.base.path();
-        let kopts = kernel_options(self.config, &self.k.lowers, &self.k.upper, &self.k.work, b);
+        let kopts = kernel_options(
+            self.config,
+            &self.k.lowers,
+            Some((&self.k.upper, &self.k.work)),
+            b,
+        );
         self.kernel = Some(KernelOverlay::mount(&kopts, &self.k.mnt, b));
-        let lower: Vec<String> = self
-            .u
-            .lowers
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
         let uopts = format!(
             "lowerdir={},upperdir={},workdir={},{}",
-            lower.join(":"),
+            ufs_lowerdir(&self.u.lowers),
             self.u.upper.display(),
             self.u.work.display(),
             self.config.options()
         );
         self.ufs = Some(UfsMount::mount(&uopts, &self.u.mnt));
+    }
+
+    /// Mounts both sides read-only with their uppers as the top lowers ([`Op::RemountReadOnly`]).
+    /// ufs gets the case's features (with `index=on` it has no workdir to look in either).
+    pub fn mount_read_only(&mut self) {
+        let b = self.base.path();
+        let kopts = kernel_options(self.config, &self.k.read_only_lowers(), None, b);
+        self.kernel = Some(KernelOverlay::mount(&kopts, &self.k.mnt, b));
+        let uopts = format!(
+            "lowerdir={},{}",
+            ufs_lowerdir(&self.u.read_only_lowers()),
+            self.config.options()
+        );
+        self.ufs = Some(UfsMount::mount(&uopts, &self.u.mnt));
+    }
+
+    /// [`Op::Rotate`] on both sides: unmount, push each upper into its lowers, mount again.
+    pub fn rotate(&mut self) {
+        self.unmount();
+        self.rotations += 1;
+        self.k.rotate(self.rotations);
+        self.u.rotate(self.rotations);
+        self.mount();
     }
 
     pub fn unmount(&mut self) {
@@ -228,27 +303,53 @@ impl Bench {
         }
     }
 
-    /// The cross-mount check: the kernel over the upper ufs wrote and the lowers (ufs's own
-    /// when they are in kernel formats, else the kernel's copy), with a fresh workdir; with `index=on` with ufs's workdir instead, which holds
-    /// the index (DIFFERENCES.md, "Defaults": the kernel reads ufs's records on the same
-    /// workdir). ufs must be unmounted.
-    pub fn mount_cross(&self) -> KernelOverlay {
-        let b = self.base.path();
-        let work = if self.config.index {
-            self.u.work.clone()
-        } else {
-            mkdirs(&b.join("x/wk"))
-        };
-        let mnt = mkdirs(&b.join("x/m"));
-        // ufs's own lowers when the kernel can read them: origin records name them by handle.
-        let lowers = if self.ufs_flavor == Flavor::Kernel {
+    /// The lowers of the cross-mount checks: ufs's former uppers, then ufs's generated lowers
+    /// when the kernel can read them (origin records name them by handle), else the kernel's
+    /// copy of them ([`KnownDifference::OciMarkers`]).
+    fn cross_lowers(&self) -> Vec<PathBuf> {
+        let generated = if self.ufs_flavor == Flavor::Kernel {
             &self.u.lowers
         } else {
             &self.k.lowers
         };
-        let opts = kernel_options(self.config, lowers, &self.u.upper, &work, b);
+        let mut v = self.u.lowers[..self.rotations].to_vec();
+        v.extend(generated[self.rotations..].iter().cloned());
+        v
+    }
+
+    /// The cross-mount check: the kernel over the upper and the workdir ufs wrote (which holds
+    /// the index: DIFFERENCES.md, "Defaults", the kernel reads ufs's records on the same
+    /// workdir) and [`Bench::cross_lowers`]. ufs must be unmounted.
+    pub fn mount_cross(&self) -> KernelOverlay {
+        let b = self.base.path();
+        let mnt = mkdirs(&b.join("x/m"));
+        let opts = kernel_options(
+            self.config,
+            &self.cross_lowers(),
+            Some((&self.u.upper, &self.u.work)),
+            b,
+        );
         KernelOverlay::mount(&opts, &mnt, b)
     }
+
+    /// The read-only cross-mount check: the kernel, read-only, over ufs's upper as the top lower
+    /// and [`Bench::cross_lowers`], so it reads ufs's records from a lower layer.
+    pub fn mount_cross_read_only(&self) -> KernelOverlay {
+        let b = self.base.path();
+        let mnt = mkdirs(&b.join("x/m"));
+        let mut lowers = vec![self.u.upper.clone()];
+        lowers.extend(self.cross_lowers());
+        KernelOverlay::mount(&kernel_options(self.config, &lowers, None, b), &mnt, b)
+    }
+}
+
+/// `lowerdir=` for ufs: absolute paths, top first.
+fn ufs_lowerdir(lowers: &[PathBuf]) -> String {
+    lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 impl Drop for Bench {
@@ -334,6 +435,58 @@ fn compare_trees(k: &Path, u: &Path) -> Result<Tree, String> {
     Err(msg)
 }
 
+/// Compares ufs's tree `ufs_tree` with the kernel's at `mnt` (the kernel over ufs's layers).
+fn compare_cross(ufs_tree: &Tree, mnt: &Path, label: &str) -> Result<(), String> {
+    let xt = tree::snapshot(mnt).map_err(|e| format!("snapshot of {label}: {e}"))?;
+    let d = tree::diff("ufs", ufs_tree, label, &xt);
+    if d.is_empty() {
+        return Ok(());
+    }
+    let mut detail = format!("{} difference(s):\n", d.len());
+    for line in d.iter().take(12) {
+        let _ = writeln!(detail, "    {line}");
+    }
+    if d.len() > 12 {
+        let _ = writeln!(detail, "    ... and {} more", d.len() - 12);
+    }
+    Err(detail)
+}
+
+impl Bench {
+    /// Runs a lifecycle operation ([`Op::is_lifecycle`]) on both sides with its checks; an
+    /// error is the stage and the details of the first check that failed.
+    pub fn lifecycle(&mut self, op: &Op) -> Result<(), (&'static str, String)> {
+        let (kmnt, umnt) = (self.k.mnt.clone(), self.u.mnt.clone());
+        match op {
+            Op::Remount => {
+                self.unmount();
+                self.mount();
+                compare_trees(&kmnt, &umnt).map_err(|d| ("tree after remount", d))?;
+            }
+            Op::Rotate => {
+                self.rotate();
+                compare_trees(&kmnt, &umnt).map_err(|d| ("tree after rotate", d))?;
+            }
+            Op::RemountReadOnly => {
+                self.unmount();
+                self.mount_read_only();
+                let ufs_tree = compare_trees(&kmnt, &umnt).map_err(|d| ("tree read-only", d))?;
+                self.unmount_ufs();
+                {
+                    let cross = self.mount_cross_read_only();
+                    compare_cross(&ufs_tree, &cross.mnt, "kernel-ro-over-ufs-layers")
+                        .map_err(|d| ("cross-mount read-only", d))?;
+                }
+                self.unmount();
+                self.mount();
+                compare_trees(&kmnt, &umnt).map_err(|d| ("tree after read-only remount", d))?;
+            }
+            other => unreachable!("{other} is not a lifecycle operation"),
+        }
+        Ok(())
+    }
+}
+
 /// The guard for [`KnownDifference::RenameOverOwnLink`]: without the index, a rename or
 /// exchange between two names that show one inode number on the kernel mount.
 fn known_difference(op: &Op, bench: &Bench) -> Option<KnownDifference> {
@@ -378,17 +531,16 @@ fn run_inner(case: &Case, picks: &[usize], verbose: bool) -> Result<Stats, Failu
     let (kmnt, umnt) = (bench.k.mnt.clone(), bench.u.mnt.clone());
     for (pos, &i) in picks.iter().enumerate() {
         let op = &case.ops[i];
-        if *op == Op::Remount {
-            bench.unmount();
-            bench.mount();
+        if op.is_lifecycle() {
             if verbose {
-                println!("#{i:<3} remount");
+                println!("#{i:<3} {op}");
             }
-            compare_trees(&kmnt, &umnt).map_err(|detail| Failure {
+            bench.lifecycle(op).map_err(|(stage, detail)| Failure {
                 pos,
-                stage: "tree after remount".into(),
-                detail: format!("after #{i} remount: {detail}"),
+                stage: stage.into(),
+                detail: format!("after #{i} {op}: {detail}"),
             })?;
+            stats.ops += 1;
             continue;
         }
         if let Op::Forget { pin } = op {
@@ -445,23 +597,11 @@ fn run_inner(case: &Case, picks: &[usize], verbose: bool) -> Result<Stats, Failu
     })?;
     bench.unmount_ufs();
     let cross = bench.mount_cross();
-    let xt = tree::snapshot(&cross.mnt).map_err(|e| Failure {
+    compare_cross(&ufs_tree, &cross.mnt, "kernel-over-ufs-upper").map_err(|detail| Failure {
         pos: end,
         stage: "cross-mount".into(),
-        detail: format!("snapshot of the kernel over ufs's upper: {e}"),
+        detail,
     })?;
-    let d = tree::diff("ufs", &ufs_tree, "kernel-over-ufs-upper", &xt);
-    if !d.is_empty() {
-        let mut detail = format!("{} difference(s):\n", d.len());
-        for line in d.iter().take(12) {
-            let _ = writeln!(detail, "    {line}");
-        }
-        return Err(Failure {
-            pos: end,
-            stage: "cross-mount".into(),
-            detail,
-        });
-    }
     Ok(stats)
 }
 
