@@ -1012,3 +1012,189 @@ fn index_nlink_after_forget_and_unlink_of_the_upper_name() {
         ],
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Regression tests of the layer lifecycle (issue 9): read-only stacks over a former upper and
+// rotations of the upper into the lowers
+// ---------------------------------------------------------------------------------------------
+
+/// Seeds 7, 65, 109, 131, 144, 228 (read-only) and 60, 87, 88 (rotation), `metacopy`: a
+/// metadata-only copy (`chmod`; `rename`, which adds a data redirect) in the former upper, now
+/// a lower layer, is followed by the kernel (`metacopy=on`) down to the layer that holds its
+/// data; ufs reads metadata-only copies only from the upper layer, so it showed the sparse
+/// copy's holes (wrong content) on the read-only stack.
+#[test]
+#[ignore = "open: ufs reads metadata-only copies only from the upper layer"]
+fn metacopy_in_a_lower_layer_read_only() {
+    regression(
+        "metacopy_in_a_lower_layer_read_only",
+        METACOPY,
+        vec![layer(vec![
+            ("a", Node::file(b"data of a")),
+            ("d/b", Node::file(b"data of b")),
+        ])],
+        vec![
+            Op::Chmod {
+                path: path("a"),
+                mode: 0o600,
+            },
+            Op::Rename {
+                from: path("d/b"),
+                to: path("n"),
+                mode: RenameMode::Plain,
+            },
+            Op::RemountReadOnly,
+            Op::Read {
+                path: path("a"),
+                offset: 0,
+                len: 100,
+            },
+        ],
+    );
+}
+
+/// The same after a rotation: the sequence goes on over the new stack, so a write copies the
+/// file up from the former upper, and the data must come from the layer below it.
+#[test]
+#[ignore = "open: ufs reads metadata-only copies only from the upper layer"]
+fn metacopy_in_a_lower_layer_after_rotation() {
+    regression(
+        "metacopy_in_a_lower_layer_after_rotation",
+        METACOPY,
+        vec![layer(vec![
+            ("a", Node::file(b"data of a")),
+            ("d/b", Node::file(b"data of b")),
+        ])],
+        vec![
+            Op::Utimes {
+                path: path("a"),
+                atime: ops::Time::At(1_560_818_373, 230_288_367),
+                mtime: ops::Time::At(1_129_557_278, 567_175_870),
+            },
+            Op::Rename {
+                from: path("d/b"),
+                to: path("n"),
+                mode: RenameMode::Plain,
+            },
+            Op::Rotate,
+            Op::Read {
+                path: path("n"),
+                offset: 0,
+                len: 100,
+            },
+            Op::Write {
+                path: path("a"),
+                offset: 2,
+                len: 3,
+                fill: 7,
+            },
+            Op::Append {
+                path: path("n"),
+                len: 5,
+                fill: 9,
+            },
+            Op::Read {
+                path: path("a"),
+                offset: 0,
+                len: 100,
+            },
+        ],
+    );
+}
+
+/// Seeds 55, 76, 83, 243 (`off`), 250, 178 (read-only) and 63, 115, 220, 291: a file copied
+/// up and linked to a name in another directory (`link`) is one inode with two names in the
+/// upper. The kernel marks the directory the new name is in `overlay.impure`; ufs does not, so
+/// once the upper is a lower layer (read-only stack, rotation) ufs reports the number of the
+/// name it found through a cached listing of that directory (the real number: the listing
+/// reads no records in a directory that is not impure) and the recorded number for the other
+/// name: the two names were no longer one file (two inode numbers; the kernel keeps them one).
+#[test]
+#[ignore = "open: ufs does not mark the directory of a new link impure"]
+fn link_target_directory_is_impure_read_only() {
+    for (name, config) in [
+        ("off", Config::new(false, false, false)),
+        ("redirect", REDIRECT),
+    ] {
+        regression(
+            &format!("link_target_directory_is_impure_read_only ({name})"),
+            config,
+            vec![layer(vec![
+                ("e/b/a", Node::file(b"data")),
+                ("b/x", Node::file(b"x")),
+            ])],
+            vec![
+                Op::Link {
+                    from: path("e/b/a"),
+                    to: path("b/m"),
+                },
+                Op::Mkdir {
+                    path: path("n"),
+                    mode: 0o755,
+                },
+                Op::Link {
+                    from: path("e/b/a"),
+                    to: path("n/m"),
+                },
+                Op::RemountReadOnly,
+                Op::Rotate,
+                Op::Stat { path: path("b/m") },
+                Op::Stat {
+                    path: path("e/b/a"),
+                },
+            ],
+        );
+    }
+}
+
+/// Seeds 16, 21, 34, 98, 113, 124, 137, 182, 197, 229, 241, 262, 281 (`index`, `full`): with
+/// `index=on`, a copy-up of one name of a lower hard link keeps the lower file's inode number
+/// (ufs's `overlay.ufs.ino` record). Once that upper is a lower layer (read-only stack,
+/// rotation) the copy and the other names, still in the old lower, are different files for the
+/// kernel (no index on that stack joins them), but ufs reported the same number for both, so
+/// FUSE made them one inode: the other names showed the copy's data, mode and owner, and one
+/// link group.
+#[test]
+#[ignore = "open: an index copy's number record in a lower layer collides with the old names"]
+fn index_copy_of_one_name_and_the_old_names_after_rotation() {
+    for config in [INDEX, Config::new(true, true, true)] {
+        regression(
+            "index_copy_of_one_name_and_the_old_names_after_rotation",
+            config,
+            vec![layer(vec![
+                ("a", Node::file(b"data")),
+                ("h1", Node::HardLink { target: "a".into() }),
+                ("e", Node::HardLink { target: "a".into() }),
+            ])],
+            vec![
+                Op::Write {
+                    path: path("h1"),
+                    offset: 2,
+                    len: 10,
+                    fill: 3,
+                },
+                Op::Chmod {
+                    path: path("h1"),
+                    mode: 0o600,
+                },
+                Op::RemountReadOnly,
+                Op::Stat { path: path("a") },
+                Op::Rotate,
+                Op::Stat { path: path("a") },
+                Op::Stat { path: path("h1") },
+                Op::Read {
+                    path: path("a"),
+                    offset: 0,
+                    len: 100,
+                },
+                Op::Write {
+                    path: path("e"),
+                    offset: 0,
+                    len: 1,
+                    fill: 1,
+                },
+                Op::Stat { path: path("a") },
+            ],
+        );
+    }
+}
