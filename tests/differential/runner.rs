@@ -411,20 +411,8 @@ pub struct Stats {
     pub skipped: usize,
 }
 
-/// Compares the kernel's tree at `k` with ufs's at `u`; returns ufs's.
-fn compare_trees(k: &Path, u: &Path) -> Result<Tree, String> {
-    let (a_label, b_label) = ("kernel", "ufs");
-    let ta = tree::snapshot(k).map_err(|e| format!("snapshot of {a_label}: {e}"))?;
-    let tb = tree::snapshot(u).map_err(|e| format!("snapshot of {b_label}: {e}"))?;
-    let mut d = tree::diff(a_label, &ta, b_label, &tb);
-    d.extend(
-        tb.ino_problems
-            .iter()
-            .map(|p| format!("ufs (SEMANTICS.md, readdir): {p}")),
-    );
-    if d.is_empty() {
-        return Ok(tb);
-    }
+/// The lines of a tree difference, at most 12 of them, under a count.
+fn format_diff(d: &[String]) -> String {
     let mut msg = format!("{} difference(s):\n", d.len());
     for line in d.iter().take(12) {
         let _ = writeln!(msg, "    {line}");
@@ -432,24 +420,45 @@ fn compare_trees(k: &Path, u: &Path) -> Result<Tree, String> {
     if d.len() > 12 {
         let _ = writeln!(msg, "    ... and {} more", d.len() - 12);
     }
-    Err(msg)
+    msg
+}
+
+/// The differences between the kernel's tree `k` and ufs's `u`, with ufs's own inconsistencies.
+fn kernel_vs_ufs(k: &Tree, u: &Tree) -> Vec<String> {
+    let mut d = tree::diff("kernel", k, "ufs", u);
+    d.extend(
+        u.ino_problems
+            .iter()
+            .map(|p| format!("ufs (SEMANTICS.md, readdir): {p}")),
+    );
+    d
+}
+
+fn snapshot_of(mnt: &Path, label: &str) -> Result<Tree, String> {
+    tree::snapshot(mnt).map_err(|e| format!("snapshot of {label}: {e}"))
+}
+
+/// Compares the kernel's tree at `k` with ufs's at `u`; returns ufs's.
+fn compare_trees(k: &Path, u: &Path) -> Result<Tree, String> {
+    let ta = snapshot_of(k, "kernel")?;
+    let tb = snapshot_of(u, "ufs")?;
+    let d = kernel_vs_ufs(&ta, &tb);
+    if d.is_empty() {
+        Ok(tb)
+    } else {
+        Err(format_diff(&d))
+    }
 }
 
 /// Compares ufs's tree `ufs_tree` with the kernel's at `mnt` (the kernel over ufs's layers).
 fn compare_cross(ufs_tree: &Tree, mnt: &Path, label: &str) -> Result<(), String> {
-    let xt = tree::snapshot(mnt).map_err(|e| format!("snapshot of {label}: {e}"))?;
+    let xt = snapshot_of(mnt, label)?;
     let d = tree::diff("ufs", ufs_tree, label, &xt);
     if d.is_empty() {
-        return Ok(());
+        Ok(())
+    } else {
+        Err(format_diff(&d))
     }
-    let mut detail = format!("{} difference(s):\n", d.len());
-    for line in d.iter().take(12) {
-        let _ = writeln!(detail, "    {line}");
-    }
-    if d.len() > 12 {
-        let _ = writeln!(detail, "    ... and {} more", d.len() - 12);
-    }
-    Err(detail)
 }
 
 impl Bench {
@@ -470,12 +479,44 @@ impl Bench {
             Op::RemountReadOnly => {
                 self.unmount();
                 self.mount_read_only();
-                let ufs_tree = compare_trees(&kmnt, &umnt).map_err(|d| ("tree read-only", d))?;
+                let stage = "tree read-only";
+                let kt = snapshot_of(&kmnt, "kernel").map_err(|d| (stage, d))?;
+                let ut = snapshot_of(&umnt, "ufs").map_err(|d| (stage, d))?;
                 self.unmount_ufs();
-                {
+                // The kernel over ufs's layers too, also when ufs already disagrees: whether it
+                // agrees with the kernel over its own layers tells a record ufs wrote differently
+                // from one ufs reads differently.
+                let label = "kernel-ro-over-ufs-layers";
+                let xt = {
                     let cross = self.mount_cross_read_only();
-                    compare_cross(&ufs_tree, &cross.mnt, "kernel-ro-over-ufs-layers")
-                        .map_err(|d| ("cross-mount read-only", d))?;
+                    snapshot_of(&cross.mnt, label)
+                };
+                let d = kernel_vs_ufs(&kt, &ut);
+                if !d.is_empty() {
+                    let mut detail = format_diff(&d);
+                    match &xt {
+                        Ok(xt) => {
+                            let dx = tree::diff("kernel", &kt, label, xt);
+                            if dx.is_empty() {
+                                detail.push_str("    (the kernel over ufs's layers shows the kernel's tree: ufs reads them differently)\n");
+                            } else {
+                                let _ = write!(
+                                    detail,
+                                    "    (and the kernel over ufs's layers: {})",
+                                    format_diff(&dx).replace("\n    ", "\n        ")
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            let _ = writeln!(detail, "    ({e})");
+                        }
+                    }
+                    return Err((stage, detail));
+                }
+                let xt = xt.map_err(|d| ("cross-mount read-only", d))?;
+                let dx = tree::diff("ufs", &ut, label, &xt);
+                if !dx.is_empty() {
+                    return Err(("cross-mount read-only", format_diff(&dx)));
                 }
                 self.unmount();
                 self.mount();
