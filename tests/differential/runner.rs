@@ -483,37 +483,40 @@ impl Bench {
                 let kt = snapshot_of(&kmnt, "kernel").map_err(|d| (stage, d))?;
                 let ut = snapshot_of(&umnt, "ufs").map_err(|d| (stage, d))?;
                 self.unmount_ufs();
-                // The kernel over ufs's layers too, also when ufs already disagrees: whether it
-                // agrees with the kernel over its own layers tells a record ufs wrote differently
-                // from one ufs reads differently.
+                // The kernel over ufs's layers too: whether it agrees with the kernel over its
+                // own layers tells a record (or copy) ufs wrote differently from one ufs reads
+                // differently.
                 let label = "kernel-ro-over-ufs-layers";
                 let xt = {
                     let cross = self.mount_cross_read_only();
                     snapshot_of(&cross.mnt, label)
                 };
-                let d = kernel_vs_ufs(&kt, &ut);
-                if !d.is_empty() {
-                    let mut detail = format_diff(&d);
-                    match &xt {
-                        Ok(xt) => {
-                            let dx = tree::diff("kernel", &kt, label, xt);
-                            if dx.is_empty() {
-                                detail.push_str("    (the kernel over ufs's layers shows the kernel's tree: ufs reads them differently)\n");
-                            } else {
-                                let _ = write!(
-                                    detail,
-                                    "    (and the kernel over ufs's layers: {})",
-                                    format_diff(&dx).replace("\n    ", "\n        ")
-                                );
-                            }
-                        }
-                        Err(e) => {
-                            let _ = writeln!(detail, "    ({e})");
-                        }
+                let xt = xt.map_err(|d| ("cross-mount read-only", d))?;
+                let d_ku = kernel_vs_ufs(&kt, &ut);
+                let d_kx = tree::diff("kernel", &kt, label, &xt);
+                let also = |what: &str, d: &[String]| {
+                    if d.is_empty() {
+                        format!("    ({what}: the same)\n")
+                    } else {
+                        format!(
+                            "    ({what}: {})\n",
+                            format_diff(d).trim_end().replace("\n    ", "\n        ")
+                        )
                     }
+                };
+                // The layers ufs wrote, read by the kernel, show another tree than the kernel's
+                // own layers: ufs wrote something else (a record, a copy) than the kernel did.
+                if !d_kx.is_empty() {
+                    let mut detail = format_diff(&d_kx);
+                    detail.push_str(&also("ufs over its layers against the kernel", &d_ku));
+                    return Err(("read-only layers", detail));
+                }
+                // ufs reads its layers differently from the kernel.
+                if !d_ku.is_empty() {
+                    let mut detail = format_diff(&d_ku);
+                    detail.push_str("    (the kernel over ufs's layers shows the kernel's tree)\n");
                     return Err((stage, detail));
                 }
-                let xt = xt.map_err(|d| ("cross-mount read-only", d))?;
                 let dx = tree::diff("ufs", &ut, label, &xt);
                 if !dx.is_empty() {
                     return Err(("cross-mount read-only", format_diff(&dx)));
