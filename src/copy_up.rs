@@ -18,71 +18,8 @@ use crate::error::Result;
 use crate::inode::{Kind, RealEntry};
 use crate::lookup::is_no_xattr;
 use crate::sys;
-use crate::xattr;
 
-/// Which xattr namespace ufs writes its own records (opaque markers) in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XattrNamespace {
-    /// `trusted.overlay.*`, read by the kernel by default; needs `CAP_SYS_ADMIN`.
-    Trusted,
-    /// `user.overlay.*`, read by the kernel with `-o userxattr`; for unprivileged mounts.
-    User,
-}
-
-impl XattrNamespace {
-    pub fn opaque(self) -> &'static std::ffi::CStr {
-        match self {
-            XattrNamespace::Trusted => c"trusted.overlay.opaque",
-            XattrNamespace::User => c"user.overlay.opaque",
-        }
-    }
-
-    /// The kernel's marker on a directory holding entries copied up from elsewhere.
-    pub fn impure(self) -> &'static std::ffi::CStr {
-        match self {
-            XattrNamespace::Trusted => c"trusted.overlay.impure",
-            XattrNamespace::User => c"user.overlay.impure",
-        }
-    }
-
-    /// ufs's record of the inode number an object reports (kept across copy-up and remount).
-    pub fn ino_record(self) -> &'static std::ffi::CStr {
-        match self {
-            XattrNamespace::Trusted => c"trusted.overlay.ufs.ino",
-            XattrNamespace::User => c"user.overlay.ufs.ino",
-        }
-    }
-
-    /// The namespace an unprivileged or privileged daemon can use, without probing.
-    pub fn for_daemon() -> Self {
-        if sys::euid_egid().0 == 0 {
-            XattrNamespace::Trusted
-        } else {
-            XattrNamespace::User
-        }
-    }
-
-    pub fn origin(self) -> &'static std::ffi::CStr {
-        match self {
-            XattrNamespace::Trusted => c"trusted.overlay.origin",
-            XattrNamespace::User => c"user.overlay.origin",
-        }
-    }
-
-    pub fn metacopy(self) -> &'static std::ffi::CStr {
-        match self {
-            XattrNamespace::Trusted => c"trusted.overlay.metacopy",
-            XattrNamespace::User => c"user.overlay.metacopy",
-        }
-    }
-
-    pub fn redirect(self) -> &'static std::ffi::CStr {
-        match self {
-            XattrNamespace::Trusted => c"trusted.overlay.redirect",
-            XattrNamespace::User => c"user.overlay.redirect",
-        }
-    }
-}
+pub use crate::xattr::XattrNamespace;
 
 /// The scratch directory (`WORKDIR/work`, as the kernel names it) where copies are built.
 #[derive(Debug)]
@@ -101,7 +38,13 @@ pub struct Workdir {
 impl Workdir {
     /// Opens `workdir/work` (creating it), removes what an earlier mount left in it, and probes
     /// whether `trusted.*` xattrs can be written.
-    pub fn open(workdir: &Path, fsync: bool, index: bool) -> std::io::Result<Workdir> {
+    /// With `userxattr`, records go to `user.overlay.*` whatever the daemon may do.
+    pub fn open(
+        workdir: &Path,
+        fsync: bool,
+        index: bool,
+        userxattr: bool,
+    ) -> std::io::Result<Workdir> {
         let wd = sys::open_dir_path(workdir)?;
         match sys::mkdirat(wd.as_fd(), c"work", 0o700) {
             Ok(()) => {}
@@ -115,16 +58,20 @@ impl Workdir {
             remove_tree(fd.as_fd(), &name)?;
         }
         let probe = c"trusted.overlay.ufs-probe";
-        let xattr_ns = match sys::setxattr(fd.as_fd(), probe, b"y", 0) {
-            Ok(()) => {
-                if let Err(e) = sys::removexattr(fd.as_fd(), probe) {
-                    log::warn!("cannot remove probe xattr from the work directory: {e}");
+        let xattr_ns = if userxattr {
+            XattrNamespace::User
+        } else {
+            match sys::setxattr(fd.as_fd(), probe, b"y", 0) {
+                Ok(()) => {
+                    if let Err(e) = sys::removexattr(fd.as_fd(), probe) {
+                        log::warn!("cannot remove probe xattr from the work directory: {e}");
+                    }
+                    XattrNamespace::Trusted
                 }
-                XattrNamespace::Trusted
-            }
-            Err(e) => {
-                log::info!("trusted xattrs unavailable ({e}); using user.overlay.* records");
-                XattrNamespace::User
+                Err(e) => {
+                    log::info!("trusted xattrs unavailable ({e}); using user.overlay.* records");
+                    XattrNamespace::User
+                }
             }
         };
         let index = if index {
@@ -193,12 +140,14 @@ pub enum CopyData {
 }
 
 /// Copies `src` (a lower entry of kind `kind`) to `name` in the upper directory `upper_dir`.
-/// Returns the new upper entry.
+/// The data comes from `data_src` when `src` is itself a metadata-only copy (in a layer that was
+/// an upper once), whose data is further down. Returns the new upper entry.
 #[allow(clippy::too_many_arguments)]
 pub fn copy_up(
     work: &Workdir,
     upper_layer: usize,
     src: &RealEntry,
+    data_src: Option<&RealEntry>,
     kind: Kind,
     upper_dir_arc: &Arc<OwnedFd>,
     name: &std::ffi::CStr,
@@ -212,37 +161,39 @@ pub fn copy_up(
     // times too, `ovl_set_timestamps`).
     let parent_st = sys::fstat(upper_dir)?;
     let tmp = work.temp_name();
-    let result = build_copy(work, src, kind, &st, &tmp, data).and_then(|fd| {
-        if let Some(ino) = ino_record {
-            record_ino(work, fd.as_fd(), kind, ino)?;
-            // Tells readdir (ufs's and the kernel's) to look for records in this directory.
-            sys::setxattr(upper_dir, work.xattr_ns.impure(), b"y", 0)?;
-        }
-        if let Some(key) = index {
-            // Every name of the lower file finds the copy through the index from now on.
-            let index_dir = work.index.as_ref().ok_or(crate::error::EIO)?;
-            sys::setxattr(fd.as_fd(), work.xattr_ns.origin(), &key.origin, 0)?;
-            sys::link_fd(fd.as_fd(), index_dir.as_fd(), &key.name)?;
-            let published =
-                match sys::renameat2(work.dir(), &tmp, upper_dir, name, libc::RENAME_NOREPLACE) {
-                    Ok(()) => {
-                        restore_times(upper_dir, &parent_st)?;
-                        true
-                    }
-                    // The name the node was last reached by now holds something else: the copy
-                    // is in the index, and the caller links it under another of its names.
-                    Err(e) if e.errno() == libc::EEXIST => {
-                        sys::unlinkat(work.dir(), &tmp, 0)?;
-                        false
-                    }
-                    Err(e) => return Err(e),
-                };
-            return Ok((fd, published));
-        }
-        sys::renameat2(work.dir(), &tmp, upper_dir, name, libc::RENAME_NOREPLACE)?;
-        restore_times(upper_dir, &parent_st)?;
-        Ok((fd, true))
-    });
+    let result =
+        build_copy(work, src, data_src.unwrap_or(src), kind, &st, &tmp, data).and_then(|fd| {
+            if let Some(ino) = ino_record {
+                record_ino(work, fd.as_fd(), kind, ino)?;
+                // Tells readdir (ufs's and the kernel's) to look for records in this directory.
+                sys::setxattr(upper_dir, work.xattr_ns.impure(), b"y", 0)?;
+            }
+            if let Some(key) = index {
+                // Every name of the lower file finds the copy through the index from now on.
+                let index_dir = work.index.as_ref().ok_or(crate::error::EIO)?;
+                sys::setxattr(fd.as_fd(), work.xattr_ns.origin(), &key.origin, 0)?;
+                sys::link_fd(fd.as_fd(), index_dir.as_fd(), &key.name)?;
+                let published =
+                    match sys::renameat2(work.dir(), &tmp, upper_dir, name, libc::RENAME_NOREPLACE)
+                    {
+                        Ok(()) => {
+                            restore_times(upper_dir, &parent_st)?;
+                            true
+                        }
+                        // The name the node was last reached by now holds something else: the copy
+                        // is in the index, and the caller links it under another of its names.
+                        Err(e) if e.errno() == libc::EEXIST => {
+                            sys::unlinkat(work.dir(), &tmp, 0)?;
+                            false
+                        }
+                        Err(e) => return Err(e),
+                    };
+                return Ok((fd, published));
+            }
+            sys::renameat2(work.dir(), &tmp, upper_dir, name, libc::RENAME_NOREPLACE)?;
+            restore_times(upper_dir, &parent_st)?;
+            Ok((fd, true))
+        });
     match result {
         Ok((fd, _)) if kind == Kind::Directory => Ok((RealEntry::new(upper_layer, fd), true)),
         Ok((_, published)) => match (index, &work.index) {
@@ -294,30 +245,24 @@ impl IndexKey {
 
 /// The kernel's link-count record of an indexed copy (`overlay.nlink`): `U+N` means the
 /// merged link count is the upper inode's plus N.
-pub fn nlink_record(entry: &RealEntry) -> Result<Option<i64>> {
-    for name in [c"trusted.overlay.nlink", c"user.overlay.nlink"] {
-        match entry.getxattr(name) {
-            Ok(v) => {
-                let s = String::from_utf8_lossy(&v);
-                let n = s.strip_prefix('U').and_then(|n| n.parse::<i64>().ok());
-                if n.is_none() {
-                    log::warn!("ignoring a link-count record ufs cannot read: {s:?}");
-                }
-                return Ok(n);
+pub fn nlink_record(entry: &RealEntry, ns: XattrNamespace) -> Result<Option<i64>> {
+    match entry.getxattr(ns.nlink()) {
+        Ok(v) => {
+            let s = String::from_utf8_lossy(&v);
+            let n = s.strip_prefix('U').and_then(|n| n.parse::<i64>().ok());
+            if n.is_none() {
+                log::warn!("ignoring a link-count record ufs cannot read: {s:?}");
             }
-            Err(e) if is_no_xattr(e.errno()) => {}
-            Err(e) => return Err(e),
+            Ok(n)
         }
+        Err(e) if is_no_xattr(e.errno()) => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(None)
 }
 
 /// Writes the link-count record of an indexed copy: the merged count is the upper's plus `n`.
 pub fn set_nlink_record(work: &Workdir, entry: &RealEntry, n: i64) -> Result<()> {
-    let name = match work.xattr_ns {
-        XattrNamespace::Trusted => c"trusted.overlay.nlink",
-        XattrNamespace::User => c"user.overlay.nlink",
-    };
+    let name = work.xattr_ns.nlink();
     sys::setxattr(entry.fd()?.as_fd(), name, format!("U{n:+}").as_bytes(), 0)
 }
 
@@ -344,6 +289,42 @@ fn record_ino(work: &Workdir, fd: BorrowedFd<'_>, kind: Kind, ino: u64) -> Resul
     )
 }
 
+/// The inode-number record of `entry` (with `stat` `st`), if it has one ufs may use.
+///
+/// In the upper every record counts. In a lower layer (an upper once), a record counts only
+/// where no other object can share its number: the entry has one link and no origin handle. A
+/// copy with several links, or one made into the index (it has an `overlay.origin`), may have
+/// lower names that were never copied up and still report the lower file's number, which is
+/// the number recorded; such a layer reports real numbers, as the kernel does for every lower.
+pub fn recorded_ino(
+    entry: &RealEntry,
+    st: &libc::stat,
+    in_upper: bool,
+    ns: XattrNamespace,
+) -> Result<Option<u64>> {
+    let v = match entry.getxattr(ns.ino_record()) {
+        Ok(v) => v,
+        Err(e) if is_no_xattr(e.errno()) || e.errno() == libc::ENOENT => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(ino) = parse_ino_record(&v) else {
+        log::warn!("ignoring a malformed inode-number record {v:?}");
+        return Ok(None);
+    };
+    if in_upper {
+        return Ok(Some(ino));
+    }
+    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    if !is_dir && st.st_nlink != 1 {
+        return Ok(None);
+    }
+    match entry.getxattr(ns.origin()) {
+        Ok(_) => Ok(None),
+        Err(e) if is_no_xattr(e.errno()) => Ok(Some(ino)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Parses an inode-number record.
 pub fn parse_ino_record(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok().filter(|&n| n > 1)
@@ -353,6 +334,7 @@ pub fn parse_ino_record(v: &[u8]) -> Option<u64> {
 fn build_copy(
     work: &Workdir,
     src: &RealEntry,
+    data_src: &RealEntry,
     kind: Kind,
     st: &libc::stat,
     tmp: &CString,
@@ -369,7 +351,7 @@ fn build_copy(
             )?;
             match data {
                 CopyData::All if st.st_size > 0 => {
-                    let input = src.open_file(libc::O_RDONLY)?;
+                    let input = data_src.open_file(libc::O_RDONLY)?;
                     copy_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
                 }
                 CopyData::Metadata => {
@@ -393,19 +375,19 @@ fn build_copy(
         }
     }
     let fd = sys::open_path(wd, tmp)?;
-    copy_xattrs(src.fd()?.as_fd(), fd.as_fd())?;
+    copy_xattrs(src.fd()?.as_fd(), fd.as_fd(), work.xattr_ns)?;
     copy_attrs(fd.as_fd(), kind, st)?;
     Ok(fd)
 }
 
 /// Copies every visible xattr of `src` to `dst`.
-pub fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
+pub fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, ns: XattrNamespace) -> Result<()> {
     let names = match sys::listxattr(src) {
         Ok(n) => n,
         Err(e) if e.errno() == libc::EOPNOTSUPP => return Ok(()),
         Err(e) => return Err(e),
     };
-    for name in names.iter().filter(|n| !xattr::is_private(n)) {
+    for name in names.iter().filter(|n| !ns.is_private(n)) {
         let cname = sys::cstr(name)?;
         let value = match sys::getxattr(src, &cname) {
             Ok(v) => v,

@@ -142,10 +142,13 @@ impl Overlay {
             } else {
                 None
             };
+            // A metadata-only copy in a lower layer (an upper once) has its data further down.
+            let data_src = st.lower_data.clone();
             let (entry, published) = copy_up::copy_up(
                 work,
                 upper,
                 &src,
+                data_src.as_ref(),
                 node.kind,
                 preals.top()?.dir_arc()?,
                 &name,
@@ -175,9 +178,10 @@ impl Overlay {
                 new_reals.extend(st.reals.iter().cloned());
             }
             st.reals = Arc::new(new_reals);
-            if data == CopyData::Metadata {
-                st.lower_data = Some(src.clone());
-            }
+            st.lower_data = match data {
+                CopyData::Metadata => Some(data_src.unwrap_or_else(|| src.clone())),
+                _ => None,
+            };
             log::debug!("copied up {:?} (node {})", loc.name, node.id);
             let reals = st.reals.clone();
             drop(st);
@@ -335,7 +339,7 @@ impl Overlay {
         let reals = node.reals();
         // Only indexed copies carry a record; after a remount their node may have been reached
         // through an upper name, with no lower entry beside it.
-        if let Some(n) = copy_up::nlink_record(reals.top()?)? {
+        if let Some(n) = copy_up::nlink_record(reals.top()?, self.record_ns)? {
             copy_up::set_nlink_record(work, reals.top()?, n - 1)?;
         }
         Ok(())
@@ -358,7 +362,7 @@ impl Overlay {
         };
         let key = copy_up::IndexKey::of(removed.reals.top()?)?;
         let entry = RealEntry::named(upper, index_dir.clone(), &key.name);
-        match copy_up::nlink_record(&entry) {
+        match copy_up::nlink_record(&entry, self.record_ns) {
             Ok(Some(n)) => copy_up::set_nlink_record(work, &entry, n - 1),
             Ok(None) => Ok(()),
             Err(e) if e.errno() == libc::ENOENT => Ok(()),
@@ -902,7 +906,7 @@ impl Overlay {
         let (upper, work) = self.upper_layer()?;
         let reals = node.reals();
         let top = reals.first().filter(|r| r.layer == upper).ok_or(EIO)?;
-        let existing = lookup::redirect(top.dir_fd()?)?;
+        let existing = lookup::redirect(top.dir_fd()?, self.record_ns)?;
         if let Some(r) = &existing
             && (samedir || r.first() == Some(&b'/'))
         {
@@ -926,13 +930,11 @@ impl Overlay {
         let (upper, work) = self.upper_layer()?;
         let reals = node.reals();
         let top = reals.first().filter(|r| r.layer == upper).ok_or(EIO)?;
-        for name in lookup::REDIRECT_XATTRS {
-            match top.getxattr(name) {
-                Ok(v) if !v.is_empty() => return Ok(()),
-                Ok(_) => {}
-                Err(e) if lookup::is_no_xattr(e.errno()) => {}
-                Err(e) => return Err(e),
-            }
+        match top.getxattr(self.record_ns.redirect()) {
+            Ok(v) if !v.is_empty() => return Ok(()),
+            Ok(_) => {}
+            Err(e) if lookup::is_no_xattr(e.errno()) => {}
+            Err(e) => return Err(e),
         }
         let loc = node.location();
         let parent = self.inodes.get(loc.parent)?;
@@ -950,7 +952,7 @@ impl Overlay {
         }
         let reals = node.reals();
         let own = match reals.first() {
-            Some(top) => lookup::redirect(top.dir_fd()?)?,
+            Some(top) => lookup::redirect(top.dir_fd()?, self.record_ns)?,
             None => None,
         };
         if let Some(r) = &own

@@ -1,7 +1,8 @@
 //! Owner translation: `uidmapping=`/`gidmapping=` (fuse-overlayfs's options, which rootless
 //! container tools pass) and `squash_to_root`/`squash_to_uid=`/`squash_to_gid=`.
 //!
-//! A mapping `C:H:N` says that ids `H..H+N` on disk are ids `C..C+N` in the mount. Attributes
+//! A mapping `D:S:N` says that ids `D..D+N` on disk show as ids `S..S+N` in the mount
+//! (fuse-overlayfs's order: `uidmapping=0:1001:1` shows a file owned by 0 on disk as 1001). Attributes
 //! the mount reports carry mount ids; owners ufs writes (`chown`, new entries) are turned back
 //! into disk ids. An id outside every range is the overflow id, 65534, both ways, as in
 //! fuse-overlayfs. Without ranges ids pass unchanged. Squashing replaces every reported owner
@@ -34,7 +35,7 @@ impl IdMap {
         }
         self.ranges
             .iter()
-            .find_map(|r| shift(disk, r.host, r.container, r.count))
+            .find_map(|r| shift(disk, r.disk, r.shown, r.count))
             .unwrap_or(OVERFLOW_ID)
     }
 
@@ -45,7 +46,7 @@ impl IdMap {
         }
         self.ranges
             .iter()
-            .find_map(|r| shift(id, r.container, r.host, r.count))
+            .find_map(|r| shift(id, r.shown, r.disk, r.count))
             .unwrap_or(OVERFLOW_ID)
     }
 }
@@ -61,17 +62,25 @@ fn shift(id: u32, from: u32, to: u32, count: u32) -> Option<u32> {
 mod tests {
     use super::*;
 
-    fn m(container: u32, host: u32, count: u32) -> IdMapping {
-        IdMapping {
-            container,
-            host,
-            count,
-        }
+    fn m(disk: u32, shown: u32, count: u32) -> IdMapping {
+        IdMapping { disk, shown, count }
+    }
+
+    /// The example of the drop-in issue, checked against fuse-overlayfs 1.10:
+    /// `uidmapping=0:1001:1:1:100:10` shows disk 0 as 1001, 5 as 104 and 1001 as 65534.
+    #[test]
+    fn fuse_overlayfs_order() {
+        let map = IdMap::new(vec![m(0, 1001, 1), m(1, 100, 10)], None);
+        assert_eq!(map.to_mount(0), 1001);
+        assert_eq!(map.to_mount(5), 104);
+        assert_eq!(map.to_mount(1001), OVERFLOW_ID);
+        assert_eq!(map.to_disk(1001), 0);
+        assert_eq!(map.to_disk(104), 5);
     }
 
     #[test]
     fn ranges_map_both_ways_and_the_rest_overflows() {
-        let map = IdMap::new(vec![m(0, 1000, 1), m(1, 100_000, 65_536)], None);
+        let map = IdMap::new(vec![m(1000, 0, 1), m(100_000, 1, 65_536)], None);
         let cases = [
             // (on disk, in the mount)
             (1000, 0),
@@ -91,7 +100,7 @@ mod tests {
 
     #[test]
     fn the_top_of_the_id_space_does_not_wrap() {
-        let map = IdMap::new(vec![m(u32::MAX, 0, 1)], None);
+        let map = IdMap::new(vec![m(0, u32::MAX, 1)], None);
         assert_eq!(map.to_mount(0), u32::MAX);
         assert_eq!(map.to_disk(u32::MAX), 0);
         assert_eq!(map.to_mount(1), OVERFLOW_ID);
@@ -103,7 +112,7 @@ mod tests {
         assert_eq!((plain.to_mount(1234), plain.to_disk(1234)), (1234, 1234));
         let squash = IdMap::new(Vec::new(), Some(0));
         assert_eq!((squash.to_mount(1234), squash.to_disk(1234)), (0, 1234));
-        let both = IdMap::new(vec![m(0, 1000, 10)], Some(7));
+        let both = IdMap::new(vec![m(1000, 0, 10)], Some(7));
         assert_eq!((both.to_mount(1003), both.to_disk(3)), (7, 1003));
     }
 }

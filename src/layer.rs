@@ -21,6 +21,7 @@ use dashmap::DashMap;
 
 use crate::error::Result;
 use crate::sys;
+use crate::xattr::XattrNamespace;
 
 /// Whether a layer can be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +63,11 @@ pub struct LayerStack {
     /// Upper real inode number -> the number its object had before copy-up, so an object keeps
     /// its `st_ino` (in `stat` and in `readdir`) for the life of the mount.
     copied_up: DashMap<u64, u64>,
+    /// The namespace of the records this mount reads and writes (see [`crate::xattr`]).
+    ns: XattrNamespace,
+    /// Whether redirect records and metadata-only copies are followed.
+    follow_redirects: bool,
+    follow_metacopy: bool,
 }
 
 impl LayerStack {
@@ -110,7 +116,41 @@ impl LayerStack {
             overflow: DashMap::new(),
             next_overflow: AtomicU64::new(1),
             copied_up: DashMap::new(),
+            ns: XattrNamespace::for_daemon(),
+            follow_redirects: true,
+            follow_metacopy: true,
         })
+    }
+
+    /// The namespace of the records this mount reads and writes.
+    pub fn ns(&self) -> XattrNamespace {
+        self.ns
+    }
+
+    /// Sets the namespace of the records, once it is known (before the mount serves anything).
+    pub fn set_ns(&mut self, ns: XattrNamespace) {
+        self.ns = ns;
+    }
+
+    /// Sets whether redirect records and metadata-only copies are followed.
+    pub fn set_follow(&mut self, redirects: bool, metacopy: bool) {
+        self.follow_redirects = redirects;
+        self.follow_metacopy = metacopy;
+    }
+
+    /// Whether redirect records are followed.
+    pub fn follows_redirects(&self) -> bool {
+        self.follow_redirects
+    }
+
+    /// Whether metadata-only copies are recognised.
+    pub fn follows_metacopy(&self) -> bool {
+        self.follow_metacopy
+    }
+
+    /// Whether `layer` is the bottom-most layer, below which nothing is searched.
+    pub fn is_last(&self, layer: usize) -> bool {
+        layer + 1 >= self.layers.len()
     }
 
     pub fn get(&self, index: usize) -> &Layer {

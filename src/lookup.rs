@@ -15,18 +15,16 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use crate::error::{ENOENT, Result};
+use crate::error::{EACCES, EINVAL, ENOENT, EPERM, Result};
 use crate::inode::{Kind, RealEntry};
 use crate::layer::LayerStack;
 use crate::sys;
+use crate::xattr::XattrNamespace;
 
 /// Prefix of OCI whiteout names.
 pub const WH_PREFIX: &[u8] = b".wh.";
 /// The OCI opaque marker's name.
 pub const WH_OPAQUE: &CStr = c".wh..wh..opq";
-pub const OPAQUE_XATTRS: [&CStr; 2] = [c"trusted.overlay.opaque", c"user.overlay.opaque"];
-pub const METACOPY_XATTRS: [&CStr; 2] = [c"trusted.overlay.metacopy", c"user.overlay.metacopy"];
-pub const REDIRECT_XATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
 
 /// What a name resolves to.
 #[derive(Debug)]
@@ -55,15 +53,14 @@ pub fn whiteout_name(name: &OsStr) -> Option<CString> {
     CString::new(v).ok()
 }
 
-/// Whether the real directory `dir` is opaque.
-pub fn is_opaque(dir: BorrowedFd<'_>) -> Result<bool> {
-    for name in OPAQUE_XATTRS {
-        match sys::getxattr(dir, name) {
-            Ok(v) if v == b"y" => return Ok(true),
-            Ok(_) => {}
-            Err(e) if is_no_xattr(e.errno()) => {}
-            Err(e) => return Err(e),
-        }
+/// Whether the real directory `dir` is opaque (its marker in the mount's record namespace
+/// `ns`, or an OCI `.wh..wh..opq` entry).
+pub fn is_opaque(dir: BorrowedFd<'_>, ns: XattrNamespace) -> Result<bool> {
+    match sys::getxattr(dir, ns.opaque()) {
+        Ok(v) if v == b"y" => return Ok(true),
+        Ok(_) => {}
+        Err(e) if is_no_xattr(e.errno()) => {}
+        Err(e) => return Err(e),
     }
     match sys::fstatat(dir, WH_OPAQUE) {
         Ok(_) => Ok(true),
@@ -79,7 +76,7 @@ pub fn is_no_xattr(errno: i32) -> bool {
 
 /// Where the next lower layers are searched: a name in the parent's real directories, or (after
 /// an absolute redirect) a path from each layer's root.
-enum Target {
+pub enum Target {
     Name {
         name: CString,
         whiteout: Option<CString>,
@@ -95,17 +92,32 @@ impl Target {
         })
     }
 
-    /// The target a redirect record names.
-    fn redirect(r: &[u8]) -> Result<Target> {
-        if r.first() == Some(&b'/') {
-            let comps = r
-                .split(|&b| b == b'/')
-                .filter(|c| !c.is_empty())
-                .map(|c| CString::new(c).map_err(|_| crate::error::EIO))
-                .collect::<Result<Vec<_>>>()?;
-            Ok(Target::Path(comps))
-        } else {
-            Target::name(OsStr::from_bytes(r))
+    /// The target a redirect record names, validated as the kernel validates it
+    /// (`ovl_get_redirect_xattr`, then `lookup_one_len` on each name): a relative record is one
+    /// name; an absolute one is `/` followed by names separated by single slashes. A malformed
+    /// record answers `EINVAL`, a `.` or `..` name `EACCES`, so no record can lead out of the
+    /// layers or sideways through them.
+    pub fn redirect(r: &[u8]) -> Result<Target> {
+        let comps: Vec<&[u8]> = match r.strip_prefix(b"/") {
+            Some(rest) => rest.split(|&b| b == b'/').collect(),
+            None if r.contains(&b'/') => return Err(EINVAL),
+            None => vec![r],
+        };
+        let mut names = Vec::with_capacity(comps.len());
+        for c in comps {
+            match c {
+                b"" => return Err(EINVAL),
+                b"." | b".." => return Err(EACCES),
+                _ => names.push(CString::new(c).map_err(|_| EINVAL)?),
+            }
+        }
+        match (r.first() == Some(&b'/'), names.pop()) {
+            (false, Some(name)) => Target::name(OsStr::from_bytes(name.to_bytes())),
+            (true, Some(last)) => {
+                names.push(last);
+                Ok(Target::Path(names))
+            }
+            (_, None) => Err(EINVAL),
         }
     }
 }
@@ -138,7 +150,7 @@ fn probe_name(dir: &Arc<OwnedFd>, name: &CStr, whiteout: Option<&CString>) -> Re
     }
 }
 
-fn probe(dir: &Arc<OwnedFd>, target: &Target) -> Result<Probe> {
+fn probe(dir: &Arc<OwnedFd>, target: &Target, ns: XattrNamespace) -> Result<Probe> {
     match target {
         Target::Name { name, whiteout } => probe_name(dir, name, whiteout.as_ref()),
         Target::Path(comps) => {
@@ -167,7 +179,7 @@ fn probe(dir: &Arc<OwnedFd>, target: &Target) -> Result<Probe> {
                 if sys::is_whiteout(&st) || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
                     return Ok(Probe::Whiteout);
                 }
-                stop = stop || is_opaque(next.as_fd())?;
+                stop = stop || is_opaque(next.as_fd(), ns)?;
                 cur = Arc::new(next);
             }
             let wh = whiteout_name(OsStr::from_bytes(last.to_bytes()));
@@ -180,61 +192,108 @@ fn probe(dir: &Arc<OwnedFd>, target: &Target) -> Result<Probe> {
     }
 }
 
-/// Whether an upper regular file is a metadata-only copy. (Its block count cannot tell: a
-/// filesystem may count a block of xattrs in it.)
-pub fn is_metacopy(fd: BorrowedFd<'_>) -> Result<bool> {
-    for name in METACOPY_XATTRS {
-        match sys::getxattr(fd, name) {
-            Ok(_) => return Ok(true),
-            Err(e) if is_no_xattr(e.errno()) => {}
-            Err(e) => return Err(e),
-        }
+/// Whether a regular file is a metadata-only copy (`overlay.metacopy` in the mount's record
+/// namespace). Its block count cannot tell: a filesystem may count a block of xattrs in it.
+pub fn is_metacopy(fd: BorrowedFd<'_>, ns: XattrNamespace) -> Result<bool> {
+    match sys::getxattr(fd, ns.metacopy()) {
+        Ok(_) => Ok(true),
+        Err(e) if is_no_xattr(e.errno()) => Ok(false),
+        Err(e) => Err(e),
     }
-    Ok(false)
 }
 
-/// The first regular file standing at `target` in `candidates` (stopping at a whiteout).
+/// The redirect record of real entry `fd` (a directory, or a metadata-only copy), if it has
+/// one. An empty record is returned as it is: it is invalid, and [`Target::redirect`] says so.
+pub fn redirect(fd: BorrowedFd<'_>, ns: XattrNamespace) -> Result<Option<Vec<u8>>> {
+    match sys::getxattr(fd, ns.redirect()) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_no_xattr(e.errno()) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the regular file `fd` of layer `layer` is a metadata-only copy whose data lies
+/// below: never in the bottom layer (nothing is below it). A marker the mount does not follow
+/// (`user.overlay.*` records without `metacopy=on`) is refused, as the kernel refuses it.
+fn metacopy_in(layers: &LayerStack, layer: usize, fd: BorrowedFd<'_>) -> Result<bool> {
+    if layers.is_last(layer) || !is_metacopy(fd, layers.ns())? {
+        return Ok(false);
+    }
+    if !layers.follows_metacopy() {
+        log::warn!(
+            "layer {}: refusing to follow a metadata-only copy (metacopy is off)",
+            layers.get(layer).path.display()
+        );
+        return Err(EPERM);
+    }
+    Ok(true)
+}
+
+/// The target the redirect record `r` of an entry of layer `layer` names, or the error the
+/// kernel gives for it (logged once here, naming the layer and the record).
+fn redirect_target(layers: &LayerStack, layer: usize, r: &[u8], name: &OsStr) -> Result<Target> {
+    let path = &layers.get(layer).path;
+    if !layers.follows_redirects() {
+        log::warn!(
+            "layer {}: refusing to follow the redirect of {name:?} (redirect_dir is off)",
+            path.display()
+        );
+        return Err(EPERM);
+    }
+    Target::redirect(r).inspect_err(|_| {
+        log::warn!(
+            "layer {}: invalid redirect {:?} on {name:?}",
+            path.display(),
+            String::from_utf8_lossy(r)
+        )
+    })
+}
+
+/// The candidates an absolute redirect found in layer `layer` searches: the roots of every
+/// layer below it.
+fn roots_below(layers: &LayerStack, layer: usize) -> Vec<(usize, Arc<OwnedFd>)> {
+    (layer + 1..layers.len())
+        .map(|l| (l, layers.get(l).root.clone()))
+        .collect()
+}
+
+/// The data of a metadata-only copy: the first regular file standing at `target` in
+/// `candidates`, stopping at a whiteout. A metadata-only copy found on the way (a layer that
+/// was an upper once, then moved down the stack) passes the search on, to where its own
+/// redirect record says or under the same name, as the kernel's lookup does.
 fn find_lower_data(
-    candidates: &[(usize, Arc<OwnedFd>)],
-    target: &Target,
+    layers: &LayerStack,
+    mut candidates: Vec<(usize, Arc<OwnedFd>)>,
+    mut target: Target,
+    name: &OsStr,
 ) -> Result<Option<RealEntry>> {
-    for (layer, dir) in candidates {
-        match probe(dir, target)? {
+    let mut i = 0;
+    while i < candidates.len() {
+        let (layer, dir) = candidates[i].clone();
+        i += 1;
+        let (fd, in_dir, real_name, stop) = match probe(&dir, &target, layers.ns())? {
             Probe::Missing => continue,
             Probe::MissingStop | Probe::Whiteout => return Ok(None),
-            Probe::Found(fd, in_dir, name) | Probe::FoundStop(fd, in_dir, name) => {
-                let st = sys::fstat(fd.as_fd())?;
-                if (st.st_mode & libc::S_IFMT) == libc::S_IFREG {
-                    return Ok(Some(RealEntry::named(*layer, in_dir, &name)));
-                }
-                return Ok(None);
+            Probe::Found(fd, d, n) => (fd, d, n, false),
+            Probe::FoundStop(fd, d, n) => (fd, d, n, true),
+        };
+        let st = sys::fstat(fd.as_fd())?;
+        if (st.st_mode & libc::S_IFMT) != libc::S_IFREG {
+            return Ok(None);
+        }
+        if !metacopy_in(layers, layer, fd.as_fd())? {
+            return Ok(Some(RealEntry::named(layer, in_dir, &real_name)));
+        }
+        if let Some(r) = redirect(fd.as_fd(), layers.ns())? {
+            target = redirect_target(layers, layer, &r, name)?;
+            if let Target::Path(_) = target {
+                candidates = roots_below(layers, layer);
+                i = 0;
+                continue;
             }
         }
-    }
-    Ok(None)
-}
-
-/// The redirect record of a non-directory entry, if it has one.
-fn file_redirect(entry: &RealEntry) -> Result<Option<Vec<u8>>> {
-    for name in REDIRECT_XATTRS {
-        match entry.getxattr(name) {
-            Ok(v) if !v.is_empty() => return Ok(Some(v)),
-            Ok(_) => {}
-            Err(e) if is_no_xattr(e.errno()) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
-}
-
-/// The redirect record of a real directory, if it has one.
-pub fn redirect(dir: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
-    for name in REDIRECT_XATTRS {
-        match sys::getxattr(dir, name) {
-            Ok(v) if !v.is_empty() => return Ok(Some(v)),
-            Ok(_) => {}
-            Err(e) if is_no_xattr(e.errno()) => {}
-            Err(e) => return Err(e),
+        if stop {
+            return Ok(None);
         }
     }
     Ok(None)
@@ -245,11 +304,14 @@ pub fn redirect(dir: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
 /// A directory with a redirect record (`overlay.redirect`, written when a directory with lower
 /// parts is renamed) continues the merge in the lower layers at the recorded place instead of
 /// its own name: a relative record names an entry of the parent's lower directories, an absolute
-/// one a path from each lower layer's root (kernel: `ovl_lookup()` with `d.redirect`).
+/// one a path from each lower layer's root (kernel: `ovl_lookup()` with `d.redirect`). Records
+/// are read in every layer but the bottom one, so a layer that was the upper of an earlier mount
+/// reads as it did then: a metadata-only copy in any layer takes its data from below it.
 pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Result<Resolved> {
     if is_hidden_name(name) {
         return Err(ENOENT);
     }
+    let ns = layers.ns();
     let mut target = Target::name(name)?;
     let mut candidates: Vec<(usize, Arc<OwnedFd>)> = parents
         .iter()
@@ -260,7 +322,7 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
     while i < candidates.len() {
         let (layer, dir) = candidates[i].clone();
         i += 1;
-        let (fd, in_dir, real_name, stop_below) = match probe(&dir, &target)? {
+        let (fd, in_dir, real_name, stop_below) = match probe(&dir, &target, layers.ns())? {
             Probe::Missing => continue,
             Probe::MissingStop | Probe::Whiteout => break,
             Probe::Found(fd, in_dir, real_name) => (fd, in_dir, real_name, false),
@@ -273,90 +335,86 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
         let Some(kind) = Kind::from_mode(st.st_mode) else {
             return Err(crate::error::EIO);
         };
-        let metacopy =
-            kind == Kind::Regular && Some(layer) == layers.upper() && is_metacopy(fd.as_fd())?;
-        let entry = if kind == Kind::Directory {
-            RealEntry::new(layer, fd)
-        } else {
-            RealEntry::named(layer, in_dir, &real_name)
-        };
-        let is_last_layer = layer + 1 >= layers.len();
-        match (&mut found, kind) {
-            (None, Kind::Directory) | (Some(_), Kind::Directory) => {
-                let opaque = !is_last_layer && is_opaque(entry.dir_fd()?)?;
-                let redirect = if is_last_layer || opaque {
-                    None
-                } else {
-                    redirect(entry.dir_fd()?)?
-                };
-                match &mut found {
-                    None => {
-                        found = Some(Resolved {
-                            kind,
-                            stat: st,
-                            reals: vec![entry],
-                            lower_data: None,
-                        })
-                    }
-                    Some(merged) => merged.reals.push(entry),
+        let is_last_layer = layers.is_last(layer);
+        if kind == Kind::Directory {
+            let entry = RealEntry::new(layer, fd);
+            let opaque = !is_last_layer && is_opaque(entry.dir_fd()?, ns)?;
+            let redirect = if is_last_layer || opaque {
+                None
+            } else {
+                redirect(entry.dir_fd()?, ns)?
+            };
+            match &mut found {
+                None => {
+                    found = Some(Resolved {
+                        kind,
+                        stat: st,
+                        reals: vec![entry],
+                        lower_data: None,
+                    })
                 }
-                if opaque || stop_below {
-                    break;
-                }
-                if let Some(r) = redirect {
-                    target = Target::redirect(&r)?;
-                    if let Target::Path(_) = target {
-                        // An absolute redirect searches every layer below from its root.
-                        candidates = (layer + 1..layers.len())
-                            .map(|l| (l, layers.get(l).root.clone()))
-                            .collect();
-                        i = 0;
-                    }
-                }
+                Some(merged) => merged.reals.push(entry),
             }
-            (None, _) => {
-                let redirect = if metacopy {
-                    file_redirect(&entry)?
-                } else {
-                    None
-                };
-                found = Some(Resolved {
-                    kind,
-                    stat: st,
-                    reals: vec![entry],
-                    lower_data: None,
-                });
-                if !metacopy {
-                    break;
-                }
-                // A metadata-only copy: its data is the same name's in the layers below, or
-                // where its redirect record says (the kernel records one when it renames such
-                // a file).
-                let lower_data = match redirect {
-                    Some(r) => {
-                        let t = Target::redirect(&r)?;
-                        if let Target::Path(_) = t {
-                            let roots: Vec<(usize, Arc<OwnedFd>)> = (layer + 1..layers.len())
-                                .map(|l| (l, layers.get(l).root.clone()))
-                                .collect();
-                            find_lower_data(&roots, &t)?
-                        } else {
-                            find_lower_data(&candidates[i..], &t)?
-                        }
-                    }
-                    None => find_lower_data(&candidates[i..], &target)?,
-                };
-                match (&mut found, lower_data) {
-                    (Some(r), Some(data)) => r.lower_data = Some(data),
-                    _ => {
-                        log::error!("metadata-only copy {name:?} has no lower data");
-                        return Err(crate::error::EIO);
-                    }
-                }
+            if opaque || stop_below {
                 break;
             }
-            (Some(_), _) => break,
+            if let Some(r) = redirect {
+                target = redirect_target(layers, layer, &r, name)?;
+                if let Target::Path(_) = target {
+                    // An absolute redirect searches every layer below from its root.
+                    candidates = roots_below(layers, layer);
+                    i = 0;
+                }
+            }
+            continue;
         }
+        if found.is_some() {
+            // A non-directory below a directory ends the merge.
+            break;
+        }
+        let metacopy = kind == Kind::Regular && metacopy_in(layers, layer, fd.as_fd())?;
+        let data_redirect = if metacopy {
+            redirect(fd.as_fd(), ns)?
+        } else {
+            None
+        };
+        let entry = RealEntry::named(layer, in_dir, &real_name);
+        if !metacopy {
+            return Ok(Resolved {
+                kind,
+                stat: st,
+                reals: vec![entry],
+                lower_data: None,
+            });
+        }
+        // A metadata-only copy: its data is the same name's in the layers below, or where its
+        // redirect record says (the kernel records one when it renames such a file).
+        let lower_data = match data_redirect {
+            Some(r) => {
+                let t = redirect_target(layers, layer, &r, name)?;
+                let below = if let Target::Path(_) = t {
+                    roots_below(layers, layer)
+                } else {
+                    candidates[i..].to_vec()
+                };
+                find_lower_data(layers, below, t, name)?
+            }
+            None if stop_below => None,
+            None => find_lower_data(layers, candidates[i..].to_vec(), target, name)?,
+        };
+        let Some(data) = lower_data else {
+            log::error!(
+                "layer {}: metadata-only copy {name:?} has no lower data",
+                layers.get(layer).path.display()
+            );
+            return Err(crate::error::EIO);
+        };
+        return Ok(Resolved {
+            kind,
+            stat: st,
+            reals: vec![entry],
+            lower_data: Some(data),
+        });
     }
     found.ok_or(ENOENT)
 }

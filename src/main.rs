@@ -49,12 +49,12 @@ const OPTIONS_HELP: &str = r#"Options for -o (comma-separated; -o may be repeate
   allow_other            let every user use the mount (allow_root: root too)
   nodev,nosuid,noexec,noatime
                          the usual mount flags
-  timeout=SECS           how long the kernel caches names and attributes (default 1)
+  timeout=SECS           how long the kernel caches names and attributes (default 86400)
   fsync=0, volatile      do not make copied-up data durable (faster, unsafe on crash)
   threaded=N             number of request threads
   fsname=NAME            the source shown in the mount table (default: SOURCE)
-  uidmapping=C:H:N[:C:H:N...], gidmapping=...
-                         map container ids C.. to host ids H.. (N of them)
+  uidmapping=D:S:N[:D:S:N...], gidmapping=...
+                         ids D.. on disk show as S.. in the mount (N of them)
   squash_to_root, squash_to_uid=N, squash_to_gid=N
                          show every file as owned by root, or by uid/gid N
   debug                  same as -d

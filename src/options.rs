@@ -21,11 +21,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// One `C:H:N` range of a `uidmapping=`/`gidmapping=` option (container id, host id, count).
+/// One `D:S:N` range of a `uidmapping=`/`gidmapping=` option, in fuse-overlayfs's order: ids
+/// `D..D+N` on disk show as `S..S+N` in the mount.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdMapping {
-    pub container: u32,
-    pub host: u32,
+    pub disk: u32,
+    pub shown: u32,
     pub count: u32,
 }
 
@@ -72,6 +73,9 @@ pub struct Options {
     pub index: bool,
     /// `metacopy=on` (default): metadata changes of a lower file copy no data.
     pub metacopy: bool,
+    /// `userxattr`: records in `user.overlay.*` even where `trusted.*` could be used, with the
+    /// kernel's rules for it (redirects and metadata-only copies off unless asked for).
+    pub userxattr: bool,
     /// `xino=on|auto` (default) or `off`. Parsed and validated; ufs numbers objects the same
     /// either way (docs/DIFFERENCES.md, "`xino=off`").
     pub xino: bool,
@@ -112,6 +116,7 @@ impl Default for Options {
             redirect_dir: true,
             index: true,
             metacopy: true,
+            userxattr: false,
             xino: true,
             warnings: Vec::new(),
         }
@@ -139,6 +144,8 @@ pub enum OptionError {
     },
     /// A double quote that is never closed; `item` is the list item that contains it.
     UnterminatedQuote { item: String },
+    /// Two options that cannot be used together (as the kernel words it).
+    Conflict { options: String },
 }
 
 impl fmt::Display for OptionError {
@@ -165,6 +172,7 @@ impl fmt::Display for OptionError {
             OptionError::UnterminatedQuote { item } => {
                 write!(f, "unterminated double quote in option \"{item}\"")
             }
+            OptionError::Conflict { options } => write!(f, "conflicting options: {options}"),
         }
     }
 }
@@ -195,6 +203,8 @@ const NO_EFFECT: &[&str] = &[
 pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
     let mut options = Options::default();
     let mut lowerdirs: Option<Vec<PathBuf>> = None;
+    // Asked for explicitly (they conflict with `userxattr`, as in the kernel).
+    let (mut redirect_on, mut metacopy_on) = (false, false);
 
     for arg in opts {
         for item in split_list(arg, ',')? {
@@ -230,9 +240,11 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
                 "debug" => flag(&mut options.debug, true)?,
                 "volatile" => flag(&mut options.fsync, false)?,
                 "squash_to_root" => flag(&mut options.squash_to_root, true)?,
-                // ufs always checks permissions in the kernel, and always uses the kernel's
-                // `userxattr` fallback when it lacks the privilege for `trusted.` names.
-                "default_permissions" | "userxattr" => no_value(key, raw)?,
+                // ufs always checks permissions in the kernel.
+                "default_permissions" => no_value(key, raw)?,
+                // Without it, ufs still falls back to `user.overlay.*` records when it lacks
+                // the privilege for `trusted.*` names.
+                "userxattr" => flag(&mut options.userxattr, true)?,
                 // Container tools pass SELinux labels to every mount program whether or not it
                 // can use them; ufs does not label files itself, so these are consumed silently.
                 "context" | "fscontext" | "defcontext" | "rootcontext" => {}
@@ -260,6 +272,7 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
                     options.fsname = Some(value);
                 }
                 "redirect_dir" => {
+                    redirect_on = required(key, raw)? == "on";
                     options.redirect_dir = match required(key, raw)? {
                         "on" => true,
                         "off" | "follow" | "nofollow" => false,
@@ -276,6 +289,7 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
                         options.index = on;
                     } else {
                         options.metacopy = on;
+                        metacopy_on = on;
                     }
                 }
                 "xino" => {
@@ -304,6 +318,22 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
     }
 
     options.lowerdirs = lowerdirs.ok_or(OptionError::MissingLowerdir)?;
+    if options.userxattr {
+        // The kernel's rules (`ovl_parse_param`): with records anyone may write, redirects and
+        // metadata-only copies are only used when asked for, and then refused.
+        for (on, name) in [
+            (redirect_on, "redirect_dir=on"),
+            (metacopy_on, "metacopy=on"),
+        ] {
+            if on {
+                return Err(OptionError::Conflict {
+                    options: format!("userxattr,{name}"),
+                });
+            }
+        }
+        options.redirect_dir = false;
+        options.metacopy = false;
+    }
     match (&options.upperdir, &options.workdir) {
         (Some(_), None) => return Err(OptionError::MissingWorkdir),
         (None, Some(_)) => return Err(OptionError::MissingUpperdir),
@@ -408,12 +438,15 @@ fn parse_id(option: &str, value: &str) -> Result<u32, OptionError> {
         .map_err(|_| invalid(option, value, "a numeric id"))
 }
 
-/// Parses `C:H:N[:C:H:N...]`. Each range must be non-empty and stay inside the 32-bit id space
+/// Parses `D:S:N[:D:S:N...]`. Each range must be non-empty and stay inside the 32-bit id space
 /// on both sides, so the core can map ids without overflow checks.
 fn parse_mappings(option: &str, value: &str) -> Result<Vec<IdMapping>, OptionError> {
-    const EXPECTED: &str = "container:host:count triples of numeric ids";
+    const EXPECTED: &str = "disk:shown:count triples of numeric ids";
+    // containers/storage joins its ranges with a leading `:` (`uidmapping=:0:1:1001:...`);
+    // fuse-overlayfs skips empty fields, and so does ufs.
     let numbers = value
         .split(':')
+        .filter(|n| !n.is_empty())
         .map(|n| n.parse::<u32>())
         .collect::<Result<Vec<u32>, _>>()
         .map_err(|_| invalid(option, value, EXPECTED))?;
@@ -424,13 +457,12 @@ fn parse_mappings(option: &str, value: &str) -> Result<Vec<IdMapping>, OptionErr
         .chunks_exact(3)
         .map(|triple| {
             let mapping = IdMapping {
-                container: triple[0],
-                host: triple[1],
+                disk: triple[0],
+                shown: triple[1],
                 count: triple[2],
             };
             let end = |start: u32| u64::from(start) + u64::from(mapping.count);
-            if mapping.count == 0 || end(mapping.container) > 1 << 32 || end(mapping.host) > 1 << 32
-            {
+            if mapping.count == 0 || end(mapping.disk) > 1 << 32 || end(mapping.shown) > 1 << 32 {
                 return Err(invalid(
                     option,
                     value,
@@ -638,14 +670,16 @@ mod tests {
 
     #[test]
     fn id_mappings() {
-        let m = |container, host, count| IdMapping {
-            container,
-            host,
-            count,
-        };
+        let m = |disk, shown, count| IdMapping { disk, shown, count };
         let o =
             parse_ok(&["lowerdir=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:0:4294967295"]);
         assert_eq!(o.uid_mappings, vec![m(0, 1000, 1), m(1, 100000, 65536)]);
+        // containers/storage's form for --userns=keep-id: a leading colon.
+        let keep_id = parse_ok(&["lowerdir=/a,uidmapping=:0:1:1000:1000:0:1:1001:1001:64535"]);
+        assert_eq!(
+            keep_id.uid_mappings,
+            vec![m(0, 1, 1000), m(1000, 0, 1), m(1001, 1001, 64535)]
+        );
         assert_eq!(o.gid_mappings, vec![m(0, 0, u32::MAX)]);
         // The range may end exactly at the top of the id space.
         let top = parse_ok(&["lowerdir=/a,uidmapping=4294967295:0:1"]);
@@ -717,7 +751,7 @@ mod tests {
             expected,
         };
         const SECS: &str = "a non-negative number of seconds";
-        const TRIPLES: &str = "container:host:count triples of numeric ids";
+        const TRIPLES: &str = "disk:shown:count triples of numeric ids";
         const RANGES: &str = "non-empty ranges within the 32-bit id space";
         let cases: &[(&[&str], OptionError)] = &[
             (&[], MissingLowerdir),

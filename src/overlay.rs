@@ -18,7 +18,7 @@ use crate::inode::{Inode, InodeTable, Kind, NodeState, ROOT_ID, RealEntry, Top};
 use crate::layer::LayerStack;
 use crate::options::Options;
 use crate::readdir::{self, DirEntry, Listing};
-use crate::{lookup, sys, xattr};
+use crate::{lookup, sys};
 
 /// An entry handed to the kernel: a node id (one lookup counted) and its attributes.
 #[derive(Debug, Clone, Copy)]
@@ -121,7 +121,7 @@ pub struct Overlay {
 impl Overlay {
     /// Opens the layers of `opts` and builds the root node.
     pub fn new(opts: &Options) -> std::io::Result<Overlay> {
-        let layers = LayerStack::open(opts.upperdir.as_deref(), &opts.lowerdirs)?;
+        let mut layers = LayerStack::open(opts.upperdir.as_deref(), &opts.lowerdirs)?;
         let mut reals = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter() {
             reals.push(RealEntry::new(i, layer.root.try_clone()?));
@@ -132,12 +132,19 @@ impl Overlay {
         inodes.insert_root(root_ino, reals);
         let read_only = opts.read_only || layers.upper().is_none();
         let work = match (&opts.workdir, read_only) {
-            (Some(w), false) => Some(Workdir::open(w, opts.fsync, opts.index)?),
+            (Some(w), false) => Some(Workdir::open(w, opts.fsync, opts.index, opts.userxattr)?),
             _ => None,
         };
-        let record_ns = work
-            .as_ref()
-            .map_or_else(XattrNamespace::for_daemon, |w| w.xattr_ns);
+        let record_ns = match &work {
+            Some(w) => w.xattr_ns,
+            None if opts.userxattr => XattrNamespace::User,
+            None => XattrNamespace::for_daemon(),
+        };
+        layers.set_ns(record_ns);
+        // Records anyone who owns a file can write (`user.overlay.*`) are only followed where
+        // the mount uses the feature, as the kernel does with `userxattr`.
+        let trusted = record_ns == XattrNamespace::Trusted;
+        layers.set_follow(trusted || opts.redirect_dir, trusted || opts.metacopy);
         let squash_uid = opts.squash_to_uid.or(opts.squash_to_root.then_some(0));
         let squash_gid = opts.squash_to_gid.or(opts.squash_to_root.then_some(0));
         Ok(Overlay {
@@ -216,7 +223,7 @@ impl Overlay {
         {
             // Perhaps an indexed copy: one of its links is the index entry, and names still
             // only in a lower layer count too (the kernel's `overlay.nlink` record).
-            if let Some(n) = crate::copy_up::nlink_record(top)? {
+            if let Some(n) = crate::copy_up::nlink_record(top, self.record_ns)? {
                 st.st_nlink = (st.st_nlink as i64 + n).max(1) as u64;
             } else if reals.len() > 1 {
                 st.st_nlink = st
@@ -291,24 +298,17 @@ impl Overlay {
     }
 
     /// The number the mount reports for the real entry `real` (with `stat` `st`): its record
-    /// when it was copied up (this mount or an earlier one), else its mapped real number.
+    /// when it was copied up (this mount or an earlier one, see [`crate::copy_up::recorded_ino`]
+    /// for records in lower layers), else its mapped real number.
     pub(crate) fn ino_of(&self, real: &RealEntry, st: &libc::stat) -> Result<u64> {
-        if Some(real.layer) == self.layers.upper()
-            && let Some(ino) = self.layers.copied_up(st.st_ino)
-        {
+        let in_upper = Some(real.layer) == self.layers.upper();
+        if in_upper && let Some(ino) = self.layers.copied_up(st.st_ino) {
             return Ok(ino);
         }
-        match real.getxattr(self.record_ns.ino_record()) {
-            Ok(v) => {
-                if let Some(ino) = crate::copy_up::parse_ino_record(&v) {
-                    return Ok(ino);
-                }
-                log::warn!("ignoring a malformed inode-number record {v:?}");
-            }
-            Err(e) if lookup::is_no_xattr(e.errno()) => {}
-            Err(e) => return Err(e),
+        match crate::copy_up::recorded_ino(real, st, in_upper, self.record_ns)? {
+            Some(ino) => Ok(ino),
+            None => Ok(self.layers.map_ino(real.layer, st.st_ino)),
         }
-        Ok(self.layers.map_ino(real.layer, st.st_ino))
     }
 
     pub fn forget(&self, node: u64, n: u64) {
@@ -342,7 +342,20 @@ impl Overlay {
             Err(err) if err.errno() == libc::ENOENT => return Ok(Listed::Unknown),
             Err(err) => return Err(err),
         };
-        if Kind::from_mode(st.st_mode) != Some(e.kind) {
+        // The listed number is the layer's `d_ino`, which only a `stat` of the very entry can
+        // confirm (a filesystem may give every entry one `d_ino`: taken as it is, distinct files
+        // would share a node and each other's data). A regular file in a layer with layers
+        // below may be a metadata-only copy, whose data is elsewhere: the full walk finds it.
+        if Kind::from_mode(st.st_mode) != Some(e.kind)
+            || st.st_ino != e.real_ino
+            || (e.kind == Kind::Regular
+                && !self.layers.is_last(e.layer)
+                && match real.getxattr(self.record_ns.metacopy()) {
+                    Ok(_) => true,
+                    Err(err) if lookup::is_no_xattr(err.errno()) => false,
+                    Err(err) => return Err(err),
+                })
+        {
             return Ok(Listed::Unknown);
         }
         Ok(Listed::Found(
@@ -377,7 +390,7 @@ impl Overlay {
                 let lower = resolved.reals.top()?.clone();
                 let entry = RealEntry::named(upper, index_dir.clone(), &key.name);
                 // A metadata-only copy keeps reading its data from the lower file.
-                if lookup::is_metacopy(entry.fd()?.as_fd())? {
+                if lookup::is_metacopy(entry.fd()?.as_fd(), self.record_ns)? {
                     resolved.lower_data = Some(lower.clone());
                 }
                 resolved.reals = vec![entry, lower];
@@ -682,6 +695,7 @@ impl Overlay {
                 kind: Kind::Directory,
                 ino: dir.ino,
                 layer: 0,
+                real_ino: 0,
             },
             DirEntry {
                 name: OsString::from(".."),
@@ -692,6 +706,7 @@ impl Overlay {
                     parent_ino
                 },
                 layer: 0,
+                real_ino: 0,
             },
         ];
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -720,7 +735,7 @@ impl Overlay {
     }
 
     pub fn getxattr(&self, node: u64, name: &OsStr) -> Result<Vec<u8>> {
-        if xattr::is_private(name) {
+        if self.record_ns.is_private(name) {
             return Err(ENODATA);
         }
         let node = self.inodes.get(node)?;
@@ -735,7 +750,7 @@ impl Overlay {
         let reals = node.reals();
         let top = reals.first().ok_or(crate::error::EIO)?;
         match sys::listxattr(top.fd()?.as_fd()) {
-            Ok(names) => Ok(xattr::visible_list(&names)),
+            Ok(names) => Ok(self.record_ns.visible_list(&names)),
             // A filesystem without xattrs has an empty list.
             Err(e) if e.errno() == libc::EOPNOTSUPP => Ok(Vec::new()),
             Err(e) => Err(e),
@@ -916,7 +931,7 @@ impl Overlay {
     }
 
     pub fn setxattr(&self, node: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        if xattr::is_private(name) {
+        if self.record_ns.is_private(name) {
             return Err(crate::error::EPERM);
         }
         let node = self.inodes.get(node)?;
@@ -926,7 +941,7 @@ impl Overlay {
     }
 
     pub fn removexattr(&self, node: u64, name: &OsStr) -> Result<()> {
-        if xattr::is_private(name) {
+        if self.record_ns.is_private(name) {
             return Err(ENODATA);
         }
         let node = self.inodes.get(node)?;

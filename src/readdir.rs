@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 
-use crate::copy_up::{XattrNamespace, parse_ino_record};
+use crate::copy_up::{XattrNamespace, recorded_ino};
 use crate::error::Result;
 use crate::inode::{Kind, RealEntry};
 use crate::layer::LayerStack;
@@ -26,6 +26,9 @@ pub struct DirEntry {
     pub ino: u64,
     /// The layer of the winning (top-most) real entry.
     pub layer: usize,
+    /// The `d_ino` that layer's `readdir` gave: a hint only (some filesystems give every entry
+    /// one number), never taken as the entry's identity without a `stat` that agrees.
+    pub real_ino: u64,
 }
 
 /// A merged listing with an index by name, so that lookups can be answered from it.
@@ -53,7 +56,8 @@ impl Listing {
 /// Lists a merged directory (without `.` and `..`).
 ///
 /// `d_ino` must equal what `stat` reports: entries of a directory marked impure (it holds
-/// copied-up entries) may carry an inode-number record, which is read for each of them.
+/// copied-up entries) may carry an inode-number record, which is read for each of them, by the
+/// rules of [`recorded_ino`] (which a lookup follows too).
 pub fn merged_listing(
     layers: &LayerStack,
     reals: &[RealEntry],
@@ -63,6 +67,7 @@ pub fn merged_listing(
     let mut out = Vec::new();
     for real in reals {
         let entries = sys::read_dir(real.dir_fd()?)?;
+        let in_upper = Some(real.layer) == layers.upper();
         let impure = match sys::getxattr(real.dir_fd()?, ns.impure()) {
             Ok(v) => v == b"y",
             Err(e) if is_no_xattr(e.errno()) => false,
@@ -105,15 +110,23 @@ pub fn merged_listing(
                 && (ns == XattrNamespace::Trusted
                     || matches!(kind, Kind::Regular | Kind::Directory))
             {
-                match sys::getxattr_at(real.dir_fd()?, &sys::cstr(&e.name)?, ns.ino_record()) {
-                    Ok(v) => parse_ino_record(&v),
-                    Err(err) if is_no_xattr(err.errno()) || err.errno() == libc::ENOENT => None,
-                    Err(err) => return Err(err),
-                }
+                let entry =
+                    RealEntry::named(real.layer, real.dir_arc()?.clone(), &sys::cstr(&e.name)?);
+                // The link count matters only for records in lower layers.
+                let st = if in_upper {
+                    sys::zeroed_stat()
+                } else {
+                    match entry.stat() {
+                        Ok(st) => st,
+                        Err(err) if err.errno() == libc::ENOENT => continue,
+                        Err(err) => return Err(err),
+                    }
+                };
+                recorded_ino(&entry, &st, in_upper, ns)?
             } else {
                 None
             };
-            let in_mount = if Some(real.layer) == layers.upper() {
+            let in_mount = if in_upper {
                 layers.copied_up(e.ino)
             } else {
                 None
@@ -123,6 +136,7 @@ pub fn merged_listing(
                     .or(recorded)
                     .unwrap_or_else(|| layers.map_ino(real.layer, e.ino)),
                 layer: real.layer,
+                real_ino: e.ino,
                 name: e.name.clone(),
                 kind,
             });

@@ -1721,7 +1721,7 @@ fn id_mappings_translate_owners_both_ways() {
     }
     std::os::unix::fs::lchown(l.join("sgid"), Some(100_000), Some(100_777)).unwrap();
     chmod(&l.join("sgid"), 0o2775).unwrap();
-    let opts = "uidmapping=0:100000:65536,gidmapping=0:100000:65536";
+    let opts = "uidmapping=100000:0:65536,gidmapping=100000:0:65536";
     let shown = |m: &Path, n: &str| {
         let md = lmeta(&m.join(n));
         (md.uid(), md.gid())

@@ -490,11 +490,17 @@ fn script() -> Vec<Op> {
             run: |m| done(set_xattr(&m.join("lo1"), "trusted.overlay.x", b"1")),
             check: Check::UfsRefuses,
         },
-        Op {
-            name: "setxattr user.overlay.x",
-            run: |m| done(set_xattr(&m.join("lo1"), "user.overlay.x", b"1")),
-            check: Check::UfsRefuses,
-        },
+        // A mount whose records are `trusted.overlay.*` keeps `user.overlay.*` as ordinary
+        // xattrs, as the kernel does.
+        op!("setxattr user.overlay.x", |m| done(set_xattr(
+            &m.join("lo1"),
+            "user.overlay.x",
+            b"1"
+        ))),
+        op!("getxattr user.overlay.x", |m| xattr_outcome(
+            &m.join("lo1"),
+            "user.overlay.x"
+        )),
         // rm -rf; mkdir at the root and at depth 2
         op!("rm -rf d", |m| done(fs::remove_dir_all(m.join("d")))),
         op!("mkdir d", |m| done(fs::create_dir(m.join("d")))),

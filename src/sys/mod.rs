@@ -29,6 +29,20 @@ fn cvt_size(ret: libc::ssize_t) -> Result<usize> {
     }
 }
 
+/// Refuses a name that could leave the directory it is resolved in: every name ufs hands to a
+/// `*at` call below is one component (no `/`, not `..`), so with `O_NOFOLLOW` /
+/// `AT_SYMLINK_NOFOLLOW` the object reached is always an entry of that very directory, whatever
+/// a layer or a record contains. `.` (the directory itself) and the empty name (with
+/// `AT_EMPTY_PATH`) stay where they are.
+pub fn one_name(name: &CStr) -> Result<()> {
+    let b = name.to_bytes();
+    if b == b".." || b.contains(&b'/') {
+        log::error!("refusing to resolve {name:?}: not a single name");
+        return Err(crate::error::EINVAL);
+    }
+    Ok(())
+}
+
 /// Converts a name to a `CString`; a name with a NUL byte cannot exist on disk.
 pub fn cstr(name: &OsStr) -> Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| crate::error::EINVAL)
@@ -42,6 +56,7 @@ pub fn proc_path(fd: BorrowedFd<'_>) -> CString {
 
 /// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> Result<OwnedFd> {
+    one_name(name)?;
     // SAFETY: `name` is a valid NUL-terminated string and `dir` a live fd for the call.
     let fd = unsafe {
         libc::openat(
@@ -95,6 +110,7 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> Result<OwnedFd> {
 
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
 pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat> {
+    one_name(name)?;
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `st` points to writable memory of the right size, `name` is NUL-terminated.
     cvt(unsafe {
@@ -248,6 +264,7 @@ pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>> {
 
 /// The value of xattr `xname` on the entry `name` of directory `dir`, not following a symlink.
 pub fn getxattr_at(dir: BorrowedFd<'_>, name: &CStr, xname: &CStr) -> Result<Vec<u8>> {
+    one_name(name)?;
     let mut path = proc_path(dir).into_bytes();
     path.push(b'/');
     path.extend_from_slice(name.to_bytes());
@@ -364,6 +381,7 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 
 /// `mkdirat(dir, name, mode)`.
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<()> {
+    one_name(name)?;
     // SAFETY: `name` is NUL-terminated and `dir` is live for the call.
     cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })?;
     Ok(())
@@ -371,6 +389,7 @@ pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<()> {
 
 /// `mknodat(dir, name, mode, rdev)`.
 pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> Result<()> {
+    one_name(name)?;
     // SAFETY: `name` is NUL-terminated and `dir` is live for the call.
     cvt(unsafe {
         libc::mknodat(
@@ -385,6 +404,7 @@ pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> Result
 
 /// `symlinkat(target, dir, name)`.
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    one_name(name)?;
     // SAFETY: both strings are NUL-terminated and `dir` is live for the call.
     cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })?;
     Ok(())
@@ -392,6 +412,7 @@ pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> 
 
 /// Makes a new name `name` in `dir` for the object behind the `O_PATH` fd `fd`.
 pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    one_name(name)?;
     let path = proc_path(fd);
     // SAFETY: both strings are NUL-terminated and `dir` is live for the call. Following the
     // magic link resolves to the object itself, never to a symlink's target.
@@ -409,6 +430,7 @@ pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> Result<(
 
 /// `unlinkat(dir, name, flags)`; `flags` is 0 or `AT_REMOVEDIR`.
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<()> {
+    one_name(name)?;
     // SAFETY: `name` is NUL-terminated and `dir` is live for the call.
     cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
     Ok(())
@@ -422,6 +444,8 @@ pub fn renameat2(
     new: &CStr,
     flags: u32,
 ) -> Result<()> {
+    one_name(old)?;
+    one_name(new)?;
     // SAFETY: both names are NUL-terminated and both fds are live for the call.
     cvt(unsafe {
         libc::renameat2(
@@ -608,6 +632,7 @@ pub fn clear_umask() {
 /// The file handle of entry `name` in `dir` (empty `name`: `dir` itself), not following a
 /// symlink: `(handle_type, handle bytes)`.
 pub fn name_to_handle(dir: BorrowedFd<'_>, name: &CStr) -> Result<(i32, Vec<u8>)> {
+    one_name(name)?;
     const MAX_HANDLE_SZ: usize = 128;
     // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
     let mut buf = vec![0u8; 8 + MAX_HANDLE_SZ];

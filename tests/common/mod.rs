@@ -938,7 +938,7 @@ pub struct Stack {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
     /// Mixed formats ufs reads: whiteouts as 0/0 char devices or `.wh.NAME` files; opaque dirs
-    /// by `trusted.overlay.opaque=y`, `user.overlay.opaque=y` or a `.wh..wh..opq` entry.
+    /// by `trusted.overlay.opaque=y` or a `.wh..wh..opq` entry.
     Ufs,
     /// Only what kernel overlayfs reads: 0/0 char devices and `trusted.overlay.opaque=y`.
     Kernel,
@@ -1100,7 +1100,8 @@ fn write_entries(
                             "setxattr",
                             &p,
                         ),
-                        1 => ctx(set_xattr(&p, "user.overlay.opaque", b"y"), "setxattr", &p),
+                        // A mount that uses `trusted.overlay.*` takes `user.overlay.opaque` as
+                        // an ordinary xattr, as the kernel does: the OCI marker stands in.
                         _ => ctx(fs::write(p.join(".wh..wh..opq"), b""), "write", &p),
                     }
                 }
