@@ -34,7 +34,7 @@ pub enum KnownDifference {
     /// `user.overlay.opaque`; the kernel reads none. Only the ufs copy of the lowers uses them;
     /// the kernel copy (and every upper layer) gets 0/0 devices and `trusted.overlay.opaque`.
     OciMarkers,
-    /// "`user.overlay.*` is always private": operations only use `user.k*` names, and never
+    /// "Private names cannot be set through the mount": operations only use `user.k*` names, and never
     /// set `trusted.overlay.*` names through a mount.
     UserOverlayXattrs,
     /// "Orphan whiteouts": the kernel lists a whiteout in a directory that exists in one layer
@@ -65,7 +65,7 @@ impl KnownDifference {
         match self {
             KnownDifference::Defaults => "## Defaults",
             KnownDifference::OciMarkers => "OCI whiteouts and opaque markers",
-            KnownDifference::UserOverlayXattrs => "`user.overlay.*` is always private",
+            KnownDifference::UserOverlayXattrs => "Private names cannot be set through the mount",
             KnownDifference::OrphanWhiteouts => "Orphan whiteouts",
             KnownDifference::WhiteoutNamesRefused => "Names starting with `.wh.`",
             KnownDifference::RenameOverOwnLink => {
