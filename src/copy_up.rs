@@ -10,6 +10,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +53,16 @@ impl Workdir {
             Err(e) => return Err(e.into()),
         }
         let fd = sys::open_path(wd.as_fd(), c"work")?;
+        // Only what ufs itself left there: the directory may hold anything else (a user's files,
+        // if it was a mistake), and removing it would be unrecoverable.
         for e in sys::read_dir(fd.as_fd())? {
+            if !is_temp_name(e.name.as_bytes()) {
+                log::info!(
+                    "leaving {:?} in the work directory: not a ufs temporary",
+                    e.name
+                );
+                continue;
+            }
             let name = sys::cstr(&e.name)?;
             log::info!("removing leftover {:?} from the work directory", e.name);
             remove_tree(fd.as_fd(), &name)?;
@@ -97,7 +107,7 @@ impl Workdir {
         self.fd.as_fd()
     }
 
-    /// A fresh name for a temporary entry.
+    /// A fresh name for a temporary entry: `#ufs.PID.N` (see [`is_temp_name`]).
     pub fn temp_name(&self) -> CString {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         CString::new(format!("#ufs.{}.{n}", std::process::id())).unwrap_or_default()
@@ -110,6 +120,18 @@ impl Workdir {
             log::warn!("cannot remove {name:?} from the work directory: {e}");
         }
     }
+}
+
+/// Whether `name` has the form of [`Workdir::temp_name`]'s names, `#ufs.PID.N`: the only
+/// entries the sweep at mount time removes.
+pub fn is_temp_name(name: &[u8]) -> bool {
+    let number = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    name.strip_prefix(b"#ufs.")
+        .and_then(|rest| {
+            let dot = rest.iter().position(|c| *c == b'.')?;
+            Some(number(&rest[..dot]) && number(&rest[dot + 1..]))
+        })
+        .unwrap_or(false)
 }
 
 /// Removes `name` in `dir`, recursively if it is a directory.
@@ -549,4 +571,29 @@ pub fn complete_metacopy(
 pub fn sync_dir(dir: BorrowedFd<'_>) -> Result<()> {
     let d = sys::openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
     sys::fsync(d.as_fd(), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_are_recognised() {
+        for name in ["#ufs.1.0", "#ufs.12345.678"] {
+            assert!(is_temp_name(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "#ufs.1.",
+            "#ufs..0",
+            "#ufs.1",
+            "#ufs.a.0",
+            "#ufs.1.0x",
+            "ufs.1.0",
+            "#123",
+            "work",
+            "#ufs.1.2.3",
+        ] {
+            assert!(!is_temp_name(name.as_bytes()), "{name}");
+        }
+    }
 }

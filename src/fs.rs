@@ -5,6 +5,7 @@
 //! own cloned `/dev/fuse` fd (fuser's `n_threads` + `clone_fd`).
 
 use std::ffi::OsStr;
+use std::mem::ManuallyDrop;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,12 +22,18 @@ use log::debug;
 use crate::dir::NewEntry;
 use crate::error::Error;
 use crate::inode::Kind;
+use crate::lifecycle::{self, OwnMount};
 use crate::options::Options;
 use crate::overlay::{Caller, Entry, Overlay, SetAttr, SetTime};
 
 /// Mounts `opts` at `mountpoint`, calls `on_ready` once the mount is live, and serves requests
-/// until the filesystem is unmounted.
+/// until the filesystem is unmounted or a signal ends it (see `lifecycle`).
+///
+/// Blocks `SIGTERM`, `SIGINT` and `SIGHUP` for the rest of the process's life (a thread of its
+/// own takes them), so call it before the process starts any other thread.
 pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std::io::Result<()> {
+    // Before fuser starts its threads, which inherit the mask.
+    let signals = lifecycle::block_end_signals()?;
     match crate::sys::raise_nofile_limit() {
         Ok(n) => debug!("open file limit: {n}"),
         Err(e) => log::warn!("cannot raise the open file limit: {e}"),
@@ -35,7 +42,10 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
     let overlay = Overlay::new(opts)?;
     let mut mount_options = vec![
         MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| "ufs".into())),
-        MountOption::Subtype("ufs".into()),
+        // As text rather than `MountOption::Subtype`: fuser's direct mount (as root) drops
+        // `Subtype`, leaving the type `fuse`, while the kernel takes `subtype=` like any other
+        // option. Either way the mount table says `fuse.ufs`, the type `mount -t` was given.
+        MountOption::CUSTOM("subtype=ufs".into()),
         // The kernel checks permission bits against the attributes ufs reports, as it does for
         // an overlay mount; requests reach ufs only when they are allowed.
         MountOption::DefaultPermissions,
@@ -88,8 +98,36 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
             debug!("invalidating node {node}: {e}");
         }
     }));
+    // Right after mounting, while it is certainly the top-most mount there, and before the
+    // event loops start (an `O_PATH` open sends the filesystem no request).
+    let own = Arc::new(OwnMount::record(mountpoint)?);
+    // fuser unmounts by path when its `Mount` is dropped, so whatever is mounted at MERGED by
+    // then (after an external `umount`: the mount below, or a new one) would be unmounted too.
+    // `spawn` moves the `Mount` into the `BackgroundSession`, which is therefore never dropped;
+    // `OwnMount::release` does the one unmount ufs needs, and only of its own mount.
+    let mut background = ManuallyDrop::new(session.spawn()?);
+    let for_signals = own.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ufs-signals".into())
+        .spawn(move || lifecycle::end_on_signals(signals, &for_signals));
+    if let Err(e) = spawned {
+        // Nothing would end the mount on a signal; do not leave it behind unserved.
+        if let Err(e) = own.release() {
+            log::warn!("cannot unmount {}: {e}", mountpoint.display());
+        }
+        return Err(e);
+    }
     on_ready();
-    session.run()
+    let session_thread = std::mem::replace(&mut background.guard, std::thread::spawn(|| Ok(())));
+    let result = session_thread
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the session thread panicked")));
+    // The event loops end when the kernel ends the connection (the mount is gone, nothing to
+    // do) or when they fail with the mount still attached: detach it then, if it is still ours.
+    if let Err(e) = own.release() {
+        log::warn!("cannot unmount {}: {e}", mountpoint.display());
+    }
+    result
 }
 
 struct UfsFs {

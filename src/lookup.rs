@@ -230,8 +230,16 @@ fn metacopy_in(layers: &LayerStack, layer: usize, fd: BorrowedFd<'_>) -> Result<
 }
 
 /// The target the redirect record `r` of an entry of layer `layer` names, or the error the
-/// kernel gives for it (logged once here, naming the layer and the record).
-fn redirect_target(layers: &LayerStack, layer: usize, r: &[u8], name: &OsStr) -> Result<Target> {
+/// kernel gives for it (logged once here, naming the layer and the record). A relative record
+/// met while the search follows an absolute path (a layer renamed what an older layer had
+/// already moved) renames the path's last name, as the kernel prefixes it with the path so far.
+fn redirect_target(
+    layers: &LayerStack,
+    layer: usize,
+    r: &[u8],
+    name: &OsStr,
+    current: &Target,
+) -> Result<Target> {
     let path = &layers.get(layer).path;
     if !layers.follows_redirects() {
         log::warn!(
@@ -240,12 +248,21 @@ fn redirect_target(layers: &LayerStack, layer: usize, r: &[u8], name: &OsStr) ->
         );
         return Err(EPERM);
     }
-    Target::redirect(r).inspect_err(|_| {
+    let target = Target::redirect(r).inspect_err(|_| {
         log::warn!(
             "layer {}: invalid redirect {:?} on {name:?}",
             path.display(),
             String::from_utf8_lossy(r)
         )
+    })?;
+    Ok(match (current, target) {
+        (Target::Path(comps), Target::Name { name, .. }) => {
+            let mut comps = comps.clone();
+            comps.pop();
+            comps.push(name);
+            Target::Path(comps)
+        }
+        (_, t) => t,
     })
 }
 
@@ -285,8 +302,9 @@ fn find_lower_data(
             return Ok(Some(RealEntry::named(layer, in_dir, &real_name)));
         }
         if let Some(r) = redirect(fd.as_fd(), layers.ns())? {
-            target = redirect_target(layers, layer, &r, name)?;
-            if let Target::Path(_) = target {
+            let absolute = r.first() == Some(&b'/');
+            target = redirect_target(layers, layer, &r, name, &target)?;
+            if absolute {
                 candidates = roots_below(layers, layer);
                 i = 0;
                 continue;
@@ -359,8 +377,9 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
                 break;
             }
             if let Some(r) = redirect {
-                target = redirect_target(layers, layer, &r, name)?;
-                if let Target::Path(_) = target {
+                let absolute = r.first() == Some(&b'/');
+                target = redirect_target(layers, layer, &r, name, &target)?;
+                if absolute {
                     // An absolute redirect searches every layer below from its root.
                     candidates = roots_below(layers, layer);
                     i = 0;
@@ -391,8 +410,9 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
         // redirect record says (the kernel records one when it renames such a file).
         let lower_data = match data_redirect {
             Some(r) => {
-                let t = redirect_target(layers, layer, &r, name)?;
-                let below = if let Target::Path(_) = t {
+                let absolute = r.first() == Some(&b'/');
+                let t = redirect_target(layers, layer, &r, name, &target)?;
+                let below = if absolute {
                     roots_below(layers, layer)
                 } else {
                     candidates[i..].to_vec()

@@ -311,14 +311,16 @@ fn mount_union(args: MountArgs) -> Result<ExitCode, Failure> {
         eprintln!("ufs: warning: {warning}");
     }
 
+    // Everything that can refuse the layers comes before anything is created or removed in
+    // them (the work directory's sweep runs when serving starts).
     mount::check(&opts)?;
     // Held until this function returns, which in the daemon is after the unmount; a forked
-    // child shares the locked descriptor, so the parent exiting does not release it.
-    let _workdir_lock = opts
-        .workdir
-        .as_deref()
-        .map(mount::lock_workdir)
-        .transpose()?;
+    // child shares the locked descriptors, so the parent exiting does not release them.
+    let layer_locks = mount::lock_layers(&opts)?;
+    for warning in &layer_locks.warnings {
+        eprintln!("ufs: warning: {warning}");
+    }
+    ufs::in_use::check(&opts)?;
     let mountpoint = mount::check_mountpoint(&args.mountpoint, &cwd)?;
 
     init_logging(opts.debug);

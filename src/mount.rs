@@ -1,11 +1,14 @@
-//! Checks made once, before mounting: the layers exist, do not overlap, and the workdir is ours.
+//! Checks made once, before mounting: the layers exist, do not overlap, and the upper and the
+//! workdir are ours.
 //!
 //! Everything here runs in the command-line process before the filesystem is served, so a bad
 //! option string fails with one line naming the path and the reason instead of a mount that
-//! misbehaves later. The kernel counterpart is the layer setup in `fs/overlayfs/super.c`
-//! (`ovl_get_upper`, `ovl_get_workdir`, `ovl_check_layer`) and the "in use" check on the
-//! workdir, which ufs implements with `flock` on the workdir so that a lock dies with its
-//! process and never needs cleaning up.
+//! misbehaves later, and before anything is created or removed in a layer. The kernel
+//! counterpart is the layer setup in `fs/overlayfs/super.c` (`ovl_get_upper`,
+//! `ovl_get_workdir`, `ovl_check_layer`) and the "in use" marks on the upper and work
+//! directories, which ufs implements with `flock` on them so that a lock dies with its process
+//! and never needs cleaning up ([`lock_layers`]); mounts of other programs are found in the
+//! mount table and the process table (`in_use`).
 //!
 //! Overlap rules, as the kernel's: the upper and the work directory may not equal or contain
 //! each other, nor equal, contain or sit inside any lower. Lowers may overlap one another: they
@@ -66,9 +69,12 @@ pub enum MountError {
         outer: PathBuf,
         same: bool,
     },
-    /// Another live process holds the workdir lock.
-    WorkdirInUse {
+    /// The directory is a layer of another live mount: `by` says whose ("by another ufs mount",
+    /// "as the upperdir of the overlay mount on \"/m\"").
+    InUse {
+        role: Role,
         path: PathBuf,
+        by: String,
     },
 }
 
@@ -102,8 +108,9 @@ impl fmt::Display for MountError {
                     "{inner_role} {inner:?} {relation} {outer_role} {outer:?}"
                 )
             }
-            MountError::WorkdirInUse { path } => {
-                write!(f, "workdir {path:?} is in use by another ufs mount")
+            // The kernel answers EBUSY for an upper or work directory in use; say so in its words.
+            MountError::InUse { role, path, by } => {
+                write!(f, "{role} {path:?} is in use {by}: Device or resource busy")
             }
         }
     }
@@ -215,19 +222,26 @@ fn check_overlap(a: &Checked<'_>, b: &Checked<'_>) -> Result<(), MountError> {
     }
 }
 
-/// Exclusive ownership of a workdir for as long as this value lives.
+/// The locks that keep two ufs mounts off each other's layers, held for as long as this value
+/// lives: exclusive on the upper and the work directory, shared on each lower.
 ///
-/// Two mounts sharing a workdir would clean up each other's half-built copy-ups. The lock is an
-/// `flock` on the directory itself: the kernel drops it when the last descriptor closes, also
-/// when the process is killed, so a crash never leaves a stale lock behind. The descriptor is
-/// close-on-exec, so helpers such as `fusermount3` do not inherit it, while a forked daemon does
-/// and keeps the lock after its parent exits.
+/// Two mounts sharing a workdir would clean up each other's half-built copy-ups; a workdir that
+/// is another mount's upper would have that upper's `work/` emptied; two mounts writing one upper
+/// corrupt it, and so does writing into another mount's lower. The kernel marks its upper and
+/// work directories "in use" and answers `EBUSY`; ufs takes an `flock` on each directory itself,
+/// so the lock follows the directory whatever path names it, and the kernel drops it when the
+/// last descriptor closes, also when the process is killed: a crash never leaves a stale lock.
+/// The descriptors are close-on-exec, so helpers such as `fusermount3` do not inherit them,
+/// while a forked daemon does and keeps the locks after its parent exits.
 #[derive(Debug)]
-pub struct WorkdirLock {
-    _dir: File,
+pub struct LayerLocks {
+    _dirs: Vec<File>,
+    /// Lowers that another ufs mount holds exclusively (as its upper or workdir): mounted anyway,
+    /// as the kernel does with `index=off`, since a lower is only read.
+    pub warnings: Vec<String>,
 }
 
-/// How long [`lock_workdir`] waits for a lock held by another process before giving up.
+/// How long [`lock_layers`] waits for a lock held by another process before giving up.
 ///
 /// Unmounting returns as soon as the kernel detaches the mount, while the daemon that served it
 /// still needs a moment to notice and exit; a script that unmounts and mounts the same layers
@@ -235,38 +249,80 @@ pub struct WorkdirLock {
 /// only delays an error that is certain anyway.
 pub const LOCK_GRACE: Duration = Duration::from_secs(2);
 
-/// Takes the lock on `workdir`, waiting up to [`LOCK_GRACE`] for another process to release it.
-pub fn lock_workdir(workdir: &Path) -> Result<WorkdirLock, MountError> {
-    lock_workdir_within(workdir, LOCK_GRACE)
+/// Takes the locks for the layers of `opts`, waiting up to [`LOCK_GRACE`] for another process to
+/// release the upper's or the workdir's.
+pub fn lock_layers(opts: &Options) -> Result<LayerLocks, MountError> {
+    lock_layers_within(opts, LOCK_GRACE)
 }
 
-fn lock_workdir_within(workdir: &Path, grace: Duration) -> Result<WorkdirLock, MountError> {
-    const POLL: Duration = Duration::from_millis(10);
-    let io_error = |source| MountError::Io {
-        role: Role::Work,
-        path: workdir.to_path_buf(),
-        source,
+fn lock_layers_within(opts: &Options, grace: Duration) -> Result<LayerLocks, MountError> {
+    let mut locks = LayerLocks {
+        _dirs: Vec::new(),
+        warnings: Vec::new(),
     };
-    let dir = OpenOptions::new()
+    for (role, dir) in [(Role::Upper, &opts.upperdir), (Role::Work, &opts.workdir)] {
+        if let Some(dir) = dir {
+            locks._dirs.push(lock_exclusive(role, dir, grace)?);
+        }
+    }
+    for lower in &opts.lowerdirs {
+        match lock_shared(lower) {
+            Ok(Some(dir)) => locks._dirs.push(dir),
+            Ok(None) => locks.warnings.push(format!(
+                "lowerdir {lower:?} is in use as the upperdir or workdir of another ufs mount; \
+                 changes made there are undefined here"
+            )),
+            // The lock is a courtesy to other mounts; a lower ufs may read but not open for
+            // reading as a directory, or a filesystem without flock, does not stop the mount.
+            Err(e) => log::debug!("no shared lock on lowerdir {lower:?}: {e}"),
+        }
+    }
+    Ok(locks)
+}
+
+fn open_for_lock(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(workdir)
-        .map_err(io_error)?;
+        .open(path)
+}
+
+fn lock_exclusive(role: Role, path: &Path, grace: Duration) -> Result<File, MountError> {
+    const POLL: Duration = Duration::from_millis(10);
+    let io_error = |source| MountError::Io {
+        role,
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = open_for_lock(path).map_err(io_error)?;
     let deadline = Instant::now() + grace;
     loop {
         // std implements `try_lock` with `flock(LOCK_EX | LOCK_NB)` on Linux.
         match dir.try_lock() {
-            Ok(()) => return Ok(WorkdirLock { _dir: dir }),
+            Ok(()) => return Ok(dir),
             Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
                 std::thread::sleep(POLL);
             }
             Err(TryLockError::WouldBlock) => {
-                return Err(MountError::WorkdirInUse {
-                    path: workdir.to_path_buf(),
+                return Err(MountError::InUse {
+                    role,
+                    path: path.to_path_buf(),
+                    by: "by another ufs mount".into(),
                 });
             }
             Err(TryLockError::Error(source)) => return Err(io_error(source)),
         }
+    }
+}
+
+/// A shared lock on `path`, or `None` when another process holds it exclusively.
+fn lock_shared(path: &Path) -> io::Result<Option<File>> {
+    let dir = open_for_lock(path)?;
+    // std implements `try_lock_shared` with `flock(LOCK_SH | LOCK_NB)` on Linux.
+    match dir.try_lock_shared() {
+        Ok(()) => Ok(Some(dir)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(e),
     }
 }
 
@@ -468,49 +524,78 @@ mod tests {
     }
 
     #[test]
-    fn workdir_lock_is_exclusive_and_released_on_drop() {
+    fn layer_locks_are_exclusive_and_released_on_drop() {
         let dir = scratch();
-        let work = dir.path().join("work");
-        let lock = lock_workdir_within(&work, Duration::ZERO).expect("first lock");
+        let root = dir.path();
+        fs::create_dir(root.join("work2")).expect("mkdir");
+        fs::create_dir(root.join("upper2")).expect("mkdir");
+        let first = options(root, &["lower"], Some(("upper", "work")));
+        let lock = lock_layers_within(&first, Duration::ZERO).expect("first lock");
         let started = Instant::now();
-        let err = lock_workdir_within(&work, Duration::from_millis(100)).expect_err("second");
+        let err = lock_layers_within(&first, Duration::from_millis(100)).expect_err("second");
         assert!(
             started.elapsed() >= Duration::from_millis(100),
             "gave up early"
         );
-        assert_eq!(
-            err.to_string(),
-            format!("workdir {work:?} is in use by another ufs mount")
-        );
+        let (upper, work) = (root.join("upper"), root.join("work"));
+        let busy = |role: &str, path: &Path| {
+            format!("{role} {path:?} is in use by another ufs mount: Device or resource busy")
+        };
+        assert_eq!(err.to_string(), busy("upperdir", &upper));
+        // The first mount's upper as a workdir, its workdir as an upper, its lower as an upper.
+        for (lowers, upper_work, role, path) in [
+            (&["lower2"][..], ("upper2", "upper"), "workdir", &upper),
+            (&["lower2"][..], ("work", "work2"), "upperdir", &work),
+            (
+                &["lower2"][..],
+                ("lower", "work2"),
+                "upperdir",
+                &root.join("lower"),
+            ),
+        ] {
+            let err = lock_layers_within(&options(root, lowers, Some(upper_work)), Duration::ZERO)
+                .expect_err("in use");
+            assert_eq!(err.to_string(), busy(role, path));
+        }
+        // Its upper as a lower: mounted, with a warning.
+        let reader = lock_layers_within(&options(root, &["upper"], None), Duration::ZERO)
+            .expect("lower in use");
+        assert_eq!(reader.warnings.len(), 1, "{:?}", reader.warnings);
+        // Lowers are shared.
+        lock_layers_within(&options(root, &["lower", "lower"], None), Duration::ZERO)
+            .expect("shared lowers");
         drop(lock);
-        lock_workdir_within(&work, Duration::ZERO).expect("lock after release");
+        lock_layers_within(&first, Duration::ZERO).expect("lock after release");
     }
 
     /// Regression: mounting again right after an unmount failed while the previous daemon was
     /// still exiting.
     #[test]
-    fn workdir_lock_waits_for_a_holder_that_is_exiting() {
+    fn layer_locks_wait_for_a_holder_that_is_exiting() {
         let dir = scratch();
-        let work = dir.path().join("work");
-        let lock = lock_workdir(&work).expect("first lock");
+        let opts = options(dir.path(), &["lower"], Some(("upper", "work")));
+        let lock = lock_layers(&opts).expect("first lock");
         let releaser = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
             drop(lock);
         });
-        lock_workdir(&work).expect("lock released within the grace period");
+        lock_layers(&opts).expect("lock released within the grace period");
         releaser.join().expect("join");
     }
 
     #[test]
-    fn workdir_lock_errors() {
+    fn layer_lock_errors() {
         let dir = scratch();
-        let err = lock_workdir(&dir.path().join("missing")).expect_err("missing");
+        let root = dir.path();
+        let err = lock_layers(&options(root, &["lower"], Some(("upper", "missing"))))
+            .expect_err("missing");
         assert!(
             err.to_string()
                 .ends_with("/missing\": No such file or directory"),
             "{err}"
         );
-        let err = lock_workdir(&dir.path().join("file")).expect_err("file");
+        let err =
+            lock_layers(&options(root, &["lower"], Some(("file", "work")))).expect_err("file");
         assert!(
             err.to_string().ends_with("/file\": Not a directory"),
             "{err}"

@@ -672,3 +672,47 @@ fn numbers_from_a_former_upper_never_join_or_split_objects() {
         drop(view);
     }
 }
+
+/// Regression (unionmount-testsuite `rename-move-dir` with `--ov=3`): a directory renamed in
+/// place in one generation (a relative redirect) and moved to another directory in the next
+/// (an absolute one) lost its files: after the absolute path, the relative record was looked up
+/// at the layer roots instead of renaming the path's last name.
+#[test]
+fn a_relative_redirect_under_an_absolute_one_renames_the_path() {
+    if skip("a_relative_redirect_under_an_absolute_one_renames_the_path") {
+        return;
+    }
+    let t = tempdir();
+    let base = t.path();
+    let l = mkdirs(&base.join("l"));
+    put(&l, "a/dir/f", "in dir\n");
+    put(&l, "a/dir/sub/g", "in sub\n");
+    let m = mkdirs(&base.join("m"));
+    let g1 = gen_dirs(base, "g1");
+    generation(&[&l], &g1.upper, &g1.work, &m, |m| {
+        fs::rename(m.join("a/dir"), m.join("a/dirx")).expect("rename in place");
+    });
+    let g2 = gen_dirs(base, "g2");
+    generation(&[&g1.upper, &l], &g2.upper, &g2.work, &m, |m| {
+        fs::create_dir(m.join("a/empty")).expect("mkdir");
+        fs::rename(m.join("a/dirx"), m.join("a/empty/dir")).expect("move");
+    });
+    let view = read_only_views_agree(base, &[&g2.upper, &g1.upper, &l], "after two moves");
+    for p in ["a/empty/dir/f", "a/empty/dir/sub/g"] {
+        assert!(view.entries.contains_key(p), "{p} lost");
+    }
+    let g3 = gen_dirs(base, "g3");
+    generation(&[&g2.upper, &g1.upper, &l], &g3.upper, &g3.work, &m, |m| {
+        assert_eq!(
+            read(&m.join("a/empty/dir/sub/g")).as_deref(),
+            Ok(&b"in sub\n"[..])
+        );
+        fs::rename(m.join("a/empty/dir"), m.join("top")).expect("move again");
+    });
+    let view = read_only_views_agree(
+        base,
+        &[&g3.upper, &g2.upper, &g1.upper, &l],
+        "after three moves",
+    );
+    assert!(view.entries.contains_key("top/sub/g"), "top/sub/g lost");
+}

@@ -76,6 +76,14 @@ pub fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
     openat(dir, name, libc::O_PATH, 0)
 }
 
+/// `umount2(path, MNT_DETACH)`: detaches the mount `path` resolves to. With `path` a
+/// `/proc/self/fd/N` magic link that is the mount of that descriptor, whatever is mounted on top
+/// of its mount point by now.
+pub fn umount_detach(path: &CStr) -> Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    cvt(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) }).map(drop)
+}
+
 /// Opens a path (used only for layer roots at mount time, given by the user).
 pub fn open_dir_path(path: &std::path::Path) -> Result<OwnedFd> {
     let c = cstr(path.as_os_str())?;

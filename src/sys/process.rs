@@ -1,5 +1,6 @@
-//! Process-level system calls the command line needs to daemonize: `fork`, `setsid`, `dup2`
-//! onto the standard descriptors, and `geteuid`.
+//! Process-level system calls the command line needs to daemonize (`fork`, `setsid`, `dup2`
+//! onto the standard descriptors, `geteuid`) and the daemon needs to end its mount on a signal
+//! (`pthread_sigmask`, `sigwait`).
 //!
 //! Each wrapper is safe to call: the one precondition that Rust cannot check by itself, that
 //! `fork` happens while the process has a single thread, is checked at run time. The pipe the
@@ -7,6 +8,7 @@
 //! close-on-exec descriptors.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Which side of a [`fork`] the caller is on.
@@ -84,6 +86,56 @@ pub fn redirect_stdio(fd: BorrowedFd<'_>) -> io::Result<()> {
 pub fn is_root() -> bool {
     // SAFETY: `geteuid` takes no arguments, touches no memory and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Signals blocked by [`block_signals`], to be taken one at a time with [`Signals::wait`].
+#[derive(Clone, Copy)]
+pub struct Signals {
+    set: libc::sigset_t,
+}
+
+/// Blocks `signals` in the calling thread and every thread it starts from now on, so that they
+/// are never delivered asynchronously and [`Signals::wait`] receives them instead.
+///
+/// Call it before any other thread exists: a process-directed signal goes to any one thread
+/// that does not block it, and a thread started earlier would still take the default action
+/// (for `SIGTERM`, death). Child processes do not inherit the mask: `std::process::Command`
+/// resets it.
+pub fn block_signals(signals: &[libc::c_int]) -> io::Result<Signals> {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: `sigemptyset` only writes the set it is given, which is valid for writing.
+    if unsafe { libc::sigemptyset(set.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `sigemptyset` succeeded, so the set is initialized.
+    let mut set = unsafe { set.assume_init() };
+    for &signal in signals {
+        // SAFETY: `set` is an initialized set; a bad signal number is answered with EINVAL.
+        if unsafe { libc::sigaddset(&mut set, signal) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: `set` is initialized and only read; the old mask is not asked for (null).
+    let err = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    Ok(Signals { set })
+}
+
+impl Signals {
+    /// Waits until one of the blocked signals is pending and takes it; returns its number.
+    pub fn wait(&self) -> io::Result<libc::c_int> {
+        loop {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: `self.set` is an initialized set and `signal` a valid place to write.
+            match unsafe { libc::sigwait(&self.set, &mut signal) } {
+                0 => return Ok(signal),
+                libc::EINTR => continue,
+                err => return Err(io::Error::from_raw_os_error(err)),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

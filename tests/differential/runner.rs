@@ -30,12 +30,12 @@ pub enum KnownDifference {
     /// "Defaults": ufs turns `redirect_dir`, `index` and `metacopy` on by default, the kernel
     /// (here) off. Both mounts of a case get the same explicit options ([`Config::options`]).
     Defaults,
-    /// "OCI whiteouts and opaque markers": ufs reads `.wh.NAME`, `.wh..wh..opq` and
-    /// `user.overlay.opaque`; the kernel reads none. Only the ufs copy of the lowers uses them;
+    /// "OCI whiteouts and opaque markers": ufs reads `.wh.NAME` and `.wh..wh..opq`; the kernel
+    /// reads neither. Only the ufs copy of the lowers uses them;
     /// the kernel copy (and every upper layer) gets 0/0 devices and `trusted.overlay.opaque`.
     OciMarkers,
-    /// "Private names cannot be set through the mount": operations only use `user.k*` names, and never
-    /// set `trusted.overlay.*` names through a mount.
+    /// "Private names cannot be set through the mount": operations only use `user.k*` names,
+    /// and never set `trusted.overlay.*` names through a mount.
     UserOverlayXattrs,
     /// "Orphan whiteouts": the kernel lists a whiteout in a directory that exists in one layer
     /// only. The generator puts whiteouts only in directories that merge with a layer below.
