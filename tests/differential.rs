@@ -1024,7 +1024,6 @@ fn index_nlink_after_forget_and_unlink_of_the_upper_name() {
 /// data; ufs reads metadata-only copies only from the upper layer, so it showed the sparse
 /// copy's holes (wrong content) on the read-only stack.
 #[test]
-#[ignore = "open: ufs reads metadata-only copies only from the upper layer"]
 fn metacopy_in_a_lower_layer_read_only() {
     regression(
         "metacopy_in_a_lower_layer_read_only",
@@ -1056,7 +1055,6 @@ fn metacopy_in_a_lower_layer_read_only() {
 /// The same after a rotation: the sequence goes on over the new stack, so a write copies the
 /// file up from the former upper, and the data must come from the layer below it.
 #[test]
-#[ignore = "open: ufs reads metadata-only copies only from the upper layer"]
 fn metacopy_in_a_lower_layer_after_rotation() {
     regression(
         "metacopy_in_a_lower_layer_after_rotation",
@@ -1110,7 +1108,6 @@ fn metacopy_in_a_lower_layer_after_rotation() {
 /// reads no records in a directory that is not impure) and the recorded number for the other
 /// name: the two names were no longer one file (two inode numbers; the kernel keeps them one).
 #[test]
-#[ignore = "open: ufs does not mark the directory of a new link impure"]
 fn link_target_directory_is_impure_read_only() {
     for (name, config) in [
         ("off", Config::new(false, false, false)),
@@ -1155,7 +1152,6 @@ fn link_target_directory_is_impure_read_only() {
 /// FUSE made them one inode: the other names showed the copy's data, mode and owner, and one
 /// link group.
 #[test]
-#[ignore = "open: an index copy's number record in a lower layer collides with the old names"]
 fn index_copy_of_one_name_and_the_old_names_after_rotation() {
     for config in [INDEX, Config::new(true, true, true)] {
         regression(
@@ -1277,6 +1273,38 @@ fn index_copy_up_lands_at_the_name_used() {
                 fill: 73,
             },
             Op::RemountReadOnly,
+        ],
+    );
+}
+
+/// Seed 245 (`full`): a lower file linked through the mount (`link`: with `metacopy=on` a
+/// metadata-only copy, with a data redirect, under two names) and then rotated into the lowers;
+/// removing one of the names on the new stack makes the kernel copy the file into the new
+/// index first (`ovl_nlink_start`), metadata-only again: a metadata-only copy of a layer that
+/// is itself a metadata-only copy. The kernel follows the chain down to the layer with the data;
+/// ufs read the data from the middle layer, the sparse copy's holes (zeros), after a remount.
+#[test]
+#[ignore = "open: an index copy of a lower metadata-only copy reads the middle layer's holes"]
+fn index_metacopy_chain_after_rotation() {
+    regression(
+        "index_metacopy_chain_after_rotation",
+        Config::new(true, true, true),
+        vec![layer(vec![("a/e/d", Node::file(b"the data of d"))])],
+        vec![
+            Op::Link {
+                from: path("a/e/d"),
+                to: path("a/e/b"),
+            },
+            Op::Rotate,
+            Op::Unlink {
+                path: path("a/e/b"),
+            },
+            Op::Remount,
+            Op::Read {
+                path: path("a/e/d"),
+                offset: 0,
+                len: 100,
+            },
         ],
     );
 }

@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -17,7 +18,7 @@ use rand::rngs::StdRng;
 use crate::common::{
     CMD_TIMEOUT, Flavor, KernelOverlay, Layer, MOUNT_TIMEOUT, Node, UfsMount, is_mounted,
     materialize_layer, mkdirs, mount_at, panic_message, run_bounded, tempdir, ufs_side_flavor,
-    wait_until,
+    wait_mounted, wait_until,
 };
 use crate::generate::{Case, Config};
 use crate::ops::{self, Op, Outcome};
@@ -256,7 +257,7 @@ impl Bench {
             Some((&self.k.upper, &self.k.work)),
             b,
         );
-        self.kernel = Some(KernelOverlay::mount(&kopts, &self.k.mnt, b));
+        self.kernel = Some(mount_kernel(&kopts, &self.k.mnt, b));
         let uopts = format!(
             "lowerdir={},upperdir={},workdir={},{}",
             ufs_lowerdir(&self.u.lowers),
@@ -272,7 +273,7 @@ impl Bench {
     pub fn mount_read_only(&mut self) {
         let b = self.base.path();
         let kopts = kernel_options(self.config, &self.k.read_only_lowers(), None, b);
-        self.kernel = Some(KernelOverlay::mount(&kopts, &self.k.mnt, b));
+        self.kernel = Some(mount_kernel(&kopts, &self.k.mnt, b));
         let uopts = format!(
             "lowerdir={},{}",
             ufs_lowerdir(&self.u.read_only_lowers()),
@@ -329,7 +330,7 @@ impl Bench {
             Some((&self.u.upper, &self.u.work)),
             b,
         );
-        KernelOverlay::mount(&opts, &mnt, b)
+        mount_kernel(&opts, &mnt, b)
     }
 
     /// The read-only cross-mount check: the kernel, read-only, over ufs's upper as the top lower
@@ -339,7 +340,58 @@ impl Bench {
         let mnt = mkdirs(&b.join("x/m"));
         let mut lowers = vec![self.u.upper.clone()];
         lowers.extend(self.cross_lowers());
-        KernelOverlay::mount(&kernel_options(self.config, &lowers, None, b), &mnt, b)
+        mount_kernel(&kernel_options(self.config, &lowers, None, b), &mnt, b)
+    }
+}
+
+/// How long a kernel mount is retried while it answers `EBUSY`.
+const IN_USE_WAIT: Duration = Duration::from_secs(90);
+
+/// `mount -t overlay` ([`KernelOverlay::mount`]), retried for a bounded time while the kernel
+/// answers `EBUSY` ("upperdir is in-use as upperdir/workdir of another mount", with
+/// `index=on`). That happens when another process on the machine made a mount namespace (as
+/// `unshare --mount` does) while the previous mount over the same upper was live: the copy in
+/// that namespace keeps its superblock, and so the upper's in-use mark, until the namespace
+/// ends, although the mount is gone here. Panics (with the command's output) on anything else.
+fn mount_kernel(opts: &str, mnt: &Path, cwd: &Path) -> KernelOverlay {
+    let deadline = Instant::now() + IN_USE_WAIT;
+    let mut noted = false;
+    loop {
+        let run = run_bounded(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", opts])
+                .arg(mnt)
+                .current_dir(cwd),
+            CMD_TIMEOUT,
+        );
+        if run.success() {
+            break;
+        }
+        let busy = run.stderr.contains("busy") || run.stderr.contains("already mounted");
+        assert!(busy, "kernel overlay mount -o {opts} failed:\n{run}");
+        assert!(
+            Instant::now() < deadline,
+            "kernel overlay mount -o {opts} still busy after {}s:\n{run}",
+            IN_USE_WAIT.as_secs()
+        );
+        if !noted {
+            eprintln!(
+                "note: kernel overlay mount -o {opts} answers EBUSY (an upper still in use in \
+                 another mount namespace?); retrying for up to {}s",
+                IN_USE_WAIT.as_secs()
+            );
+            noted = true;
+        }
+        // A bounded poll: the other namespace goes away on its own time.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        wait_mounted(mnt),
+        "kernel overlay at {} not in mountinfo",
+        mnt.display()
+    );
+    KernelOverlay {
+        mnt: mnt.to_path_buf(),
     }
 }
 
