@@ -535,11 +535,13 @@ impl Overlay {
         let work = self.upper_layer()?.1;
         let file = match what {
             NewEntry::File { flags } => {
+                // Not `O_DIRECT`: FUSE hands ufs the data in its own buffers, which need not
+                // meet the real file's alignment; the handle is direct I/O instead (see
+                // `Opened::direct_io`).
                 let keep = flags
                     & (libc::O_ACCMODE
                         | libc::O_APPEND
                         | libc::O_NONBLOCK
-                        | libc::O_DIRECT
                         | libc::O_SYNC
                         | libc::O_DSYNC);
                 Some(sys::openat(

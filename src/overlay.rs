@@ -81,6 +81,10 @@ pub struct Opened {
     /// The data cannot change behind the kernel's back (a lower file), so its page cache may
     /// be kept across opens.
     pub keep_cache: bool,
+    /// Opened with `O_DIRECT`: the kernel is told to bypass its page cache for this handle
+    /// (FUSE's `FOPEN_DIRECT_IO`), and the real file is opened without `O_DIRECT`, since the
+    /// buffers FUSE hands ufs need not meet the real file's alignment rules.
+    pub direct_io: bool,
 }
 
 /// The caller of a request, for permission checks.
@@ -586,7 +590,6 @@ impl Overlay {
                 | libc::O_APPEND
                 | libc::O_TRUNC
                 | libc::O_NONBLOCK
-                | libc::O_DIRECT
                 | libc::O_NOATIME
                 | libc::O_SYNC
                 | libc::O_DSYNC);
@@ -595,6 +598,7 @@ impl Overlay {
         Ok(Opened {
             fh: self.add_file(node.id, ino, file, writes, from_lower),
             keep_cache,
+            direct_io: flags & libc::O_DIRECT != 0,
         })
     }
 
