@@ -404,9 +404,13 @@ impl Overlay {
             Ok(st) => {
                 let lower = resolved.reals.top()?.clone();
                 let entry = RealEntry::named(upper, index_dir.clone(), &key.name);
-                // A metadata-only copy keeps reading its data from the lower file.
+                // A metadata-only copy keeps reading its data from the lower file, or from where
+                // that file's data is when it is a metadata-only copy itself (a layer that was
+                // an upper once).
                 if lookup::is_metacopy(entry.fd()?.as_fd(), self.record_ns)? {
-                    resolved.lower_data = Some(lower.clone());
+                    resolved.lower_data = Some(resolved.lower_data.take().unwrap_or(lower.clone()));
+                } else {
+                    resolved.lower_data = None;
                 }
                 resolved.reals = vec![entry, lower];
                 resolved.stat = st;
@@ -460,18 +464,23 @@ impl Overlay {
     /// What the kernel must not cache about a node (`attr` is what it is told now): its
     /// attributes (`.0`), and also the names that lead to it (`.1`). A metadata-only copy's
     /// size in blocks and times change when its data is copied, which can happen inside an
-    /// `open`; a lower file with several links while the index is off gets a new number through
-    /// the name it is copied up by, so each name must be looked up again.
+    /// `open`. The names of a lower file with several links are looked up on every use in a
+    /// writable mount, so that ufs knows which name an operation comes through (FUSE does not
+    /// say): without the index that name breaks away with its own number, with it that name is
+    /// the one copied up, or linked up later (the kernel's `ovl_link_up`).
     pub fn volatile(&self, node: u64, attr: &libc::stat) -> (bool, bool) {
         let Ok(n) = self.inodes.get(node) else {
             return (false, false);
         };
         let st = n.state.read();
-        let names = st
+        let lower_top = st
             .reals
             .first()
-            .is_some_and(|r| Some(r.layer) != self.layers.upper())
-            && self.breaks_links(&n, attr);
+            .is_some_and(|r| Some(r.layer) != self.layers.upper());
+        let writable = !self.read_only && self.work.is_some();
+        let names = n.kind != Kind::Directory
+            && writable
+            && ((lower_top && attr.st_nlink > 1) || (!lower_top && st.reals.len() > 1));
         (names || st.lower_data.is_some(), names)
     }
 
