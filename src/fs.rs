@@ -19,12 +19,11 @@ use fuser::{
 };
 use log::debug;
 
-use crate::dir::NewEntry;
 use crate::error::Error;
-use crate::inode::Kind;
+use crate::kind::Kind;
 use crate::lifecycle::{self, OwnMount};
 use crate::options::Options;
-use crate::overlay::{Caller, Entry, Overlay, SetAttr, SetTime};
+use crate::overlay::{Caller, Entry, NewEntry, Overlay, SetAttr, SetTime};
 
 /// Mounts `opts` at `mountpoint`, calls `on_ready` once the mount is live, and serves requests
 /// until the filesystem is unmounted or a signal ends it (see `lifecycle`).

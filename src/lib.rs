@@ -11,15 +11,17 @@ pub mod fs;
 pub mod idmap;
 pub mod in_use;
 pub mod inode;
+pub mod kind;
 pub mod layer;
 pub mod lifecycle;
+pub mod listing;
 pub mod lookup;
 pub mod mount;
 pub mod options;
 pub mod overlay;
 pub mod readdir;
+pub mod records;
 pub mod sys;
-pub mod xattr;
 
 pub use fs::serve;
 pub use options::Options;

@@ -16,10 +16,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use crate::error::{EACCES, EINVAL, ENOENT, EPERM, Result};
-use crate::inode::{Kind, RealEntry};
+use crate::inode::RealEntry;
+use crate::kind::Kind;
 use crate::layer::LayerStack;
+use crate::records::{XattrNamespace, is_metacopy, is_no_xattr, redirect};
 use crate::sys;
-use crate::xattr::XattrNamespace;
 
 /// Prefix of OCI whiteout names.
 pub const WH_PREFIX: &[u8] = b".wh.";
@@ -67,11 +68,6 @@ pub fn is_opaque(dir: BorrowedFd<'_>, ns: XattrNamespace) -> Result<bool> {
         Err(e) if e.errno() == libc::ENOENT => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-/// Errors meaning "this xattr is not there" (or xattrs are not supported at all).
-pub fn is_no_xattr(errno: i32) -> bool {
-    errno == libc::ENODATA || errno == libc::EOPNOTSUPP || errno == libc::EPERM
 }
 
 /// Where the next lower layers are searched: a name in the parent's real directories, or (after
@@ -189,26 +185,6 @@ fn probe(dir: &Arc<OwnedFd>, target: &Target, ns: XattrNamespace) -> Result<Prob
                 other => other,
             })
         }
-    }
-}
-
-/// Whether a regular file is a metadata-only copy (`overlay.metacopy` in the mount's record
-/// namespace). Its block count cannot tell: a filesystem may count a block of xattrs in it.
-pub fn is_metacopy(fd: BorrowedFd<'_>, ns: XattrNamespace) -> Result<bool> {
-    match sys::getxattr(fd, ns.metacopy()) {
-        Ok(_) => Ok(true),
-        Err(e) if is_no_xattr(e.errno()) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// The redirect record of real entry `fd` (a directory, or a metadata-only copy), if it has
-/// one. An empty record is returned as it is: it is invalid, and [`Target::redirect`] says so.
-pub fn redirect(fd: BorrowedFd<'_>, ns: XattrNamespace) -> Result<Option<Vec<u8>>> {
-    match sys::getxattr(fd, ns.redirect()) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if is_no_xattr(e.errno()) => Ok(None),
-        Err(e) => Err(e),
     }
 }
 
