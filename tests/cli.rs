@@ -675,9 +675,7 @@ fn root_mounts_with_fuse_overlayfs_defaults_and_the_flags_given() {
 /// `mode`, whatever the host's node allows. `None` when the tools for it are missing.
 fn in_private_dev_fuse(ex: &Example, mode: &str, script: &str) -> Option<Run> {
     for tool in ["unshare", "setpriv", "mknod"] {
-        if which(tool).is_none() {
-            return None;
-        }
+        which(tool)?;
     }
     let node = ex.base().join("fuse-node");
     let full = format!(
