@@ -11,7 +11,6 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -41,12 +40,11 @@ impl Workdir {
     /// whether `trusted.*` xattrs can be written.
     /// With `userxattr`, records go to `user.overlay.*` whatever the daemon may do.
     pub fn open(
-        workdir: &Path,
+        wd: OwnedFd,
         fsync: bool,
         index: bool,
         userxattr: bool,
     ) -> std::io::Result<Workdir> {
-        let wd = sys::open_dir_path(workdir)?;
         match sys::mkdirat(wd.as_fd(), c"work", 0o700) {
             Ok(()) => {}
             Err(e) if e.errno() == libc::EEXIST => {}
@@ -546,7 +544,14 @@ pub fn complete_metacopy(
     data: CopyData,
 ) -> Result<()> {
     // The copy leaves the file's modification time at the time of the copy, as the kernel's
-    // completion of a metadata-only copy does (`ovl_copy_up_meta_inode_data`).
+    // completion of a metadata-only copy does (`ovl_copy_up_meta_inode_data`). Writing the data
+    // makes the filesystem drop `security.capability`, which the copy already carries: it is
+    // saved and put back, as the kernel does there.
+    let capability = match sys::getxattr(upper, c"security.capability") {
+        Ok(v) => Some(v),
+        Err(e) if is_no_xattr(e.errno()) => None,
+        Err(e) => return Err(e),
+    };
     let out = sys::reopen(upper, libc::O_WRONLY)?;
     if data == CopyData::All {
         let size = sys::fstat(lower)?.st_size as u64;
@@ -557,6 +562,9 @@ pub fn complete_metacopy(
         }
     } else {
         sys::ftruncate(out.as_fd(), 0)?;
+    }
+    if let Some(v) = &capability {
+        sys::setxattr(upper, c"security.capability", v, 0)?;
     }
     if work.fsync {
         sys::fsync(out.as_fd(), false)?;

@@ -92,6 +92,7 @@ impl Overlay {
                         log::debug!("completed the metadata-only copy of node {}", node.id);
                     }
                 }
+                self.link_up(node, upper)?;
                 return Ok((node.clone(), reals));
             }
             if node.id == ROOT_ID {
@@ -332,6 +333,35 @@ impl Overlay {
         Ok(true)
     }
 
+    /// An indexed copy about to change through a name that is still lower-only (another name was
+    /// copied up first) gets that name linked into the upper, as the kernel links it up
+    /// (`ovl_link_up`): the change then shows under that name once the upper is a lower layer
+    /// too, or to a mount without the index.
+    fn link_up(&self, node: &Inode, upper: usize) -> Result<()> {
+        if node.kind == Kind::Directory {
+            return Ok(());
+        }
+        let lower = {
+            let st = node.state.read();
+            match st.reals.get(1) {
+                Some(l) if st.reals.first().is_some_and(|t| t.layer == upper) => l.clone(),
+                _ => return Ok(()),
+            }
+        };
+        let loc = node.location();
+        if loc.parent == 0 || !self.names_lower(loc.parent, &loc.name, &lower.stat()?) {
+            return Ok(());
+        }
+        let pnode = self.inodes.get(loc.parent)?;
+        let preals = self.ensure_upper(&pnode, CopyData::All)?;
+        if link_alias(node, preals.top()?.dir_fd()?, &sys::cstr(&loc.name)?)? {
+            pnode.listing_changed();
+            self.alias_linked(node)?;
+            log::debug!("linked up {:?} of node {}", loc.name, node.id);
+        }
+        Ok(())
+    }
+
     /// A lower name of an indexed copy got its upper link: the upper link count grew while the
     /// merged one did not, so the record drops by one.
     fn alias_linked(&self, node: &Inode) -> Result<()> {
@@ -535,11 +565,13 @@ impl Overlay {
         let work = self.upper_layer()?.1;
         let file = match what {
             NewEntry::File { flags } => {
+                // Not `O_DIRECT`: FUSE hands ufs the data in its own buffers, which need not
+                // meet the real file's alignment; the handle is direct I/O instead (see
+                // `Opened::direct_io`).
                 let keep = flags
                     & (libc::O_ACCMODE
                         | libc::O_APPEND
                         | libc::O_NONBLOCK
-                        | libc::O_DIRECT
                         | libc::O_SYNC
                         | libc::O_DSYNC);
                 Some(sys::openat(
@@ -711,6 +743,15 @@ impl Overlay {
             Err(e) if e.errno() == libc::ENOENT => false,
             Err(e) => return Err(e),
         };
+        // A copy (it keeps a number or an origin from below) tells readdir, ufs's and the
+        // kernel's, to look for its records in the new name's directory, as the kernel marks it.
+        let is_copy = [work.xattr_ns.ino_record(), work.xattr_ns.origin()]
+            .into_iter()
+            .map(|x| reals.top().and_then(|t| t.getxattr(x)))
+            .any(|r| r.is_ok());
+        if is_copy {
+            sys::setxattr(ndir, work.xattr_ns.impure(), b"y", 0)?;
+        }
         if over_whiteout {
             let tmp = work.temp_name();
             sys::link_fd(reals.top()?.fd()?.as_fd(), work.dir(), &tmp)?;

@@ -298,11 +298,14 @@ impl Filesystem for UfsFs {
         debug!("open(ino={ino}, flags={:#o})", flags.0);
         match self.ov.open(ino.0, flags.0) {
             Ok(o) => {
-                let f = if o.keep_cache {
+                let mut f = if o.keep_cache {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
                 };
+                if o.direct_io {
+                    f |= FopenFlags::FOPEN_DIRECT_IO;
+                }
                 reply.opened(FileHandle(o.fh), f)
             }
             Err(e) => reply.error(errno(e)),
@@ -629,7 +632,11 @@ impl Filesystem for UfsFs {
                 &to_attr(&e.attr),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                if flags & libc::O_DIRECT != 0 {
+                    FopenFlags::FOPEN_DIRECT_IO
+                } else {
+                    FopenFlags::empty()
+                },
             ),
             Err(e) => reply.error(errno(e)),
         }

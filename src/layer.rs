@@ -70,22 +70,152 @@ pub struct LayerStack {
     follow_metacopy: bool,
 }
 
+/// The directories of a mount, opened once each.
+#[derive(Debug)]
+pub struct LayerDirs {
+    pub upper: Option<OwnedFd>,
+    pub work: Option<OwnedFd>,
+    /// Top first.
+    pub lowers: Vec<OwnedFd>,
+}
+
+/// Opens the directories of a mount, each on a private clone of its mount where the daemon may
+/// make one ([`sys::open_tree_clone`], as the kernel overlay clones its layers): the daemon's
+/// fds then keep no mount the user made busy, so the filesystems holding the layers can be
+/// unmounted right after the union (a FUSE unmount returns before the daemon has exited). The
+/// upper and the work directory must share one clone (copies are renamed from one to the
+/// other): it is rooted at their closest common directory, and each is opened beneath it with
+/// `openat2`. Without the privilege (an unprivileged daemon) the paths are opened as they are.
+pub fn open_dirs(
+    upper: Option<&Path>,
+    work: Option<&Path>,
+    lowers: &[PathBuf],
+) -> std::io::Result<LayerDirs> {
+    let named = |what: &str, path: &Path| {
+        let what = what.to_string();
+        let path = path.to_path_buf();
+        move |e: crate::error::Error| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("{what} \"{}\": {e}", path.display()),
+            )
+        }
+    };
+    let (upper_fd, work_fd) = match (upper, work) {
+        (Some(u), Some(w)) => match private_pair(u, w) {
+            Some((a, b)) => (Some(a), Some(b)),
+            None => (
+                Some(sys::open_dir_path(u).map_err(named("upperdir", u))?),
+                Some(sys::open_dir_path(w).map_err(named("workdir", w))?),
+            ),
+        },
+        (Some(u), None) => (Some(private_dir(u).map_err(named("upperdir", u))?), None),
+        (None, Some(w)) => (None, Some(private_dir(w).map_err(named("workdir", w))?)),
+        (None, None) => (None, None),
+    };
+    let lowers = lowers
+        .iter()
+        .map(|l| private_dir(l).map_err(named("lowerdir", l)))
+        .collect::<std::io::Result<_>>()?;
+    Ok(LayerDirs {
+        upper: upper_fd,
+        work: work_fd,
+        lowers,
+    })
+}
+
+/// `path` on a private clone of its mount, else opened as it is.
+fn private_dir(path: &Path) -> Result<OwnedFd> {
+    match sys::open_tree_clone(path) {
+        Ok(fd)
+            if sys::fstat(fd.as_fd())
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) =>
+        {
+            Ok(fd)
+        }
+        Ok(_) => Err(crate::error::ENOTDIR),
+        Err(e) if matches!(e.errno(), libc::EPERM | libc::ENOSYS | libc::EINVAL) => {
+            log::debug!("no private clone of {path:?} ({e}); using the path itself");
+            sys::open_dir_path(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The upper and work directories beneath one private clone of their closest common directory,
+/// checked to be the very directories the paths name; `None` where that cannot be done.
+fn private_pair(upper: &Path, work: &Path) -> Option<(OwnedFd, OwnedFd)> {
+    let (u, w) = (
+        std::fs::canonicalize(upper).ok()?,
+        std::fs::canonicalize(work).ok()?,
+    );
+    let mut common = PathBuf::new();
+    for (a, b) in u.components().zip(w.components()) {
+        if a != b {
+            break;
+        }
+        common.push(a);
+    }
+    let attempt = || -> Result<(OwnedFd, OwnedFd)> {
+        let root = sys::open_tree_clone(&common)?;
+        let open = |p: &Path| -> Result<OwnedFd> {
+            let rel = p.strip_prefix(&common).map_err(|_| crate::error::EINVAL)?;
+            let fd = if rel.as_os_str().is_empty() {
+                root.try_clone()?
+            } else {
+                sys::open_beneath(root.as_fd(), rel)?
+            };
+            // The directory the user named, not one swapped in since it was resolved.
+            let (a, b) = (
+                sys::fstat(fd.as_fd())?,
+                sys::fstat(sys::open_dir_path(p)?.as_fd())?,
+            );
+            if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+                return Err(crate::error::EIO);
+            }
+            Ok(fd)
+        };
+        Ok((open(&u)?, open(&w)?))
+    };
+    match attempt() {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            log::debug!("no private clone of {common:?} ({e}); using the paths themselves");
+            None
+        }
+    }
+}
+
 impl LayerStack {
-    /// Opens every layer root. `upper` comes first when present; `lowers` are top first.
+    /// Opens every layer root (see [`open_dirs`]). `upper` comes first when present; `lowers`
+    /// are top first.
     pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> std::io::Result<LayerStack> {
+        let dirs = open_dirs(upper, None, lowers)?;
+        Self::from_dirs(upper, dirs.upper, lowers, dirs.lowers)
+    }
+
+    /// The stack of directories already opened by [`open_dirs`]; the paths are kept for
+    /// messages only.
+    pub fn from_dirs(
+        upper: Option<&Path>,
+        upper_fd: Option<OwnedFd>,
+        lowers: &[PathBuf],
+        lower_fds: Vec<OwnedFd>,
+    ) -> std::io::Result<LayerStack> {
         let mut layers = Vec::with_capacity(lowers.len() + 1);
         let mut devs: Vec<u64> = Vec::new();
-        let paths = upper
-            .map(|u| (LayerKind::Upper, u))
-            .into_iter()
-            .chain(lowers.iter().map(|l| (LayerKind::Lower, l.as_path())));
-        for (kind, path) in paths {
-            let root = sys::open_dir_path(path).map_err(|e| {
-                std::io::Error::new(
-                    std::io::Error::from(e).kind(),
-                    format!("{} \"{}\": {}", kind_name(kind), path.display(), e),
-                )
-            })?;
+        let upper_entry = match (upper, upper_fd) {
+            (Some(p), Some(fd)) => Some((LayerKind::Upper, p, fd)),
+            _ => None,
+        };
+        let has_upper = upper_entry.is_some();
+        let entries = upper_entry.into_iter().chain(
+            lowers
+                .iter()
+                .zip(lower_fds)
+                .map(|(p, fd)| (LayerKind::Lower, p.as_path(), fd)),
+        );
+        for (kind, path, root) in entries {
             let st = sys::fstat(root.as_fd())?;
             let fs_index = match devs.iter().position(|&d| d == st.st_dev) {
                 Some(i) => i as u64,
@@ -111,7 +241,7 @@ impl LayerStack {
         };
         Ok(LayerStack {
             layers,
-            has_upper: upper.is_some(),
+            has_upper,
             ino_bits,
             overflow: DashMap::new(),
             next_overflow: AtomicU64::new(1),
@@ -214,13 +344,6 @@ impl LayerStack {
     /// `statvfs` of the filesystem the mount reports: the upper's, else the top lower's.
     pub fn statfs(&self) -> Result<libc::statvfs> {
         sys::fstatvfs(self.layers[0].root())
-    }
-}
-
-fn kind_name(kind: LayerKind) -> &'static str {
-    match kind {
-        LayerKind::Upper => "upperdir",
-        LayerKind::Lower => "lowerdir",
     }
 }
 

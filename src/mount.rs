@@ -280,7 +280,18 @@ fn lock_layers_within(opts: &Options, grace: Duration) -> Result<LayerLocks, Mou
     Ok(locks)
 }
 
+/// The directory at `path`, opened for `flock`: through a private clone of its mount where the
+/// daemon may make one (see [`crate::layer::open_dirs`]), so that holding the lock for the
+/// mount's life keeps no mount the user made busy.
 fn open_for_lock(path: &Path) -> io::Result<File> {
+    if let Ok(clone) = crate::sys::open_tree_clone(path)
+        && let Ok(fd) = crate::sys::reopen(
+            std::os::fd::AsFd::as_fd(&clone),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )
+    {
+        return Ok(File::from(fd));
+    }
     OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)

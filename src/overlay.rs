@@ -81,6 +81,10 @@ pub struct Opened {
     /// The data cannot change behind the kernel's back (a lower file), so its page cache may
     /// be kept across opens.
     pub keep_cache: bool,
+    /// Opened with `O_DIRECT`: the kernel is told to bypass its page cache for this handle
+    /// (FUSE's `FOPEN_DIRECT_IO`), and the real file is opened without `O_DIRECT`, since the
+    /// buffers FUSE hands ufs need not meet the real file's alignment rules.
+    pub direct_io: bool,
 }
 
 /// The caller of a request, for permission checks.
@@ -121,7 +125,18 @@ pub struct Overlay {
 impl Overlay {
     /// Opens the layers of `opts` and builds the root node.
     pub fn new(opts: &Options) -> std::io::Result<Overlay> {
-        let mut layers = LayerStack::open(opts.upperdir.as_deref(), &opts.lowerdirs)?;
+        let writable = !opts.read_only && opts.upperdir.is_some();
+        let dirs = crate::layer::open_dirs(
+            opts.upperdir.as_deref(),
+            opts.workdir.as_deref().filter(|_| writable),
+            &opts.lowerdirs,
+        )?;
+        let mut layers = LayerStack::from_dirs(
+            opts.upperdir.as_deref(),
+            dirs.upper,
+            &opts.lowerdirs,
+            dirs.lowers,
+        )?;
         let mut reals = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter() {
             reals.push(RealEntry::new(i, layer.root.try_clone()?));
@@ -131,7 +146,7 @@ impl Overlay {
         let inodes = InodeTable::new();
         inodes.insert_root(root_ino, reals);
         let read_only = opts.read_only || layers.upper().is_none();
-        let work = match (&opts.workdir, read_only) {
+        let work = match (dirs.work, read_only) {
             (Some(w), false) => Some(Workdir::open(w, opts.fsync, opts.index, opts.userxattr)?),
             _ => None,
         };
@@ -389,9 +404,13 @@ impl Overlay {
             Ok(st) => {
                 let lower = resolved.reals.top()?.clone();
                 let entry = RealEntry::named(upper, index_dir.clone(), &key.name);
-                // A metadata-only copy keeps reading its data from the lower file.
+                // A metadata-only copy keeps reading its data from the lower file, or from where
+                // that file's data is when it is a metadata-only copy itself (a layer that was
+                // an upper once).
                 if lookup::is_metacopy(entry.fd()?.as_fd(), self.record_ns)? {
-                    resolved.lower_data = Some(lower.clone());
+                    resolved.lower_data = Some(resolved.lower_data.take().unwrap_or(lower.clone()));
+                } else {
+                    resolved.lower_data = None;
                 }
                 resolved.reals = vec![entry, lower];
                 resolved.stat = st;
@@ -445,18 +464,23 @@ impl Overlay {
     /// What the kernel must not cache about a node (`attr` is what it is told now): its
     /// attributes (`.0`), and also the names that lead to it (`.1`). A metadata-only copy's
     /// size in blocks and times change when its data is copied, which can happen inside an
-    /// `open`; a lower file with several links while the index is off gets a new number through
-    /// the name it is copied up by, so each name must be looked up again.
+    /// `open`. The names of a lower file with several links are looked up on every use in a
+    /// writable mount, so that ufs knows which name an operation comes through (FUSE does not
+    /// say): without the index that name breaks away with its own number, with it that name is
+    /// the one copied up, or linked up later (the kernel's `ovl_link_up`).
     pub fn volatile(&self, node: u64, attr: &libc::stat) -> (bool, bool) {
         let Ok(n) = self.inodes.get(node) else {
             return (false, false);
         };
         let st = n.state.read();
-        let names = st
+        let lower_top = st
             .reals
             .first()
-            .is_some_and(|r| Some(r.layer) != self.layers.upper())
-            && self.breaks_links(&n, attr);
+            .is_some_and(|r| Some(r.layer) != self.layers.upper());
+        let writable = !self.read_only && self.work.is_some();
+        let names = n.kind != Kind::Directory
+            && writable
+            && ((lower_top && attr.st_nlink > 1) || (!lower_top && st.reals.len() > 1));
         (names || st.lower_data.is_some(), names)
     }
 
@@ -586,7 +610,6 @@ impl Overlay {
                 | libc::O_APPEND
                 | libc::O_TRUNC
                 | libc::O_NONBLOCK
-                | libc::O_DIRECT
                 | libc::O_NOATIME
                 | libc::O_SYNC
                 | libc::O_DSYNC);
@@ -595,6 +618,7 @@ impl Overlay {
         Ok(Opened {
             fh: self.add_file(node.id, ino, file, writes, from_lower),
             keep_cache,
+            direct_io: flags & libc::O_DIRECT != 0,
         })
     }
 

@@ -334,6 +334,10 @@ impl Hostile {
     }
 }
 
+fn has_user_xattr(p: &Path, name: &str) -> bool {
+    get_xattr(p, name).is_ok()
+}
+
 /// Walks `root` through every name, reading every file; returns what it saw (names and data).
 fn seen_through(root: &Path) -> String {
     fn go(p: &Path, out: &mut String) {
@@ -480,17 +484,63 @@ fn user_overlay_records_are_plain_xattrs_in_a_trusted_mount() {
         return;
     }
     let h = Hostile::new();
+    mkdirs(&h.base().join("wk-k"));
+    let km = mkdirs(&h.base().join("km"));
+    // As the attacker would, where setpriv can drop to uid 65534: the user owns a directory of a
+    // lower layer and sets the records on it; and, through a kernel overlay mount (which stores
+    // `user.overlay.*` as plain xattrs), creates a file in a directory of theirs and sets a
+    // metadata-only record pointing at a root 0600 file.
     let evil = mkdirs(&h.l1.join("evil"));
-    set_xattr(&evil, "user.overlay.redirect", b"/private").expect("setxattr");
-    set_xattr(&evil, "user.overlay.opaque", b"y").expect("setxattr");
-    let p = put(&h.up, "stolen", "own data\n");
-    set_xattr(&p, "user.overlay.metacopy", b"").expect("setxattr");
-    set_xattr(&p, "user.overlay.redirect", b"/private/key").expect("setxattr");
+    let theirs = mkdirs(&h.l2.join("theirs"));
+    let as_nobody = which("setpriv").is_some();
+    if as_nobody {
+        for dir in [&evil, &theirs] {
+            std::os::unix::fs::lchown(dir, Some(65534), Some(65534)).expect("chown");
+        }
+        let nobody = |script: &str| {
+            let run = run_bounded(
+                Command::new("setpriv")
+                    .args([
+                        "--reuid=65534",
+                        "--regid=65534",
+                        "--clear-groups",
+                        "sh",
+                        "-c",
+                    ])
+                    .arg(script),
+                CMD_TIMEOUT,
+            );
+            assert!(run.success(), "as uid 65534: {script}: {run}");
+        };
+        nobody(&format!(
+            "setfattr -n user.overlay.redirect -v /private {0} && \
+             setfattr -n user.overlay.opaque -v y {0}",
+            evil.display()
+        ));
+        let k = KernelOverlay::mount(&h.kernel_opts(), &km, h.base());
+        nobody(&format!(
+            "echo 'own data' > {0} && setfattr -n user.overlay.metacopy {0} && \
+             setfattr -n user.overlay.redirect -v /private/key {0}",
+            k.mnt.join("theirs/stolen").display()
+        ));
+        drop(k);
+        assert!(
+            has_user_xattr(&h.up.join("theirs/stolen"), "user.overlay.metacopy"),
+            "the kernel did not store the record as a plain xattr"
+        );
+    } else {
+        say(
+            "user_overlay_records_are_plain_xattrs_in_a_trusted_mount: no setpriv, records set as root",
+        );
+        set_xattr(&evil, "user.overlay.redirect", b"/private").expect("setxattr");
+        set_xattr(&evil, "user.overlay.opaque", b"y").expect("setxattr");
+        let p = put(&h.up, "theirs/stolen", "own data\n");
+        set_xattr(&p, "user.overlay.metacopy", b"").expect("setxattr");
+        set_xattr(&p, "user.overlay.redirect", b"/private/key").expect("setxattr");
+    }
     let d = mkdirs(&h.up.join("d"));
     set_xattr(&d, "user.overlay.opaque", b"y").expect("setxattr");
 
-    mkdirs(&h.base().join("wk-k"));
-    let km = mkdirs(&h.base().join("km"));
     let kernel = {
         let k = KernelOverlay::mount(&h.kernel_opts(), &km, h.base());
         snapshot(&k.mnt)
@@ -506,7 +556,7 @@ fn user_overlay_records_are_plain_xattrs_in_a_trusted_mount() {
         "user.overlay.* under a trusted mount",
     );
     assert_eq!(
-        read(&u.mnt.join("stolen")).as_deref(),
+        read(&u.mnt.join("theirs/stolen")).as_deref(),
         Ok(&b"own data\n"[..])
     );
     assert_eq!(errno_of_list(&u.mnt.join("evil")), "ok []");

@@ -539,3 +539,77 @@ fn the_sweep_removes_only_ufs_temporaries() {
     assert_eq!(fs::read_to_string(work.join("keep.txt")).unwrap(), "mine");
     assert!(work.join("dir/sub").is_dir());
 }
+
+/// Unmounts the filesystem at `p` once, returning whether it went (a busy one stays).
+fn try_umount(p: &Path) -> bool {
+    run_bounded(Command::new("umount").arg(p), CMD_TIMEOUT).success()
+}
+
+/// Regression (unionmount-testsuite failed at random with `umount /lower: target is busy`):
+/// the daemon's fds pinned the mounts that hold the layers, so they could not be unmounted
+/// until it had exited, which a FUSE unmount does not wait for. Like the kernel overlay, which
+/// clones its layers' mounts, ufs now works on private clones: the filesystems holding the
+/// layers unmount at once, even while the union is still mounted, and the union goes on
+/// working.
+#[test]
+fn the_mounts_holding_the_layers_stay_unmountable() {
+    if skip("the_mounts_holding_the_layers_stay_unmountable") {
+        return;
+    }
+    let t = tempdir();
+    let mut results = Vec::new();
+    for side in ["kernel", "ufs"] {
+        let base = mkdirs(&t.path().join(side));
+        let fs_a = TmpfsMount::mount(&base.join("a"), 16);
+        let fs_b = TmpfsMount::mount(&base.join("b"), 16);
+        let l1 = mkdirs(&fs_a.dir.join("l1"));
+        let l2 = mkdirs(&fs_b.dir.join("l2"));
+        let up = mkdirs(&fs_b.dir.join("up"));
+        let wk = mkdirs(&fs_b.dir.join("wk"));
+        fs::write(l1.join("f"), "from l1\n").expect("write");
+        fs::write(l2.join("g"), "from l2\n").expect("write");
+        let m = mkdirs(&base.join("m"));
+        let options = format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
+            l1.display(),
+            l2.display(),
+            up.display(),
+            wk.display()
+        );
+        let (a_gone, b_gone, after) = {
+            let _k;
+            let _u;
+            if side == "kernel" {
+                _k = KernelOverlay::mount(&options, &m, &base);
+            } else {
+                _u = UfsMount::mount(&options, &m);
+            }
+            let a_gone = try_umount(&fs_a.dir);
+            let b_gone = try_umount(&fs_b.dir);
+            let mut after = fs::read_to_string(m.join("f")).unwrap_or_else(|e| e.to_string());
+            fs::write(m.join("new"), "new\n").expect("write through the union");
+            after.push_str(&fs::read_to_string(m.join("g")).unwrap_or_else(|e| e.to_string()));
+            after.push_str(&fs::read_to_string(m.join("new")).unwrap_or_else(|e| e.to_string()));
+            (a_gone, b_gone, after)
+        };
+        // The guards unmount what is left (they look at mountinfo first).
+        drop((fs_a, fs_b));
+        results.push((side, a_gone, b_gone, after));
+    }
+    let (_, ka, kb, ref kafter) = results[0];
+    if !(ka && kb) {
+        say(&format!(
+            "SKIP the_mounts_holding_the_layers_stay_unmountable: the kernel overlay keeps them \
+             busy here too: {:?}",
+            results[0]
+        ));
+        return;
+    }
+    let (_, ua, ub, ref uafter) = results[1];
+    assert!(
+        ua && ub,
+        "ufs kept the layers' mounts busy: {:?}",
+        results[1]
+    );
+    assert_eq!(uafter, kafter, "the union after its layers' mounts went");
+}

@@ -99,6 +99,61 @@ pub fn open_dir_path(path: &std::path::Path) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A private, detached clone of the mount at `path`, rooted at `path` (`open_tree` with
+/// `OPEN_TREE_CLONE`; the kernel overlay does the same with `clone_private_mount`). Objects
+/// reached through it pin the clone, not the mount the user made, so that mount can be unmounted
+/// as soon as the union is; nothing mounted below `path` is part of the clone, as no submount is
+/// part of a kernel overlay's layer. Needs `CAP_SYS_ADMIN` over the mount namespace.
+pub fn open_tree_clone(path: &std::path::Path) -> Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: `c` is a valid NUL-terminated string; open_tree takes no other pointers.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    let fd = cvt(fd as libc::c_int)?;
+    // SAFETY: `fd` was just returned by a successful open_tree and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens the directory `rel` (a relative path of several names) beneath `dir` as an `O_PATH`
+/// fd, with `openat2`'s `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`: the
+/// kernel proves the result lies beneath `dir` and that no symlink was followed on the way.
+pub fn open_beneath(dir: BorrowedFd<'_>, rel: &std::path::Path) -> Result<OwnedFd> {
+    let c = cstr(rel.as_os_str())?;
+    /// `struct open_how` of `openat2(2)` (libc's is non-exhaustive).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `c` is NUL-terminated, `how` is a valid open_how of the size passed, and `dir`
+    // is live for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    let fd = cvt(fd as libc::c_int)?;
+    // SAFETY: `fd` was just returned by a successful openat2 and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Reopens the object behind an `O_PATH` fd for real I/O with `flags`.
 ///
 /// The magic link resolves to exactly the object the fd holds; callers only reopen regular

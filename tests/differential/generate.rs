@@ -112,7 +112,7 @@ pub fn gen_case(seed: u64) -> Case {
     let config = Config::from_env().unwrap_or(config);
     let stack = gen_stack(&mut rng);
     let mut model = Model::of_stack(&stack, config);
-    let ops = gen_ops(&mut rng, &mut model);
+    let ops = gen_ops(&mut rng, &mut model, seed);
     Case {
         seed,
         config,
@@ -607,7 +607,14 @@ impl Model {
             | Op::Readdir { .. }
             | Op::Stat { .. }
             | Op::Remount
+            | Op::RemountReadOnly
             | Op::Forget { .. } => {}
+            // Everything the merged view shows now lives in a lower layer.
+            Op::Rotate => {
+                for n in self.entries.values_mut() {
+                    n.lower = true;
+                }
+            }
         }
     }
 
@@ -715,12 +722,46 @@ impl Model {
 // Operations
 // ---------------------------------------------------------------------------------------------
 
-fn gen_ops(rng: &mut StdRng, model: &mut Model) -> Vec<Op> {
+/// Mixed into the seed for the choices of the layer-lifecycle operations, so that they are
+/// inserted into the sequence the seed made before they existed (its other operations stay the
+/// same up to the first rotation, which changes the model).
+const LIFECYCLE_SALT: u64 = 0x11fe_c7c1_e000_0009;
+
+/// Where the layer-lifecycle operations go: `(position, op)` pairs, sorted, each inserted before
+/// the generated operation at `position` (`n`: after the last). About one sequence in four gets
+/// a read-only remount, about three in ten a rotation (some two).
+fn lifecycle_ops(seed: u64, n: usize) -> Vec<(usize, Op)> {
+    let mut rng = StdRng::seed_from_u64(seed ^ LIFECYCLE_SALT);
+    let mut v = Vec::new();
+    let rotations = match rng.random_range(0..20) {
+        0..=13 => 0,
+        14..=18 => 1,
+        _ => 2,
+    };
+    for _ in 0..rotations {
+        v.push((rng.random_range(4..n - 4), Op::Rotate));
+    }
+    if rng.random_ratio(1, 4) {
+        v.push((rng.random_range(4..=n), Op::RemountReadOnly));
+    }
+    v.sort_by_key(|(pos, _)| *pos);
+    v
+}
+
+fn gen_ops(rng: &mut StdRng, model: &mut Model, seed: u64) -> Vec<Op> {
     let n = rng.random_range(40..=60);
     // About one sequence in ten unmounts and mounts again in the middle.
     let remount_at = rng.random_ratio(1, 10).then(|| rng.random_range(8..n - 4));
-    let mut ops = Vec::with_capacity(n);
-    for i in 0..n {
+    let mut lifecycle = lifecycle_ops(seed, n).into_iter().peekable();
+    let mut ops = Vec::with_capacity(n + 3);
+    for i in 0..=n {
+        while let Some((_, op)) = lifecycle.next_if(|(pos, _)| *pos == i) {
+            model.apply(&op);
+            ops.push(op);
+        }
+        if i == n {
+            break;
+        }
         let op = if remount_at == Some(i) {
             Op::Remount
         } else {

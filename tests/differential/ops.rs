@@ -151,6 +151,15 @@ pub enum Op {
     },
     /// Unmount both mounts and mount them again over the same directories.
     Remount,
+    /// The layer lifecycle, read-only: unmount both mounts, mount each read-only with its upper
+    /// as the top lower (`lowerdir=UPPER:LOWERS`, no upper, no workdir), compare the whole
+    /// trees (and the kernel over ufs's layers the same way), then mount both writable again
+    /// over the same directories as before.
+    RemountReadOnly,
+    /// The layer lifecycle, rotation: unmount both mounts and mount each again with its upper
+    /// pushed into `lowerdir=` (the new top lower) under a new empty upper and workdir; the
+    /// sequence goes on on the new stacks, so later operations copy up from the former upper.
+    Rotate,
     /// The kernel forgets the dentries and inodes it can (`drop_caches` = 2) while the
     /// directory `pin` stays open on both mounts: names under it are then looked up again in a
     /// directory the filesystem still holds (with what it cached about it).
@@ -228,12 +237,25 @@ impl fmt::Display for Op {
             Op::Readdir { path } => write!(f, "readdir {}", show(path)),
             Op::Stat { path } => write!(f, "lstat {}", show(path)),
             Op::Remount => write!(f, "remount"),
+            Op::RemountReadOnly => write!(
+                f,
+                "remount read-only with the upper as top lower, compare, remount writable"
+            ),
+            Op::Rotate => write!(
+                f,
+                "rotate: the upper becomes the top lower under a new upper"
+            ),
             Op::Forget { pin } => write!(f, "forget (keeping {} open)", show(pin)),
         }
     }
 }
 
 impl Op {
+    /// Whether the runner (not [`run`]) carries it out: it unmounts and mounts both sides.
+    pub fn is_lifecycle(&self) -> bool {
+        matches!(self, Op::Remount | Op::RemountReadOnly | Op::Rotate)
+    }
+
     /// A short name of the operation's kind (for failure signatures and statistics).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -258,6 +280,8 @@ impl Op {
             Op::Readdir { .. } => "readdir",
             Op::Stat { .. } => "stat",
             Op::Remount => "remount",
+            Op::RemountReadOnly => "remount-ro",
+            Op::Rotate => "rotate",
             Op::Forget { .. } => "forget",
         }
     }
@@ -615,7 +639,7 @@ pub fn xattr_map(p: &Path) -> io::Result<BTreeMap<String, String>> {
 // Running one operation
 // ---------------------------------------------------------------------------------------------
 
-/// Runs `op` (anything but [`Op::Remount`]) on the mount at `root`. Also returns the names a
+/// Runs `op` (anything but [`Op::Remount`], [`Op::RemountReadOnly`] and [`Op::Rotate`]) on the mount at `root`. Also returns the names a
 /// listing reported with a `d_ino` other than `lstat`'s `st_ino` (see `tree::Tree::ino_problems`
 /// for why that is checked on ufs only).
 pub fn run(root: &Path, op: &Op) -> (Outcome, Vec<String>) {
@@ -879,7 +903,9 @@ fn run_inner(root: &Path, op: &Op, ino_problems: &mut Vec<String>) -> io::Result
             };
             Ok(Value::Stat(stat_info(&st, target)))
         }
-        Op::Remount => unreachable!("remount is run by the runner"),
+        Op::Remount | Op::RemountReadOnly | Op::Rotate => {
+            unreachable!("{op} is run by the runner")
+        }
         Op::Forget { pin } => {
             forget(&[root], pin)?;
             Ok(Value::Done)

@@ -3,12 +3,14 @@
 //! Layout of one case under a fresh temp dir: `k/` holds the kernel's copy of the layers
 //! (kernel marker formats only), `u/` the ufs copy (mixed formats: see
 //! [`KnownDifference::OciMarkers`]), each with `l/0..` (lowers, top first), `up`, `wk` and the
-//! mount point `m`; `x/` holds the fresh workdir and mount point of the cross-mount check (the
-//! kernel over `u/up` and the kernel's lowers).
+//! mount point `m`; after a rotation also the uppers and workdirs `upN`, `wkN` that followed
+//! (the old ones are then the top lowers); `x/m` is the mount point of the cross-mount checks
+//! (the kernel over ufs's upper and workdir, and read-only over ufs's upper as the top lower).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -16,7 +18,7 @@ use rand::rngs::StdRng;
 use crate::common::{
     CMD_TIMEOUT, Flavor, KernelOverlay, Layer, MOUNT_TIMEOUT, Node, UfsMount, is_mounted,
     materialize_layer, mkdirs, mount_at, panic_message, run_bounded, tempdir, ufs_side_flavor,
-    wait_until,
+    wait_mounted, wait_until,
 };
 use crate::generate::{Case, Config};
 use crate::ops::{self, Op, Outcome};
@@ -77,12 +79,12 @@ impl KnownDifference {
 /// Options of a kernel mount: the layers (relative to `base`, the mount data is limited to a
 /// page) and the case's features, the same as ufs gets, spelled out even where they are the
 /// kernel's defaults ([`KnownDifference::Defaults`]). `xino=off` pins the last default (all
-/// layers are on one filesystem, where it changes nothing).
+/// layers are on one filesystem, where it changes nothing). `upper` is the upper and workdir,
+/// or `None` for a read-only stack: see [`read_only_features`].
 pub fn kernel_options(
     config: Config,
     lowers: &[PathBuf],
-    upper: &Path,
-    work: &Path,
+    upper: Option<(&Path, &Path)>,
     base: &Path,
 ) -> String {
     let rel = |p: &Path| {
@@ -92,17 +94,47 @@ pub fn kernel_options(
             .to_string()
     };
     let lower: Vec<String> = lowers.iter().map(|p| rel(p)).collect();
-    format!(
-        "lowerdir={},upperdir={},workdir={},{},xino=off",
-        lower.join(":"),
-        rel(upper),
-        rel(work),
-        config.options()
-    )
+    match upper {
+        Some((upper, work)) => format!(
+            "lowerdir={},upperdir={},workdir={},{},xino=off",
+            lower.join(":"),
+            rel(upper),
+            rel(work),
+            config.options()
+        ),
+        None => format!(
+            "lowerdir={}{},xino=off",
+            lower.join(":"),
+            read_only_features(config)
+        ),
+    }
 }
 
-/// The directories of one side (kernel or ufs).
+/// The kernel's features for a read-only stack whose top lower is a former upper: what makes it
+/// read the records the upper got, and its defaults where the case has a feature off.
+///
+/// This kernel (6.18) accepts every combination without an upper, but: `index=on` is "useless
+/// in a non-upper mount" (ignored, with a message: the index lives in a workdir, and there is
+/// none), so it is not passed; `redirect_dir=` shows as `on` for anything but `nofollow`, and
+/// what matters is that redirects are followed (`follow`); `metacopy=on` makes it follow
+/// metadata-only copies in the former upper down to their data (without it it refuses them).
+/// Its defaults (module parameters here: `redirect_always_follow=Y`, `metacopy=N`) follow
+/// redirects too, which changes nothing where ufs wrote none.
+pub fn read_only_features(config: Config) -> String {
+    let mut s = String::new();
+    if config.redirect_dir {
+        s.push_str(",redirect_dir=follow");
+    }
+    if config.metacopy {
+        s.push_str(",metacopy=on");
+    }
+    s
+}
+
+/// The directories of one side (kernel or ufs). `lowers`, `upper` and `work` change with
+/// [`Bench::rotate`]: the upper is pushed onto the lowers and a new upper and workdir start.
 pub struct Side {
+    pub base: PathBuf,
     pub lowers: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
@@ -137,11 +169,27 @@ impl Side {
             &mut rng,
         );
         Side {
+            base: base.to_path_buf(),
             lowers,
             upper: up,
             work: mkdirs(&base.join("wk")),
             mnt: mkdirs(&base.join("m")),
         }
+    }
+
+    /// The upper becomes the top lower; a new empty upper `upN` and workdir `wkN` start.
+    fn rotate(&mut self, generation: usize) {
+        let upper = mkdirs(&self.base.join(format!("up{generation}")));
+        let old = std::mem::replace(&mut self.upper, upper);
+        self.lowers.insert(0, old);
+        self.work = mkdirs(&self.base.join(format!("wk{generation}")));
+    }
+
+    /// `lowerdir=` of the read-only stack: the upper, then the lowers.
+    fn read_only_lowers(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.upper.clone()];
+        v.extend(self.lowers.iter().cloned());
+        v
     }
 }
 
@@ -150,9 +198,13 @@ pub struct Bench {
     pub base: tempfile::TempDir,
     pub k: Side,
     pub u: Side,
-    /// The marker formats of `u`'s lowers.
+    /// The marker formats of `u`'s generated lowers (the last ones of `u.lowers`; former
+    /// uppers, on top of them, are always in the kernel's formats).
     pub ufs_flavor: Flavor,
     pub config: Config,
+    /// How many rotations happened: the first `rotations` lowers of each side are former
+    /// uppers of that side.
+    pub rotations: usize,
     kernel: Option<KernelOverlay>,
     ufs: Option<UfsMount>,
 }
@@ -190,29 +242,53 @@ impl Bench {
             u,
             ufs_flavor,
             config: case.config,
+            rotations: 0,
             kernel: None,
             ufs: None,
         }
     }
 
+    /// Mounts both sides writable over their current layers.
     pub fn mount(&mut self) {
         let b = self.base.path();
-        let kopts = kernel_options(self.config, &self.k.lowers, &self.k.upper, &self.k.work, b);
-        self.kernel = Some(KernelOverlay::mount(&kopts, &self.k.mnt, b));
-        let lower: Vec<String> = self
-            .u
-            .lowers
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
+        let kopts = kernel_options(
+            self.config,
+            &self.k.lowers,
+            Some((&self.k.upper, &self.k.work)),
+            b,
+        );
+        self.kernel = Some(mount_kernel(&kopts, &self.k.mnt, b));
         let uopts = format!(
             "lowerdir={},upperdir={},workdir={},{}",
-            lower.join(":"),
+            ufs_lowerdir(&self.u.lowers),
             self.u.upper.display(),
             self.u.work.display(),
             self.config.options()
         );
         self.ufs = Some(UfsMount::mount(&uopts, &self.u.mnt));
+    }
+
+    /// Mounts both sides read-only with their uppers as the top lowers ([`Op::RemountReadOnly`]).
+    /// ufs gets the case's features (with `index=on` it has no workdir to look in either).
+    pub fn mount_read_only(&mut self) {
+        let b = self.base.path();
+        let kopts = kernel_options(self.config, &self.k.read_only_lowers(), None, b);
+        self.kernel = Some(mount_kernel(&kopts, &self.k.mnt, b));
+        let uopts = format!(
+            "lowerdir={},{}",
+            ufs_lowerdir(&self.u.read_only_lowers()),
+            self.config.options()
+        );
+        self.ufs = Some(UfsMount::mount(&uopts, &self.u.mnt));
+    }
+
+    /// [`Op::Rotate`] on both sides: unmount, push each upper into its lowers, mount again.
+    pub fn rotate(&mut self) {
+        self.unmount();
+        self.rotations += 1;
+        self.k.rotate(self.rotations);
+        self.u.rotate(self.rotations);
+        self.mount();
     }
 
     pub fn unmount(&mut self) {
@@ -228,27 +304,104 @@ impl Bench {
         }
     }
 
-    /// The cross-mount check: the kernel over the upper ufs wrote and the lowers (ufs's own
-    /// when they are in kernel formats, else the kernel's copy), with a fresh workdir; with `index=on` with ufs's workdir instead, which holds
-    /// the index (DIFFERENCES.md, "Defaults": the kernel reads ufs's records on the same
-    /// workdir). ufs must be unmounted.
-    pub fn mount_cross(&self) -> KernelOverlay {
-        let b = self.base.path();
-        let work = if self.config.index {
-            self.u.work.clone()
-        } else {
-            mkdirs(&b.join("x/wk"))
-        };
-        let mnt = mkdirs(&b.join("x/m"));
-        // ufs's own lowers when the kernel can read them: origin records name them by handle.
-        let lowers = if self.ufs_flavor == Flavor::Kernel {
+    /// The lowers of the cross-mount checks: ufs's former uppers, then ufs's generated lowers
+    /// when the kernel can read them (origin records name them by handle), else the kernel's
+    /// copy of them ([`KnownDifference::OciMarkers`]).
+    fn cross_lowers(&self) -> Vec<PathBuf> {
+        let generated = if self.ufs_flavor == Flavor::Kernel {
             &self.u.lowers
         } else {
             &self.k.lowers
         };
-        let opts = kernel_options(self.config, lowers, &self.u.upper, &work, b);
-        KernelOverlay::mount(&opts, &mnt, b)
+        let mut v = self.u.lowers[..self.rotations].to_vec();
+        v.extend(generated[self.rotations..].iter().cloned());
+        v
     }
+
+    /// The cross-mount check: the kernel over the upper and the workdir ufs wrote (which holds
+    /// the index: DIFFERENCES.md, "Defaults", the kernel reads ufs's records on the same
+    /// workdir) and [`Bench::cross_lowers`]. ufs must be unmounted.
+    pub fn mount_cross(&self) -> KernelOverlay {
+        let b = self.base.path();
+        let mnt = mkdirs(&b.join("x/m"));
+        let opts = kernel_options(
+            self.config,
+            &self.cross_lowers(),
+            Some((&self.u.upper, &self.u.work)),
+            b,
+        );
+        mount_kernel(&opts, &mnt, b)
+    }
+
+    /// The read-only cross-mount check: the kernel, read-only, over ufs's upper as the top lower
+    /// and [`Bench::cross_lowers`], so it reads ufs's records from a lower layer.
+    pub fn mount_cross_read_only(&self) -> KernelOverlay {
+        let b = self.base.path();
+        let mnt = mkdirs(&b.join("x/m"));
+        let mut lowers = vec![self.u.upper.clone()];
+        lowers.extend(self.cross_lowers());
+        mount_kernel(&kernel_options(self.config, &lowers, None, b), &mnt, b)
+    }
+}
+
+/// How long a kernel mount is retried while it answers `EBUSY`.
+const IN_USE_WAIT: Duration = Duration::from_secs(90);
+
+/// `mount -t overlay` ([`KernelOverlay::mount`]), retried for a bounded time while the kernel
+/// answers `EBUSY` ("upperdir is in-use as upperdir/workdir of another mount", with
+/// `index=on`). That happens when another process on the machine made a mount namespace (as
+/// `unshare --mount` does) while the previous mount over the same upper was live: the copy in
+/// that namespace keeps its superblock, and so the upper's in-use mark, until the namespace
+/// ends, although the mount is gone here. Panics (with the command's output) on anything else.
+fn mount_kernel(opts: &str, mnt: &Path, cwd: &Path) -> KernelOverlay {
+    let deadline = Instant::now() + IN_USE_WAIT;
+    let mut noted = false;
+    loop {
+        let run = run_bounded(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", opts])
+                .arg(mnt)
+                .current_dir(cwd),
+            CMD_TIMEOUT,
+        );
+        if run.success() {
+            break;
+        }
+        let busy = run.stderr.contains("busy") || run.stderr.contains("already mounted");
+        assert!(busy, "kernel overlay mount -o {opts} failed:\n{run}");
+        assert!(
+            Instant::now() < deadline,
+            "kernel overlay mount -o {opts} still busy after {}s:\n{run}",
+            IN_USE_WAIT.as_secs()
+        );
+        if !noted {
+            eprintln!(
+                "note: kernel overlay mount -o {opts} answers EBUSY (an upper still in use in \
+                 another mount namespace?); retrying for up to {}s",
+                IN_USE_WAIT.as_secs()
+            );
+            noted = true;
+        }
+        // A bounded poll: the other namespace goes away on its own time.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        wait_mounted(mnt),
+        "kernel overlay at {} not in mountinfo",
+        mnt.display()
+    );
+    KernelOverlay {
+        mnt: mnt.to_path_buf(),
+    }
+}
+
+/// `lowerdir=` for ufs: absolute paths, top first.
+fn ufs_lowerdir(lowers: &[PathBuf]) -> String {
+    lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 impl Drop for Bench {
@@ -310,20 +463,8 @@ pub struct Stats {
     pub skipped: usize,
 }
 
-/// Compares the kernel's tree at `k` with ufs's at `u`; returns ufs's.
-fn compare_trees(k: &Path, u: &Path) -> Result<Tree, String> {
-    let (a_label, b_label) = ("kernel", "ufs");
-    let ta = tree::snapshot(k).map_err(|e| format!("snapshot of {a_label}: {e}"))?;
-    let tb = tree::snapshot(u).map_err(|e| format!("snapshot of {b_label}: {e}"))?;
-    let mut d = tree::diff(a_label, &ta, b_label, &tb);
-    d.extend(
-        tb.ino_problems
-            .iter()
-            .map(|p| format!("ufs (SEMANTICS.md, readdir): {p}")),
-    );
-    if d.is_empty() {
-        return Ok(tb);
-    }
+/// The lines of a tree difference, at most 12 of them, under a count.
+fn format_diff(d: &[String]) -> String {
     let mut msg = format!("{} difference(s):\n", d.len());
     for line in d.iter().take(12) {
         let _ = writeln!(msg, "    {line}");
@@ -331,7 +472,115 @@ fn compare_trees(k: &Path, u: &Path) -> Result<Tree, String> {
     if d.len() > 12 {
         let _ = writeln!(msg, "    ... and {} more", d.len() - 12);
     }
-    Err(msg)
+    msg
+}
+
+/// The differences between the kernel's tree `k` and ufs's `u`, with ufs's own inconsistencies.
+fn kernel_vs_ufs(k: &Tree, u: &Tree) -> Vec<String> {
+    let mut d = tree::diff("kernel", k, "ufs", u);
+    d.extend(
+        u.ino_problems
+            .iter()
+            .map(|p| format!("ufs (SEMANTICS.md, readdir): {p}")),
+    );
+    d
+}
+
+fn snapshot_of(mnt: &Path, label: &str) -> Result<Tree, String> {
+    tree::snapshot(mnt).map_err(|e| format!("snapshot of {label}: {e}"))
+}
+
+/// Compares the kernel's tree at `k` with ufs's at `u`; returns ufs's.
+fn compare_trees(k: &Path, u: &Path) -> Result<Tree, String> {
+    let ta = snapshot_of(k, "kernel")?;
+    let tb = snapshot_of(u, "ufs")?;
+    let d = kernel_vs_ufs(&ta, &tb);
+    if d.is_empty() {
+        Ok(tb)
+    } else {
+        Err(format_diff(&d))
+    }
+}
+
+/// Compares ufs's tree `ufs_tree` with the kernel's at `mnt` (the kernel over ufs's layers).
+fn compare_cross(ufs_tree: &Tree, mnt: &Path, label: &str) -> Result<(), String> {
+    let xt = snapshot_of(mnt, label)?;
+    let d = tree::diff("ufs", ufs_tree, label, &xt);
+    if d.is_empty() {
+        Ok(())
+    } else {
+        Err(format_diff(&d))
+    }
+}
+
+impl Bench {
+    /// Runs a lifecycle operation ([`Op::is_lifecycle`]) on both sides with its checks; an
+    /// error is the stage and the details of the first check that failed.
+    pub fn lifecycle(&mut self, op: &Op) -> Result<(), (&'static str, String)> {
+        let (kmnt, umnt) = (self.k.mnt.clone(), self.u.mnt.clone());
+        match op {
+            Op::Remount => {
+                self.unmount();
+                self.mount();
+                compare_trees(&kmnt, &umnt).map_err(|d| ("tree after remount", d))?;
+            }
+            Op::Rotate => {
+                self.rotate();
+                compare_trees(&kmnt, &umnt).map_err(|d| ("tree after rotate", d))?;
+            }
+            Op::RemountReadOnly => {
+                self.unmount();
+                self.mount_read_only();
+                let stage = "tree read-only";
+                let kt = snapshot_of(&kmnt, "kernel").map_err(|d| (stage, d))?;
+                let ut = snapshot_of(&umnt, "ufs").map_err(|d| (stage, d))?;
+                self.unmount_ufs();
+                // The kernel over ufs's layers too: whether it agrees with the kernel over its
+                // own layers tells a record (or copy) ufs wrote differently from one ufs reads
+                // differently.
+                let label = "kernel-ro-over-ufs-layers";
+                let xt = {
+                    let cross = self.mount_cross_read_only();
+                    snapshot_of(&cross.mnt, label)
+                };
+                let xt = xt.map_err(|d| ("cross-mount read-only", d))?;
+                let d_ku = kernel_vs_ufs(&kt, &ut);
+                let d_kx = tree::diff("kernel", &kt, label, &xt);
+                let also = |what: &str, d: &[String]| {
+                    if d.is_empty() {
+                        format!("    ({what}: the same)\n")
+                    } else {
+                        format!(
+                            "    ({what}: {})\n",
+                            format_diff(d).trim_end().replace("\n    ", "\n        ")
+                        )
+                    }
+                };
+                // The layers ufs wrote, read by the kernel, show another tree than the kernel's
+                // own layers: ufs wrote something else (a record, a copy) than the kernel did.
+                if !d_kx.is_empty() {
+                    let mut detail = format_diff(&d_kx);
+                    detail.push_str(&also("ufs over its layers against the kernel", &d_ku));
+                    return Err(("read-only layers", detail));
+                }
+                // ufs reads its layers differently from the kernel.
+                if !d_ku.is_empty() {
+                    let mut detail = format_diff(&d_ku);
+                    detail.push_str("    (the kernel over ufs's layers shows the kernel's tree)\n");
+                    return Err((stage, detail));
+                }
+                let dx = tree::diff("ufs", &ut, label, &xt);
+                if !dx.is_empty() {
+                    return Err(("cross-mount read-only", format_diff(&dx)));
+                }
+                self.unmount();
+                self.mount();
+                compare_trees(&kmnt, &umnt).map_err(|d| ("tree after read-only remount", d))?;
+            }
+            other => unreachable!("{other} is not a lifecycle operation"),
+        }
+        Ok(())
+    }
 }
 
 /// The guard for [`KnownDifference::RenameOverOwnLink`]: without the index, a rename or
@@ -378,17 +627,16 @@ fn run_inner(case: &Case, picks: &[usize], verbose: bool) -> Result<Stats, Failu
     let (kmnt, umnt) = (bench.k.mnt.clone(), bench.u.mnt.clone());
     for (pos, &i) in picks.iter().enumerate() {
         let op = &case.ops[i];
-        if *op == Op::Remount {
-            bench.unmount();
-            bench.mount();
+        if op.is_lifecycle() {
             if verbose {
-                println!("#{i:<3} remount");
+                println!("#{i:<3} {op}");
             }
-            compare_trees(&kmnt, &umnt).map_err(|detail| Failure {
+            bench.lifecycle(op).map_err(|(stage, detail)| Failure {
                 pos,
-                stage: "tree after remount".into(),
-                detail: format!("after #{i} remount: {detail}"),
+                stage: stage.into(),
+                detail: format!("after #{i} {op}: {detail}"),
             })?;
+            stats.ops += 1;
             continue;
         }
         if let Op::Forget { pin } = op {
@@ -445,23 +693,11 @@ fn run_inner(case: &Case, picks: &[usize], verbose: bool) -> Result<Stats, Failu
     })?;
     bench.unmount_ufs();
     let cross = bench.mount_cross();
-    let xt = tree::snapshot(&cross.mnt).map_err(|e| Failure {
+    compare_cross(&ufs_tree, &cross.mnt, "kernel-over-ufs-upper").map_err(|detail| Failure {
         pos: end,
         stage: "cross-mount".into(),
-        detail: format!("snapshot of the kernel over ufs's upper: {e}"),
+        detail,
     })?;
-    let d = tree::diff("ufs", &ufs_tree, "kernel-over-ufs-upper", &xt);
-    if !d.is_empty() {
-        let mut detail = format!("{} difference(s):\n", d.len());
-        for line in d.iter().take(12) {
-            let _ = writeln!(detail, "    {line}");
-        }
-        return Err(Failure {
-            pos: end,
-            stage: "cross-mount".into(),
-            detail,
-        });
-    }
     Ok(stats)
 }
 
