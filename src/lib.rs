@@ -8,6 +8,7 @@ pub mod copy_up;
 pub mod dir;
 pub mod error;
 pub mod fs;
+pub mod fuse_mount;
 pub mod idmap;
 pub mod in_use;
 pub mod inode;
