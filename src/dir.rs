@@ -55,6 +55,22 @@ impl Overlay {
         node: &Arc<Inode>,
         data: CopyData,
     ) -> Result<(Arc<Inode>, Reals)> {
+        self.writable_with(node, data, true)
+    }
+
+    /// Like [`Overlay::ensure_upper`] for an xattr change: as in the kernel, such a change
+    /// through a still lower-only name of an indexed file changes the copy without linking that
+    /// name up (`ovl_xattr_set` copies up, but never links up).
+    pub(crate) fn ensure_upper_for_xattr(&self, node: &Arc<Inode>) -> Result<Reals> {
+        Ok(self.writable_with(node, CopyData::Metadata, false)?.1)
+    }
+
+    fn writable_with(
+        &self,
+        node: &Arc<Inode>,
+        data: CopyData,
+        link_up: bool,
+    ) -> Result<(Arc<Inode>, Reals)> {
         let (upper, work) = self.upper_layer()?;
         let data = match data {
             CopyData::Metadata if !self.metacopy || node.kind != Kind::Regular => CopyData::All,
@@ -76,7 +92,9 @@ impl Overlay {
                         log::debug!("completed the metadata-only copy of node {}", node.id);
                     }
                 }
-                self.link_up(node, upper)?;
+                if link_up {
+                    self.link_up(node, upper)?;
+                }
                 return Ok((node.clone(), reals));
             }
             if node.id == ROOT_ID {
@@ -969,16 +987,21 @@ impl Overlay {
         sys::setxattr(top.fd()?.as_fd(), work.xattr_ns.redirect(), &path, 0)
     }
 
-    /// The absolute path, from the root of a lower layer, where the lower parts of directory node
-    /// `node` live.
+    /// The absolute path, from the root of the top lower layer, where the lower parts of
+    /// directory node `node` live: its names up to the first ancestor the upper records a
+    /// redirect for (the kernel's `ovl_get_redirect`). A redirect record of a lower layer is not
+    /// part of it: the path is walked from the top lower layer, and that layer's own records
+    /// take the walk on from there (`lookup::probe`).
     fn lower_path(&self, node: &Inode) -> Result<Vec<u8>> {
         if node.id == ROOT_ID {
             return Ok(Vec::new());
         }
         let reals = node.reals();
         let own = match reals.first() {
-            Some(top) => records::redirect(top.dir_fd()?, self.record_ns)?,
-            None => None,
+            Some(top) if Some(top.layer) == self.layers.upper() => {
+                records::redirect(top.dir_fd()?, self.record_ns)?
+            }
+            _ => None,
         };
         if let Some(r) = &own
             && r.first() == Some(&b'/')

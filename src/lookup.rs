@@ -72,6 +72,7 @@ pub fn is_opaque(dir: BorrowedFd<'_>, ns: XattrNamespace) -> Result<bool> {
 
 /// Where the next lower layers are searched: a name in the parent's real directories, or (after
 /// an absolute redirect) a path from each layer's root.
+#[derive(Debug)]
 pub enum Target {
     Name {
         name: CString,
@@ -119,6 +120,7 @@ impl Target {
 }
 
 /// The outcome of looking for the target in one layer.
+#[derive(Debug)]
 enum Probe {
     Missing,
     /// Not in this layer, and no layer below may be searched (an opaque directory on the
@@ -195,9 +197,13 @@ fn probe(
         if sys::is_whiteout(&st) || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Ok((Probe::Whiteout, None));
         }
-        stop = stop || is_opaque(next.as_fd(), ns)?;
         below.push(comp.clone());
-        if !layers.is_last(layer)
+        // As in the kernel's `ovl_lookup_single`: an opaque directory stops the search below
+        // (its redirect, if any, is not read); an absolute redirect met after an opaque one
+        // starts it again.
+        if is_opaque(next.as_fd(), ns)? {
+            stop = true;
+        } else if !layers.is_last(layer)
             && let Some(r) = redirect(next.as_fd(), ns)?
         {
             let name = OsStr::from_bytes(comp.to_bytes());
@@ -205,6 +211,9 @@ fn probe(
             if let Target::Path(p) = redirect_target(layers, layer, &r, name, &current)? {
                 below = p;
                 moved = true;
+                if r.first() == Some(&b'/') {
+                    stop = false;
+                }
             }
         }
         cur = Arc::new(next);
@@ -296,6 +305,7 @@ fn find_lower_data(
         let (layer, dir) = candidates[i].clone();
         i += 1;
         let (found, moved) = probe(layers, layer, &dir, &target)?;
+        log::trace!("data of {name:?}: {target:?} in layer {layer}: {found:?}, then {moved:?}");
         if let Some(t) = moved {
             target = t;
         }

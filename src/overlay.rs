@@ -980,7 +980,7 @@ impl Overlay {
             return Err(crate::error::EPERM);
         }
         let node = self.inodes.get(node)?;
-        let reals = self.ensure_upper(&node, CopyData::Metadata)?;
+        let reals = self.ensure_upper_for_xattr(&node)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
         sys::setxattr(top.fd()?.as_fd(), &sys::cstr(name)?, value, flags)
     }
@@ -996,7 +996,7 @@ impl Overlay {
             top_fd.first().ok_or(crate::error::EIO)?.fd()?.as_fd(),
             &sys::cstr(name)?,
         )?;
-        let reals = self.ensure_upper(&node, CopyData::Metadata)?;
+        let reals = self.ensure_upper_for_xattr(&node)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
         sys::removexattr(top.fd()?.as_fd(), &sys::cstr(name)?)
     }

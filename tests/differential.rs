@@ -419,7 +419,7 @@ fn generator_covers_the_issue() {
 
 use common::{Layer, Node, Stack};
 use generate::Config;
-use ops::{Op, RenameMode};
+use ops::{Op, RenameMode, XattrMode};
 
 const REDIRECT: Config = Config::new(true, false, false);
 const METACOPY: Config = Config::new(true, false, true);
@@ -1337,6 +1337,122 @@ fn a_redirect_path_through_a_renamed_directory() {
             },
             Op::RemountReadOnly,
             Op::Readdir { path: path("c") },
+        ],
+    );
+}
+
+/// Soak seed 70506684419196 (`metacopy`): two directories exchanged in one generation (each
+/// gets a relative redirect to the other's name in that layer), then, on the rotated stack, a
+/// file of one of them linked (a metadata-only copy, with a data redirect). The data redirect
+/// took the lower layer's redirect record as the directory's path (`/e/a`), where the path
+/// must be the directory's name in the top lower layer (`/h2/a`), whose own record then takes
+/// the walk on (`ovl_get_redirect` uses the upper's records only): the link answered `EIO`.
+#[test]
+fn a_data_redirect_under_a_directory_renamed_in_a_lower_layer() {
+    regression(
+        "a_data_redirect_under_a_directory_renamed_in_a_lower_layer",
+        METACOPY,
+        vec![layer(vec![
+            ("e/a", Node::file(b"the data of e/a")),
+            ("h2/x", Node::file(b"x")),
+        ])],
+        vec![
+            Op::Rename {
+                from: path("h2"),
+                to: path("e"),
+                mode: RenameMode::Exchange,
+            },
+            Op::Rotate,
+            Op::Link {
+                from: path("h2/a"),
+                to: path("h2/n"),
+            },
+            Op::Remount,
+            Op::Read {
+                path: path("h2/n"),
+                offset: 0,
+                len: 100,
+            },
+            Op::RemountReadOnly,
+        ],
+    );
+}
+
+/// Soak seed 135598421168987 (`full`): a directory moved into a directory that was made anew
+/// (opaque) in one generation, then a file moved out of it on the rotated stack. Walking that
+/// file's data redirect, the opaque directory on the path stopped the search below, where the
+/// kernel's walk starts again at the moved directory's absolute redirect (`ovl_check_redirect`
+/// resets `d->stop`): the file answered `EIO`.
+#[test]
+fn an_absolute_redirect_below_an_opaque_directory_reaches_the_lowers() {
+    regression(
+        "an_absolute_redirect_below_an_opaque_directory_reaches_the_lowers",
+        Config::new(true, true, true),
+        vec![layer(vec![
+            ("b/z", Node::file(b"z")),
+            ("c/d", Node::file(b"the data of c/d")),
+        ])],
+        vec![
+            Op::Unlink { path: path("b/z") },
+            Op::Rmdir { path: path("b") },
+            Op::Mkdir {
+                path: path("b"),
+                mode: 0o755,
+            },
+            Op::Rename {
+                from: path("c"),
+                to: path("b/c"),
+                mode: RenameMode::Plain,
+            },
+            Op::Rotate,
+            Op::Rename {
+                from: path("b/c/d"),
+                to: path("b/m"),
+                mode: RenameMode::Plain,
+            },
+            Op::Forget { pin: path("b") },
+            Op::Read {
+                path: path("b/m"),
+                offset: 0,
+                len: 100,
+            },
+            Op::RemountReadOnly,
+        ],
+    );
+}
+
+/// Soak seed 211839348140517 (`index`): an xattr change through a still lower-only name of an
+/// indexed file changes the copy but, unlike every other change, does not link that name up in
+/// the kernel (`ovl_xattr_set`); ufs linked it up, so once the upper was a lower layer the name
+/// showed the copy's data and links.
+#[test]
+fn an_xattr_change_through_a_lower_alias_does_not_link_it_up() {
+    regression(
+        "an_xattr_change_through_a_lower_alias_does_not_link_it_up",
+        INDEX,
+        vec![layer(vec![
+            ("c/c", Node::file(b"linked data")),
+            (
+                "h2",
+                Node::HardLink {
+                    target: "c/c".into(),
+                },
+            ),
+        ])],
+        vec![
+            Op::Append {
+                path: path("c/c"),
+                len: 51,
+                fill: 109,
+            },
+            Op::SetXattr {
+                path: path("h2"),
+                name: "user.k1".into(),
+                value: b"value".to_vec(),
+                mode: XattrMode::Create,
+            },
+            Op::Rotate,
+            Op::Stat { path: path("h2") },
         ],
     );
 }
