@@ -16,15 +16,17 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use crate::copy_up::{self, CopyData, Workdir, remove_tree, set_owner};
+use crate::copy_up::build::{CopyData, set_owner};
 use crate::error::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS, EXDEV, Result};
-use crate::inode::{Inode, Location, NodeState, ROOT_ID, RealEntry, Reals, Top};
+use crate::inode::{Inode, NodeState, ROOT_ID, RealEntry, Top};
 use crate::kind::Kind;
-use crate::lookup::{self, Resolved, is_hidden_name, whiteout_name};
+use crate::lookup::{self, Resolved};
 use crate::overlay::{Caller, Entry, NewEntry, Overlay};
 use crate::readdir;
 use crate::records;
 use crate::sys;
+use crate::whiteout::{self, is_hidden_name};
+use crate::workdir::{Workdir, remove_tree};
 
 impl Overlay {
     /// The upper layer's index, or `EROFS` for a read-only mount.
@@ -32,373 +34,6 @@ impl Overlay {
         match (self.layers.upper(), &self.work) {
             (Some(u), Some(w)) if !self.is_read_only() => Ok((u, w)),
             _ => Err(EROFS),
-        }
-    }
-
-    /// Makes sure `node` has an upper entry, copying it (and first its ancestors) up.
-    /// Returns the node's real entries, the upper one first.
-    ///
-    /// `data` says what the caller needs: `Metadata` (a metadata-only copy will do, when
-    /// `metacopy` is on), `All` (the data too: completes an earlier metadata-only copy) or
-    /// `None` (the caller empties the file: no data is copied).
-    pub(crate) fn ensure_upper(&self, node: &Arc<Inode>, data: CopyData) -> Result<Reals> {
-        Ok(self.writable(node, data)?.1)
-    }
-
-    /// Like [`Overlay::ensure_upper`], and also returns the node the upper entry belongs to:
-    /// `node` itself, except for a lower file with several links while the index is off. Then,
-    /// as in the kernel, the copy-up breaks the name it was reached by away from the other
-    /// names: the copy is a new object (its own node and number), and the other names keep
-    /// showing the lower file.
-    pub(crate) fn writable(
-        &self,
-        node: &Arc<Inode>,
-        data: CopyData,
-    ) -> Result<(Arc<Inode>, Reals)> {
-        self.writable_with(node, data, true)
-    }
-
-    /// Like [`Overlay::ensure_upper`] for an xattr change: as in the kernel, such a change
-    /// through a still lower-only name of an indexed file changes the copy without linking that
-    /// name up (`ovl_xattr_set` copies up, but never links up).
-    pub(crate) fn ensure_upper_for_xattr(&self, node: &Arc<Inode>) -> Result<Reals> {
-        Ok(self.writable_with(node, CopyData::Metadata, false)?.1)
-    }
-
-    fn writable_with(
-        &self,
-        node: &Arc<Inode>,
-        data: CopyData,
-        link_up: bool,
-    ) -> Result<(Arc<Inode>, Reals)> {
-        let (upper, work) = self.upper_layer()?;
-        let data = match data {
-            CopyData::Metadata if !self.metacopy || node.kind != Kind::Regular => CopyData::All,
-            other => other,
-        };
-        loop {
-            let reals = node.reals();
-            if reals.first().is_some_and(|r| r.layer == upper) {
-                if data != CopyData::Metadata && node.state.read().lower_data.is_some() {
-                    let mut st = node.state.write();
-                    if let Some(lower) = st.lower_data.clone() {
-                        copy_up::complete_metacopy(
-                            work,
-                            st.reals.top()?.fd()?.as_fd(),
-                            lower.fd()?.as_fd(),
-                            data,
-                        )?;
-                        st.lower_data = None;
-                        log::debug!("completed the metadata-only copy of node {}", node.id);
-                    }
-                }
-                if link_up {
-                    self.link_up(node, upper)?;
-                }
-                return Ok((node.clone(), reals));
-            }
-            if node.id == ROOT_ID {
-                // The root's reals always start with the upper root when there is one.
-                return Err(EIO);
-            }
-            let first = node.location();
-            if let Some(copy) = first.broken_copy(first.parent, &first.name) {
-                // Reached through a name whose copy already broke away: that copy it is.
-                return self.broken_away(first.parent, &first.name, copy, data);
-            }
-            // The name to copy up under: where the node was last reached, unless that name no
-            // longer stands for this lower file (a hard link whose name was replaced), then
-            // another name it was reached by that still does.
-            let (parent_id, chosen) = match self.still_names(node, &first, reals.top()?)? {
-                Some(pick) => pick,
-                None => (first.parent, first.name.clone()),
-            };
-            let parent = self.inodes.get(parent_id)?;
-            let preals = self.ensure_upper(&parent, CopyData::All)?;
-            let mut st = node.state.write();
-            if st.reals.first().is_some_and(|r| r.layer == upper) {
-                // Copied up by another thread meanwhile; the top of the loop completes the copy
-                // if that one was metadata-only and this caller needs the data.
-                drop(st);
-                continue;
-            }
-            let loc = node.location();
-            if loc.parent != first.parent || loc.name != first.name {
-                // Reached by another name while the parent was being copied up: start over.
-                continue;
-            }
-            let name = sys::cstr(&chosen)?;
-            let src = st.reals.first().ok_or(EIO)?.clone();
-            let src_st = src.stat()?;
-            // With `index=on`, a lower file with several names is copied once, into the index,
-            // and every name finds that copy. Without it, the copy is a new object.
-            let several = node.kind != Kind::Directory && src_st.st_nlink > 1;
-            let indexed = several && self.index && work.index.is_some();
-            let breaks = several && !indexed;
-            if breaks && let Some(copy) = loc.broken_copy(parent_id, &chosen) {
-                // Another thread broke this name away meanwhile.
-                drop(st);
-                return self.broken_away(parent_id, &chosen, copy, data);
-            }
-            let key = if indexed {
-                Some(copy_up::IndexKey::of(&src)?)
-            } else {
-                None
-            };
-            // A metadata-only copy in a lower layer (an upper once) has its data further down.
-            let data_src = st.lower_data.clone();
-            let (entry, published) = copy_up::copy_up(
-                work,
-                upper,
-                &src,
-                data_src.as_ref(),
-                node.kind,
-                preals.top()?.dir_arc()?,
-                &name,
-                data,
-                // A copy that breaks away is a new object with a number of its own. Any other
-                // keeps its number across a remount through this record (the kernel finds it
-                // through the origin, whatever `xino` says).
-                (!breaks).then_some(node.ino),
-                key.as_ref(),
-            )?;
-            // The parent's cached listing names the lower entry; a node looked up from it
-            // after the kernel forgot this one would show the lower object again.
-            parent.listing_changed();
-            if breaks {
-                let copy = entry.stat()?.st_ino;
-                node.broke_away(parent_id, &chosen, copy);
-                drop(st);
-                // The name's number changed with no change to the directory the kernel would
-                // notice: its cached listing must go.
-                self.invalidate(parent_id, true);
-                log::debug!("copied up {chosen:?} away from node {}", node.id);
-                return self.broken_away(parent_id, &chosen, copy, data);
-            }
-            self.layers.remember_copy_up(entry.stat()?.st_ino, node.ino);
-            let mut new_reals = vec![entry];
-            if node.kind == Kind::Directory || indexed {
-                new_reals.extend(st.reals.iter().cloned());
-            }
-            st.reals = Arc::new(new_reals);
-            st.lower_data = match data {
-                CopyData::Metadata => Some(data_src.unwrap_or_else(|| src.clone())),
-                _ => None,
-            };
-            log::debug!("copied up {:?} (node {})", loc.name, node.id);
-            let reals = st.reals.clone();
-            drop(st);
-            if data == CopyData::Metadata {
-                // From now on its attributes must not be cached (see `Overlay::volatile`); the
-                // kernel may hold them from before, and a failed request (a `setxattr` that
-                // copied up, then failed) would not make it ask again.
-                self.invalidate(node.id, false);
-            }
-            if indexed {
-                let linked = if published {
-                    true
-                } else {
-                    self.link_some_alias(node, &loc, &src_st)?
-                };
-                let upper_links = if linked { 2 } else { 1 };
-                records::set_nlink_record(
-                    work.xattr_ns,
-                    reals.top()?,
-                    src_st.st_nlink as i64 - upper_links,
-                )?;
-            }
-            return Ok((node.clone(), reals));
-        }
-    }
-
-    /// The node of the copy (real inode number `copy`) that broke away at `name` in directory
-    /// node `parent` (looked up afresh), made writable for `data`.
-    fn broken_away(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        copy: u64,
-        data: CopyData,
-    ) -> Result<(Arc<Inode>, Reals)> {
-        let found = self.broken_copy_node(parent, name, copy)?;
-        self.writable(&found, data)
-    }
-
-    /// The live node of the copy with real inode number `copy` at `name` in directory node
-    /// `parent`; `ESTALE` when the name holds something else now.
-    pub(crate) fn broken_copy_node(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        copy: u64,
-    ) -> Result<Arc<Inode>> {
-        self.with_child(parent, name, |found| {
-            let reals = found.reals();
-            let top = reals.top()?;
-            if Some(top.layer) != self.layers.upper() || top.stat()?.st_ino != copy {
-                // The copy was removed or replaced since.
-                return Err(crate::error::ESTALE);
-            }
-            Ok(found.clone())
-        })
-    }
-
-    /// The first of the names `node` was reached by (its location, then its other names, most
-    /// recent first) that still stands for the lower object `lower`; `None` when the location
-    /// does (the usual case) or when none does.
-    fn still_names(
-        &self,
-        node: &Inode,
-        loc: &Location,
-        lower: &RealEntry,
-    ) -> Result<Option<(u64, std::ffi::OsString)>> {
-        if node.kind == Kind::Directory {
-            return Ok(None);
-        }
-        let lst = lower.stat()?;
-        if lst.st_nlink <= 1 {
-            return Ok(None);
-        }
-        let candidates = std::iter::once((loc.parent, loc.name.clone()))
-            .chain(loc.aliases.iter().rev().cloned());
-        for (i, (parent, name)) in candidates.enumerate() {
-            if self.names_lower(parent, &name, &lst) {
-                return Ok(if i == 0 { None } else { Some((parent, name)) });
-            }
-        }
-        Ok(None)
-    }
-
-    /// Whether `name` in directory node `parent` resolves to the lower object with `stat` `lower`.
-    fn names_lower(&self, parent: u64, name: &OsStr, lower: &libc::stat) -> bool {
-        let Ok(pnode) = self.inodes.get(parent) else {
-            return false;
-        };
-        let Ok(found) = self.resolve(&pnode, name) else {
-            return false;
-        };
-        let Ok(top) = found.reals.top() else {
-            return false;
-        };
-        Some(top.layer) != self.layers.upper()
-            && found.stat.st_dev == lower.st_dev
-            && found.stat.st_ino == lower.st_ino
-    }
-
-    /// Links the indexed copy of `node` under one of the other names it was reached by that
-    /// still names its lower object (the kernel removes index entries without any upper name).
-    fn link_some_alias(&self, node: &Inode, loc: &Location, lower: &libc::stat) -> Result<bool> {
-        for (parent, name) in loc.aliases.iter().rev() {
-            let Ok(pnode) = self.inodes.get(*parent) else {
-                continue;
-            };
-            let Ok(found) = self.resolve(&pnode, name) else {
-                continue;
-            };
-            let st = found.reals.top()?.stat()?;
-            if found.reals.top()?.layer == self.upper_layer()?.0
-                || st.st_dev != lower.st_dev
-                || st.st_ino != lower.st_ino
-            {
-                continue;
-            }
-            let preals = self.ensure_upper(&pnode, CopyData::All)?;
-            link_alias(node, preals.top()?.dir_fd()?, &sys::cstr(name)?)?;
-            pnode.listing_changed();
-            node.set_location(*parent, name);
-            return Ok(true);
-        }
-        log::warn!("no name left to publish the copy of node {}", node.id);
-        Ok(false)
-    }
-
-    /// Before a name of a lower file with several names goes away, the file is copied into the
-    /// index (the kernel's `ovl_nlink_start`), so that its merged link count is kept from then on.
-    /// Returns whether it copied (the name may now stand in the upper).
-    fn index_before_unlink(&self, parent: u64, name: &OsStr, child: &Resolved) -> Result<bool> {
-        let upper = self.upper_layer()?.0;
-        if !self.index
-            || child.kind == Kind::Directory
-            || child.stat.st_nlink <= 1
-            || child.reals.top()?.layer == upper
-        {
-            return Ok(false);
-        }
-        self.with_child(parent, name, |node| {
-            let loc = node.location();
-            if loc.parent != parent || loc.name != name {
-                // Copy up under the name about to go, as the kernel does.
-                node.set_location(parent, name);
-            }
-            self.ensure_upper(node, CopyData::Metadata).map(drop)
-        })?;
-        Ok(true)
-    }
-
-    /// An indexed copy about to change through a name that is still lower-only (another name was
-    /// copied up first) gets that name linked into the upper, as the kernel links it up
-    /// (`ovl_link_up`): the change then shows under that name once the upper is a lower layer
-    /// too, or to a mount without the index.
-    fn link_up(&self, node: &Inode, upper: usize) -> Result<()> {
-        if node.kind == Kind::Directory {
-            return Ok(());
-        }
-        let lower = {
-            let st = node.state.read();
-            match st.reals.get(1) {
-                Some(l) if st.reals.first().is_some_and(|t| t.layer == upper) => l.clone(),
-                _ => return Ok(()),
-            }
-        };
-        let loc = node.location();
-        if loc.parent == 0 || !self.names_lower(loc.parent, &loc.name, &lower.stat()?) {
-            return Ok(());
-        }
-        let pnode = self.inodes.get(loc.parent)?;
-        let preals = self.ensure_upper(&pnode, CopyData::All)?;
-        if link_alias(node, preals.top()?.dir_fd()?, &sys::cstr(&loc.name)?)? {
-            pnode.listing_changed();
-            self.alias_linked(node)?;
-            log::debug!("linked up {:?} of node {}", loc.name, node.id);
-        }
-        Ok(())
-    }
-
-    /// A lower name of an indexed copy got its upper link: the upper link count grew while the
-    /// merged one did not, so the record drops by one.
-    fn alias_linked(&self, node: &Inode) -> Result<()> {
-        let (_, work) = self.upper_layer()?;
-        let reals = node.reals();
-        // Only indexed copies carry a record; after a remount their node may have been reached
-        // through an upper name, with no lower entry beside it.
-        if let Some(n) = records::nlink_record(reals.top()?, self.record_ns)? {
-            records::set_nlink_record(work.xattr_ns, reals.top()?, n - 1)?;
-        }
-        Ok(())
-    }
-
-    /// A name that exists only in a lower layer goes away (whiteout or replaced): when it is a
-    /// name of an indexed copy, the copy's link-count record drops by one.
-    fn lower_alias_removed(&self, removed: &Resolved) -> Result<()> {
-        let Some((upper, work)) = self.upper_layer().ok() else {
-            return Ok(());
-        };
-        if removed.kind == Kind::Directory
-            || removed.stat.st_nlink <= 1
-            || removed.reals.top()?.layer == upper
-        {
-            return Ok(());
-        }
-        let Some(index_dir) = &work.index else {
-            return Ok(());
-        };
-        let key = copy_up::IndexKey::of(removed.reals.top()?)?;
-        let entry = RealEntry::named(upper, index_dir.clone(), &key.name);
-        match records::nlink_record(&entry, self.record_ns) {
-            Ok(Some(n)) => records::set_nlink_record(work.xattr_ns, &entry, n - 1),
-            Ok(None) => Ok(()),
-            Err(e) if e.errno() == libc::ENOENT => Ok(()),
-            Err(e) => Err(e),
         }
     }
 
@@ -422,12 +57,12 @@ impl Overlay {
     }
 
     /// Resolves `name` in directory node `parent` without counting a lookup.
-    fn resolve(&self, parent: &Inode, name: &OsStr) -> Result<Resolved> {
+    pub(crate) fn resolve(&self, parent: &Inode, name: &OsStr) -> Result<Resolved> {
         lookup::lookup(&self.layers, &parent.reals(), name)
     }
 
     /// Runs `f` with the node of `parent/name`, counting a lookup only for the call's length.
-    fn with_child<T>(
+    pub(crate) fn with_child<T>(
         &self,
         parent: u64,
         name: &OsStr,
@@ -516,7 +151,7 @@ impl Overlay {
             }
             file
         };
-        remove_wh_file(udir, name)?;
+        whiteout::remove_wh_file(udir, name)?;
         pnode.listing_changed();
         let kind = match what {
             NewEntry::File { .. } => Kind::Regular,
@@ -613,7 +248,7 @@ impl Overlay {
     fn make_whiteout(&self, udir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
         let cname = sys::cstr(name)?;
         match sys::mknodat(udir, &cname, libc::S_IFCHR, 0) {
-            Err(e) if e.errno() == libc::EPERM => make_wh_file(udir, name),
+            Err(e) if e.errno() == libc::EPERM => whiteout::make_wh_file(udir, name),
             other => other,
         }
     }
@@ -634,7 +269,7 @@ impl Overlay {
             }
             Err(e) if e.errno() == libc::EPERM => {
                 sys::renameat2(udir, &cname, work.dir(), &tmp, libc::RENAME_NOREPLACE)?;
-                make_wh_file(udir, name)?;
+                whiteout::make_wh_file(udir, name)?;
             }
             Err(e) => return Err(e),
         }
@@ -765,7 +400,7 @@ impl Overlay {
         } else {
             sys::link_fd(reals.top()?.fd()?.as_fd(), ndir, &cname)?;
         }
-        remove_wh_file(ndir, newname)?;
+        whiteout::remove_wh_file(ndir, newname)?;
         np.listing_changed();
         self.lookup(newparent, newname)
     }
@@ -889,12 +524,12 @@ impl Overlay {
                     Err(e) => return Err(e),
                 }
             }
-            if src.kind != Kind::Directory && link_alias(src_node, odir, &cname)? {
+            if src.kind != Kind::Directory && crate::index::link_alias(src_node, odir, &cname)? {
                 self.alias_linked(src_node)?;
             }
             if let Some(d) = &dst_node
                 && d.kind != Kind::Directory
-                && link_alias(d, ndir, &cnewname)?
+                && crate::index::link_alias(d, ndir, &cnewname)?
             {
                 self.alias_linked(d)?;
             }
@@ -922,7 +557,7 @@ impl Overlay {
             } else {
                 sys::renameat2(odir, &cname, ndir, &cnewname, real_flags)?;
             }
-            remove_wh_file(ndir, newname)?;
+            whiteout::remove_wh_file(ndir, newname)?;
             if !samedir {
                 // The moved entry may carry an inode-number record: let readdir look for it.
                 sys::setxattr(ndir, work.xattr_ns.impure(), b"y", 0)?;
@@ -1031,21 +666,6 @@ impl Overlay {
     }
 }
 
-/// Makes sure `name` in upper directory `dir` stands for the (copied-up) node `node`: a lower
-/// name of an indexed file has no upper entry until it is renamed (or linked) like this.
-fn link_alias(node: &Inode, dir: BorrowedFd<'_>, name: &CStr) -> Result<bool> {
-    match sys::fstatat(dir, name) {
-        Ok(_) => Ok(false),
-        Err(e) if e.errno() == libc::ENOENT => {
-            let reals = node.reals();
-            let top = reals.first().ok_or(EIO)?;
-            sys::link_fd(top.fd()?.as_fd(), dir, name)?;
-            Ok(true)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// After a rename, points a non-directory node's upper entry at its new name (a directory's
 /// entry is an fd, which moves with it).
 fn repoint(node: &Inode, dir: &Arc<OwnedFd>, name: &CStr) {
@@ -1063,29 +683,5 @@ fn repoint(node: &Inode, dir: &Arc<OwnedFd>, name: &CStr) {
             *slot = RealEntry::named(top.layer, dir.clone(), name);
         }
         st.reals = Arc::new(reals);
-    }
-}
-
-/// Creates the OCI-format whiteout `.wh.NAME`, for when the kernel refuses `mknod` of a 0/0
-/// character device (an unprivileged daemon on an older kernel).
-fn make_wh_file(udir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-    let wh = whiteout_name(name).ok_or(crate::error::ENAMETOOLONG)?;
-    sys::openat(
-        udir,
-        &wh,
-        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-        0o600,
-    )
-    .map(drop)
-}
-
-/// Removes a `.wh.NAME` whiteout file once `NAME` itself stands in the upper directory.
-fn remove_wh_file(udir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-    let Some(wh) = whiteout_name(name) else {
-        return Ok(());
-    };
-    match sys::unlinkat(udir, &wh, 0) {
-        Err(e) if e.errno() == libc::ENOENT => Ok(()),
-        other => other,
     }
 }

@@ -15,17 +15,14 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use crate::error::{EACCES, EINVAL, ENOENT, EPERM, Result};
+use crate::error::{ENOENT, EPERM, Result};
 use crate::inode::RealEntry;
 use crate::kind::Kind;
 use crate::layer::LayerStack;
-use crate::records::{XattrNamespace, is_metacopy, is_no_xattr, redirect};
+use crate::records::{is_metacopy, redirect};
+use crate::redirect::{Target, redirect_target};
 use crate::sys;
-
-/// Prefix of OCI whiteout names.
-pub const WH_PREFIX: &[u8] = b".wh.";
-/// The OCI opaque marker's name.
-pub const WH_OPAQUE: &CStr = c".wh..wh..opq";
+use crate::whiteout::{exists, is_hidden_name, is_opaque, whiteout_name};
 
 /// What a name resolves to.
 #[derive(Debug)]
@@ -37,86 +34,6 @@ pub struct Resolved {
     pub reals: Vec<RealEntry>,
     /// For a metadata-only upper copy: the lower entry with the data.
     pub lower_data: Option<RealEntry>,
-}
-
-/// Whether a name is reserved for whiteouts and so never visible or creatable.
-pub fn is_hidden_name(name: &OsStr) -> bool {
-    name.as_bytes().starts_with(WH_PREFIX)
-}
-
-/// `.wh.NAME`, or `None` when that would be too long to exist.
-pub fn whiteout_name(name: &OsStr) -> Option<CString> {
-    if name.len() + WH_PREFIX.len() > 255 {
-        return None;
-    }
-    let mut v = WH_PREFIX.to_vec();
-    v.extend_from_slice(name.as_bytes());
-    CString::new(v).ok()
-}
-
-/// Whether the real directory `dir` is opaque (its marker in the mount's record namespace
-/// `ns`, or an OCI `.wh..wh..opq` entry).
-pub fn is_opaque(dir: BorrowedFd<'_>, ns: XattrNamespace) -> Result<bool> {
-    match sys::getxattr(dir, ns.opaque()) {
-        Ok(v) if v == b"y" => return Ok(true),
-        Ok(_) => {}
-        Err(e) if is_no_xattr(e.errno()) => {}
-        Err(e) => return Err(e),
-    }
-    match sys::fstatat(dir, WH_OPAQUE) {
-        Ok(_) => Ok(true),
-        Err(e) if e.errno() == libc::ENOENT => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Where the next lower layers are searched: a name in the parent's real directories, or (after
-/// an absolute redirect) a path from each layer's root.
-#[derive(Debug)]
-pub enum Target {
-    Name {
-        name: CString,
-        whiteout: Option<CString>,
-    },
-    Path(Vec<CString>),
-}
-
-impl Target {
-    fn name(name: &OsStr) -> Result<Target> {
-        Ok(Target::Name {
-            name: sys::cstr(name)?,
-            whiteout: whiteout_name(name),
-        })
-    }
-
-    /// The target a redirect record names, validated as the kernel validates it
-    /// (`ovl_get_redirect_xattr`, then `lookup_one_len` on each name): a relative record is one
-    /// name; an absolute one is `/` followed by names separated by single slashes. A malformed
-    /// record answers `EINVAL`, a `.` or `..` name `EACCES`, so no record can lead out of the
-    /// layers or sideways through them.
-    pub fn redirect(r: &[u8]) -> Result<Target> {
-        let comps: Vec<&[u8]> = match r.strip_prefix(b"/") {
-            Some(rest) => rest.split(|&b| b == b'/').collect(),
-            None if r.contains(&b'/') => return Err(EINVAL),
-            None => vec![r],
-        };
-        let mut names = Vec::with_capacity(comps.len());
-        for c in comps {
-            match c {
-                b"" => return Err(EINVAL),
-                b"." | b".." => return Err(EACCES),
-                _ => names.push(CString::new(c).map_err(|_| EINVAL)?),
-            }
-        }
-        match (r.first() == Some(&b'/'), names.pop()) {
-            (false, Some(name)) => Target::name(OsStr::from_bytes(name.to_bytes())),
-            (true, Some(last)) => {
-                names.push(last);
-                Ok(Target::Path(names))
-            }
-            (_, None) => Err(EINVAL),
-        }
-    }
 }
 
 /// The outcome of looking for the target in one layer.
@@ -243,43 +160,6 @@ fn metacopy_in(layers: &LayerStack, layer: usize, fd: BorrowedFd<'_>) -> Result<
         return Err(EPERM);
     }
     Ok(true)
-}
-
-/// The target the redirect record `r` of an entry of layer `layer` names, or the error the
-/// kernel gives for it (logged once here, naming the layer and the record). A relative record
-/// met while the search follows an absolute path (a layer renamed what an older layer had
-/// already moved) renames the path's last name, as the kernel prefixes it with the path so far.
-fn redirect_target(
-    layers: &LayerStack,
-    layer: usize,
-    r: &[u8],
-    name: &OsStr,
-    current: &Target,
-) -> Result<Target> {
-    let path = &layers.get(layer).path;
-    if !layers.follows_redirects() {
-        log::warn!(
-            "layer {}: refusing to follow the redirect of {name:?} (redirect_dir is off)",
-            path.display()
-        );
-        return Err(EPERM);
-    }
-    let target = Target::redirect(r).inspect_err(|_| {
-        log::warn!(
-            "layer {}: invalid redirect {:?} on {name:?}",
-            path.display(),
-            String::from_utf8_lossy(r)
-        )
-    })?;
-    Ok(match (current, target) {
-        (Target::Path(comps), Target::Name { name, .. }) => {
-            let mut comps = comps.clone();
-            comps.pop();
-            comps.push(name);
-            Target::Path(comps)
-        }
-        (_, t) => t,
-    })
 }
 
 /// The candidates an absolute redirect found in layer `layer` searches: the roots of every
@@ -462,12 +342,4 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
         });
     }
     found.ok_or(ENOENT)
-}
-
-fn exists(dir: BorrowedFd<'_>, name: &CStr) -> Result<bool> {
-    match sys::fstatat(dir, name) {
-        Ok(_) => Ok(true),
-        Err(e) if e.errno() == libc::ENOENT => Ok(false),
-        Err(e) => Err(e),
-    }
 }

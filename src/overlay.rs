@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
-use crate::copy_up::{CopyData, Workdir, XattrNamespace};
+use crate::copy_up::build::CopyData;
 use crate::error::{EBADF, EISDIR, ENODATA, ENOTDIR, EROFS, Result};
 use crate::idmap::IdMap;
 use crate::inode::{Inode, InodeTable, NodeState, ROOT_ID, RealEntry, Top};
@@ -21,6 +21,8 @@ use crate::listing::{DirEntry, Listing};
 use crate::options::Options;
 use crate::readdir;
 use crate::records;
+use crate::records::XattrNamespace;
+use crate::workdir::Workdir;
 use crate::{lookup, sys};
 
 /// What a create-type request makes.
@@ -360,7 +362,7 @@ impl Overlay {
             return Ok(Listed::Unknown);
         };
         let Some(e) = listing.find(name) else {
-            return Ok(if lookup::is_hidden_name(name) {
+            return Ok(if crate::whiteout::is_hidden_name(name) {
                 Listed::Unknown
             } else {
                 Listed::Absent
@@ -405,43 +407,6 @@ impl Overlay {
         ))
     }
 
-    /// A lower file with several names whose copy is in the index (copied up through another
-    /// name): it resolves to that copy, keeping the lower entry second for its link count.
-    fn find_in_index(&self, resolved: &mut lookup::Resolved) -> Result<()> {
-        let Some(index_dir) = self.work.as_ref().and_then(|w| w.index.as_ref()) else {
-            return Ok(());
-        };
-        let Some(upper) = self.layers.upper() else {
-            return Ok(());
-        };
-        if resolved.kind == Kind::Directory
-            || resolved.stat.st_nlink <= 1
-            || resolved.reals.top()?.layer == upper
-        {
-            return Ok(());
-        }
-        let key = crate::copy_up::IndexKey::of(resolved.reals.top()?)?;
-        match sys::fstatat(index_dir.as_fd(), &key.name) {
-            Ok(st) => {
-                let lower = resolved.reals.top()?.clone();
-                let entry = RealEntry::named(upper, index_dir.clone(), &key.name);
-                // A metadata-only copy keeps reading its data from the lower file, or from where
-                // that file's data is when it is a metadata-only copy itself (a layer that was
-                // an upper once).
-                if records::is_metacopy(entry.fd()?.as_fd(), self.record_ns)? {
-                    resolved.lower_data = Some(resolved.lower_data.take().unwrap_or(lower.clone()));
-                } else {
-                    resolved.lower_data = None;
-                }
-                resolved.reals = vec![entry, lower];
-                resolved.stat = st;
-                Ok(())
-            }
-            Err(e) if e.errno() == libc::ENOENT => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
     /// A live non-directory node reached again by name: when the name its real entry was
     /// recorded under has gone (another name of a hard-linked file was removed), it takes the
     /// name just resolved. A lower entry never replaces an upper one (the node may have been
@@ -465,19 +430,6 @@ impl Overlay {
             if let Some(slot) = reals.first_mut() {
                 *slot = fresh;
             }
-            st.reals = Arc::new(reals);
-        }
-    }
-
-    /// A live node of an indexed file reached again through the index: when it knows the
-    /// object only by one upper entry (it was reached through an upper name, which may since
-    /// have been removed while the node stayed alive), it takes the index entry and the lower
-    /// file instead, so its link count keeps counting the lower names (`overlay.nlink`).
-    fn adopt_index_entry(&self, node: &Inode, reals: Vec<RealEntry>) {
-        let mut st = node.state.write();
-        if st.reals.len() == 1
-            && st.reals.first().map(|r| Some(r.layer)) == Some(self.layers.upper())
-        {
             st.reals = Arc::new(reals);
         }
     }
@@ -939,7 +891,7 @@ impl Overlay {
         let reals = node.reals();
         match reals.first() {
             Some(top) if Some(top.layer) == self.layers.upper() => {
-                crate::copy_up::sync_dir(top.dir_fd()?)
+                crate::copy_up::build::sync_dir(top.dir_fd()?)
             }
             _ => Ok(()),
         }

@@ -15,9 +15,9 @@ use crate::inode::RealEntry;
 use crate::kind::Kind;
 use crate::layer::LayerStack;
 use crate::listing::DirEntry;
-use crate::lookup::{WH_PREFIX, is_hidden_name};
 use crate::records::{XattrNamespace, is_no_xattr, recorded_ino};
 use crate::sys;
+use crate::whiteout::{WH_PREFIX, is_hidden_name};
 
 /// Lists a merged directory (without `.` and `..`).
 ///

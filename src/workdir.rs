@@ -1,0 +1,165 @@
+//! The work directory (`WORKDIR/work`, as the kernel names it) where copies and new entries
+//! are built before one rename publishes them, and (`index=on`) `WORKDIR/index`. Opened once at
+//! mount time, when ufs's own leftovers are swept and the record namespace is probed. Kernel
+//! counterpart: `ovl_workdir_create()` and `ovl_make_workdir()` in `fs/overlayfs/super.c`.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::Result;
+use crate::records::XattrNamespace;
+use crate::sys;
+
+/// The scratch directory (`WORKDIR/work`, as the kernel names it) where copies are built.
+#[derive(Debug)]
+pub struct Workdir {
+    /// `O_PATH` fd on `WORKDIR/work`.
+    pub fd: OwnedFd,
+    /// `O_PATH` fd on `WORKDIR/index` (the kernel's name), with `index=on`: one hard link per
+    /// copied-up lower file that had several names, named by its origin file handle.
+    pub index: Option<Arc<OwnedFd>>,
+    counter: AtomicU64,
+    /// Make copies durable before publishing them.
+    pub fsync: bool,
+    pub xattr_ns: XattrNamespace,
+}
+
+impl Workdir {
+    /// Opens `workdir/work` (creating it), removes what an earlier mount left in it, and probes
+    /// whether `trusted.*` xattrs can be written.
+    /// With `userxattr`, records go to `user.overlay.*` whatever the daemon may do.
+    pub fn open(
+        wd: OwnedFd,
+        fsync: bool,
+        index: bool,
+        userxattr: bool,
+    ) -> std::io::Result<Workdir> {
+        match sys::mkdirat(wd.as_fd(), c"work", 0o700) {
+            Ok(()) => {}
+            Err(e) if e.errno() == libc::EEXIST => {}
+            Err(e) => return Err(e.into()),
+        }
+        let fd = sys::open_path(wd.as_fd(), c"work")?;
+        // Only what ufs itself left there: the directory may hold anything else (a user's files,
+        // if it was a mistake), and removing it would be unrecoverable.
+        for e in sys::read_dir(fd.as_fd())? {
+            if !is_temp_name(e.name.as_bytes()) {
+                log::info!(
+                    "leaving {:?} in the work directory: not a ufs temporary",
+                    e.name
+                );
+                continue;
+            }
+            let name = sys::cstr(&e.name)?;
+            log::info!("removing leftover {:?} from the work directory", e.name);
+            remove_tree(fd.as_fd(), &name)?;
+        }
+        let probe = c"trusted.overlay.ufs-probe";
+        let xattr_ns = if userxattr {
+            XattrNamespace::User
+        } else {
+            match sys::setxattr(fd.as_fd(), probe, b"y", 0) {
+                Ok(()) => {
+                    if let Err(e) = sys::removexattr(fd.as_fd(), probe) {
+                        log::warn!("cannot remove probe xattr from the work directory: {e}");
+                    }
+                    XattrNamespace::Trusted
+                }
+                Err(e) => {
+                    log::info!("trusted xattrs unavailable ({e}); using user.overlay.* records");
+                    XattrNamespace::User
+                }
+            }
+        };
+        let index = if index {
+            match sys::mkdirat(wd.as_fd(), c"index", 0o700) {
+                Ok(()) => {}
+                Err(e) if e.errno() == libc::EEXIST => {}
+                Err(e) => return Err(e.into()),
+            }
+            Some(Arc::new(sys::open_path(wd.as_fd(), c"index")?))
+        } else {
+            None
+        };
+        Ok(Workdir {
+            fd,
+            index,
+            counter: AtomicU64::new(0),
+            fsync,
+            xattr_ns,
+        })
+    }
+
+    pub fn dir(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// A fresh name for a temporary entry: `#ufs.PID.N` (see [`is_temp_name`]).
+    pub fn temp_name(&self) -> CString {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        CString::new(format!("#ufs.{}.{n}", std::process::id())).unwrap_or_default()
+    }
+
+    /// Removes the temporary entry `name`, logging (not returning) a failure: it is called on
+    /// error paths, and a leftover is removed at the next mount anyway.
+    pub fn discard(&self, name: &CString) {
+        if let Err(e) = remove_tree(self.dir(), name) {
+            log::warn!("cannot remove {name:?} from the work directory: {e}");
+        }
+    }
+}
+
+/// Whether `name` has the form of [`Workdir::temp_name`]'s names, `#ufs.PID.N`: the only
+/// entries the sweep at mount time removes.
+pub fn is_temp_name(name: &[u8]) -> bool {
+    let number = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    name.strip_prefix(b"#ufs.")
+        .and_then(|rest| {
+            let dot = rest.iter().position(|c| *c == b'.')?;
+            Some(number(&rest[..dot]) && number(&rest[dot + 1..]))
+        })
+        .unwrap_or(false)
+}
+
+/// Removes `name` in `dir`, recursively if it is a directory.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<()> {
+    match sys::unlinkat(dir, name, 0) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.errno() == libc::EISDIR || e.errno() == libc::EPERM => {}
+        Err(e) if e.errno() == libc::ENOENT => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let sub = sys::open_path(dir, name)?;
+    for e in sys::read_dir(sub.as_fd())? {
+        remove_tree(sub.as_fd(), &sys::cstr(&e.name)?)?;
+    }
+    sys::unlinkat(dir, name, libc::AT_REMOVEDIR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_are_recognised() {
+        for name in ["#ufs.1.0", "#ufs.12345.678"] {
+            assert!(is_temp_name(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "#ufs.1.",
+            "#ufs..0",
+            "#ufs.1",
+            "#ufs.a.0",
+            "#ufs.1.0x",
+            "ufs.1.0",
+            "#123",
+            "work",
+            "#ufs.1.2.3",
+        ] {
+            assert!(!is_temp_name(name.as_bytes()), "{name}");
+        }
+    }
+}
