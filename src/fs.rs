@@ -1,7 +1,7 @@
 //! The FUSE glue: decode a request, call the core, encode the reply. Nothing else.
 //!
 //! Every handler logs the request at debug level (`-d`, `-o debug` or `RUST_LOG=debug`) and maps
-//! a core error to its errno in [`errno`]. Requests are served by several threads, each with its
+//! a core error to its errno in `errno`. Requests are served by several threads, each with its
 //! own cloned `/dev/fuse` fd (fuser's `n_threads` + `clone_fd`).
 
 use std::ffi::OsStr;

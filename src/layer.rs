@@ -63,7 +63,7 @@ pub struct LayerStack {
     /// Upper real inode number -> the number its object had before copy-up, so an object keeps
     /// its `st_ino` (in `stat` and in `readdir`) for the life of the mount.
     copied_up: DashMap<u64, u64>,
-    /// The namespace of the records this mount reads and writes (see [`crate::xattr`]).
+    /// The namespace of the records this mount reads and writes (see [`crate::records`]).
     ns: XattrNamespace,
     /// Whether redirect records and metadata-only copies are followed.
     follow_redirects: bool,

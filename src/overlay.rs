@@ -82,7 +82,7 @@ pub struct FileHandle {
     pub node: u64,
     /// The number reported when the kernel asks for attributes through this file: the
     /// node's, or for a file whose open broke its name away from a lower file's other names
-    /// (see [`Overlay::writable`]), the copy's.
+    /// (see `Overlay::writable`), the copy's.
     pub ino: u64,
     pub file: OwnedFd,
     /// Opened for writing (so on the upper copy).
@@ -336,7 +336,7 @@ impl Overlay {
     }
 
     /// The number the mount reports for the real entry `real` (with `stat` `st`): its record
-    /// when it was copied up (this mount or an earlier one, see [`crate::copy_up::recorded_ino`]
+    /// when it was copied up (this mount or an earlier one, see [`crate::records::recorded_ino`]
     /// for records in lower layers), else its mapped real number.
     pub(crate) fn ino_of(&self, real: &RealEntry, st: &libc::stat) -> Result<u64> {
         let in_upper = Some(real.layer) == self.layers.upper();
@@ -494,7 +494,7 @@ impl Overlay {
     }
 
     /// Attributes of a node as reached by the name it was last looked up by: when that name
-    /// broke away from the node (a copy-up without the index, see [`Overlay::writable`]), the
+    /// broke away from the node (a copy-up without the index, see `Overlay::writable`), the
     /// request most likely comes through a file opened by that name, so it answers for the copy.
     pub(crate) fn attr_as_reached(&self, node: &Inode) -> Result<libc::stat> {
         let reached = {

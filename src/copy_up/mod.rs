@@ -2,7 +2,7 @@
 //! whole ordered sequence (the kernel's `ovl_copy_up_flags()` / `ovl_copy_up_one()` in
 //! `fs/overlayfs/copy_up.c`).
 //!
-//! [`Overlay::writable`] is the entry point: the parent is made writable first (top-down); a
+//! `Overlay::writable` is the entry point: the parent is made writable first (top-down); a
 //! node already in the upper only has a metadata-only copy completed when data is needed, or a
 //! lower-only name of an indexed file linked up ([`crate::index`]); otherwise the name it was
 //! reached by is chosen, and [`build::copy_up`] builds and publishes the copy. Without the

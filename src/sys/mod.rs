@@ -7,6 +7,8 @@
 //! through the `/proc/self/fd/N` magic link, which names the object the fd holds without
 //! following a symlink stored in the layer.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod fuse;
 pub mod process;
 
