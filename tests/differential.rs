@@ -47,6 +47,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/dinofs.rs"]
+mod dinofs;
 #[path = "differential/generate.rs"]
 mod generate;
 #[path = "differential/ops.rs"]
@@ -153,10 +155,11 @@ fn run_many(
     next: &(dyn Fn() -> Option<u64> + Sync),
     print_seeds: bool,
     max_failures: usize,
-) -> (usize, usize, Vec<Found>) {
+) -> (usize, usize, usize, Vec<Found>) {
     let to_shrink = env_u64("UFS_DIFF_SHRINK").unwrap_or(4) as usize;
     let clean = AtomicUsize::new(0);
     let ops_run = AtomicUsize::new(0);
+    let dino_clean = AtomicUsize::new(0);
     let shrinks_left = AtomicUsize::new(to_shrink);
     let stop = AtomicBool::new(false);
     let found: Mutex<Vec<Found>> = Mutex::new(Vec::new());
@@ -177,6 +180,7 @@ fn run_many(
                         Ok(st) => {
                             clean.fetch_add(1, Ordering::Relaxed);
                             ops_run.fetch_add(st.ops, Ordering::Relaxed);
+                            dino_clean.fetch_add(usize::from(st.dino), Ordering::Relaxed);
                         }
                         Err(f) => {
                             // Long runs print each failure as it comes; the fixed set only
@@ -200,6 +204,7 @@ fn run_many(
     (
         clean.into_inner(),
         ops_run.into_inner(),
+        dino_clean.into_inner(),
         found.into_inner().expect("not poisoned"),
     )
 }
@@ -232,7 +237,7 @@ fn differential() {
         return replay(seed);
     }
     let start = Instant::now();
-    let (clean, ops_run, found) = if let Some(secs) = env_u64("UFS_DIFF_SECS") {
+    let (clean, ops_run, dino_clean, found) = if let Some(secs) = env_u64("UFS_DIFF_SECS") {
         let deadline = start + Duration::from_secs(secs);
         let next = move || -> Option<u64> {
             (Instant::now() < deadline).then(|| rand::random::<u64>() >> 16)
@@ -258,8 +263,10 @@ fn differential() {
         run_many(&next, false, usize::MAX)
     };
     let elapsed = start.elapsed();
+    let dino_failed = found.iter().filter(|f| f.case.dino.is_some()).count();
     println!(
-        "differential: {clean} sequences clean ({ops_run} operations), {} failed, in {:.1}s on {} threads",
+        "differential: {clean} sequences clean ({ops_run} operations), {} failed, in {:.1}s on {} threads; \
+         with the bottom lower through dinofs: {dino_clean} clean, {dino_failed} failed",
         found.len(),
         elapsed.as_secs_f64(),
         jobs()
@@ -348,12 +355,18 @@ fn generator_covers_the_issue() {
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     let mut lowers = [0usize; 5];
     let (mut remounts, mut with_upper, mut short) = (0, 0, 0);
+    let (mut dino_same, mut dino_shifted) = (0, 0);
     let mut layer_text = String::new();
     for seed in 1..=320 {
         let c = gen_case(seed);
         lowers[c.stack.lowers.len()] += 1;
         with_upper += usize::from(c.stack.upper.is_some());
         short += usize::from(c.ops.len() < 40);
+        match c.dino {
+            Some(dinofs::DinoMode::Same) => dino_same += 1,
+            Some(dinofs::DinoMode::Shifted) => dino_shifted += 1,
+            None => {}
+        }
         for op in &c.ops {
             *kinds.entry(op.kind()).or_default() += 1;
             remounts += usize::from(*op == ops::Op::Remount);
@@ -398,6 +411,13 @@ fn generator_covers_the_issue() {
         assert!(range.contains(&n), "{k}: {n} ({kinds:?})");
     }
     assert!(with_upper > 50, "stacks with upper content: {with_upper}");
+    // A layer whose readdir lies about d_ino (issue 16), in both ways, in the fixed set.
+    if std::env::var_os("UFS_DIFF_DINO").is_none() {
+        assert!(
+            dino_same >= 15 && dino_shifted >= 15,
+            "cases through dinofs: {dino_same} same, {dino_shifted} shifted"
+        );
+    }
     for what in ["WHITEOUT", "OPAQUE", "hard link of", "symlink", "fifo"] {
         assert!(layer_text.contains(what), "no {what} in the stacks");
     }
@@ -451,6 +471,7 @@ fn regression(name: &str, config: Config, lowers: Vec<Layer>, ops: Vec<Op>) {
             upper: None,
         },
         ops,
+        dino: None,
     };
     let picks: Vec<usize> = (0..case.ops.len()).collect();
     if let Err(f) = run_case(&case, &picks, true) {
