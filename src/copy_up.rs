@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Result;
-use crate::inode::{Kind, RealEntry};
-use crate::lookup::is_no_xattr;
+use crate::inode::RealEntry;
+use crate::kind::Kind;
+use crate::records::is_no_xattr;
 use crate::sys;
 
-pub use crate::xattr::XattrNamespace;
+pub use crate::records::XattrNamespace;
 
 /// The scratch directory (`WORKDIR/work`, as the kernel names it) where copies are built.
 #[derive(Debug)]
@@ -184,7 +185,7 @@ pub fn copy_up(
     let result =
         build_copy(work, src, data_src.unwrap_or(src), kind, &st, &tmp, data).and_then(|fd| {
             if let Some(ino) = ino_record {
-                record_ino(work, fd.as_fd(), kind, ino)?;
+                crate::records::set_ino_record(fd.as_fd(), work.xattr_ns, kind, ino)?;
                 // Tells readdir (ufs's and the kernel's) to look for records in this directory.
                 sys::setxattr(upper_dir, work.xattr_ns.impure(), b"y", 0)?;
             }
@@ -263,29 +264,6 @@ impl IndexKey {
     }
 }
 
-/// The kernel's link-count record of an indexed copy (`overlay.nlink`): `U+N` means the
-/// merged link count is the upper inode's plus N.
-pub fn nlink_record(entry: &RealEntry, ns: XattrNamespace) -> Result<Option<i64>> {
-    match entry.getxattr(ns.nlink()) {
-        Ok(v) => {
-            let s = String::from_utf8_lossy(&v);
-            let n = s.strip_prefix('U').and_then(|n| n.parse::<i64>().ok());
-            if n.is_none() {
-                log::warn!("ignoring a link-count record ufs cannot read: {s:?}");
-            }
-            Ok(n)
-        }
-        Err(e) if is_no_xattr(e.errno()) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Writes the link-count record of an indexed copy: the merged count is the upper's plus `n`.
-pub fn set_nlink_record(work: &Workdir, entry: &RealEntry, n: i64) -> Result<()> {
-    let name = work.xattr_ns.nlink();
-    sys::setxattr(entry.fd()?.as_fd(), name, format!("U{n:+}").as_bytes(), 0)
-}
-
 /// Sets the access and modification times of `fd` back to those in `st`.
 pub fn restore_times(fd: BorrowedFd<'_>, st: &libc::stat) -> Result<()> {
     sys::futimens(
@@ -293,61 +271,6 @@ pub fn restore_times(fd: BorrowedFd<'_>, st: &libc::stat) -> Result<()> {
         (st.st_atime, st.st_atime_nsec),
         (st.st_mtime, st.st_mtime_nsec),
     )
-}
-
-/// Writes the inode-number record on a copy. `user.*` xattrs cannot be set on symlinks and
-/// special files: those keep no record in a rootless mount (see docs/DIFFERENCES.md).
-fn record_ino(work: &Workdir, fd: BorrowedFd<'_>, kind: Kind, ino: u64) -> Result<()> {
-    if work.xattr_ns == XattrNamespace::User && !matches!(kind, Kind::Regular | Kind::Directory) {
-        return Ok(());
-    }
-    sys::setxattr(
-        fd,
-        work.xattr_ns.ino_record(),
-        ino.to_string().as_bytes(),
-        0,
-    )
-}
-
-/// The inode-number record of `entry` (with `stat` `st`), if it has one ufs may use.
-///
-/// In the upper every record counts. In a lower layer (an upper once), a record counts only
-/// where no other object can share its number: the entry has one link and no origin handle. A
-/// copy with several links, or one made into the index (it has an `overlay.origin`), may have
-/// lower names that were never copied up and still report the lower file's number, which is
-/// the number recorded; such a layer reports real numbers, as the kernel does for every lower.
-pub fn recorded_ino(
-    entry: &RealEntry,
-    st: &libc::stat,
-    in_upper: bool,
-    ns: XattrNamespace,
-) -> Result<Option<u64>> {
-    let v = match entry.getxattr(ns.ino_record()) {
-        Ok(v) => v,
-        Err(e) if is_no_xattr(e.errno()) || e.errno() == libc::ENOENT => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let Some(ino) = parse_ino_record(&v) else {
-        log::warn!("ignoring a malformed inode-number record {v:?}");
-        return Ok(None);
-    };
-    if in_upper {
-        return Ok(Some(ino));
-    }
-    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-    if !is_dir && st.st_nlink != 1 {
-        return Ok(None);
-    }
-    match entry.getxattr(ns.origin()) {
-        Ok(_) => Ok(None),
-        Err(e) if is_no_xattr(e.errno()) => Ok(Some(ino)),
-        Err(e) => Err(e),
-    }
-}
-
-/// Parses an inode-number record.
-pub fn parse_ino_record(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(v).ok()?.parse().ok().filter(|&n| n > 1)
 }
 
 /// Builds the complete copy under `tmp` in the work directory; returns an `O_PATH` fd on it.

@@ -18,29 +18,13 @@ use std::sync::Arc;
 
 use crate::copy_up::{self, CopyData, Workdir, remove_tree, set_owner};
 use crate::error::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS, EXDEV, Result};
-use crate::inode::{Inode, Kind, Location, NodeState, ROOT_ID, RealEntry, Reals, Top};
+use crate::inode::{Inode, Location, NodeState, ROOT_ID, RealEntry, Reals, Top};
+use crate::kind::Kind;
 use crate::lookup::{self, Resolved, is_hidden_name, whiteout_name};
-use crate::overlay::{Caller, Entry, Overlay};
+use crate::overlay::{Caller, Entry, NewEntry, Overlay};
 use crate::readdir;
+use crate::records;
 use crate::sys;
-
-/// What a create-type request makes.
-#[derive(Debug, Clone, Copy)]
-pub enum NewEntry<'a> {
-    /// A regular file, opened with these flags.
-    File {
-        flags: i32,
-    },
-    Directory,
-    /// A fifo, socket or device node; `file_type` is its `S_IFMT` bits.
-    Node {
-        file_type: u32,
-        rdev: u64,
-    },
-    Symlink {
-        target: &'a CStr,
-    },
-}
 
 impl Overlay {
     /// The upper layer's index, or `EROFS` for a read-only mount.
@@ -199,8 +183,8 @@ impl Overlay {
                     self.link_some_alias(node, &loc, &src_st)?
                 };
                 let upper_links = if linked { 2 } else { 1 };
-                copy_up::set_nlink_record(
-                    work,
+                records::set_nlink_record(
+                    work.xattr_ns,
                     reals.top()?,
                     src_st.st_nlink as i64 - upper_links,
                 )?;
@@ -369,8 +353,8 @@ impl Overlay {
         let reals = node.reals();
         // Only indexed copies carry a record; after a remount their node may have been reached
         // through an upper name, with no lower entry beside it.
-        if let Some(n) = copy_up::nlink_record(reals.top()?, self.record_ns)? {
-            copy_up::set_nlink_record(work, reals.top()?, n - 1)?;
+        if let Some(n) = records::nlink_record(reals.top()?, self.record_ns)? {
+            records::set_nlink_record(work.xattr_ns, reals.top()?, n - 1)?;
         }
         Ok(())
     }
@@ -392,8 +376,8 @@ impl Overlay {
         };
         let key = copy_up::IndexKey::of(removed.reals.top()?)?;
         let entry = RealEntry::named(upper, index_dir.clone(), &key.name);
-        match copy_up::nlink_record(&entry, self.record_ns) {
-            Ok(Some(n)) => copy_up::set_nlink_record(work, &entry, n - 1),
+        match records::nlink_record(&entry, self.record_ns) {
+            Ok(Some(n)) => records::set_nlink_record(work.xattr_ns, &entry, n - 1),
             Ok(None) => Ok(()),
             Err(e) if e.errno() == libc::ENOENT => Ok(()),
             Err(e) => Err(e),
@@ -947,7 +931,7 @@ impl Overlay {
         let (upper, work) = self.upper_layer()?;
         let reals = node.reals();
         let top = reals.first().filter(|r| r.layer == upper).ok_or(EIO)?;
-        let existing = lookup::redirect(top.dir_fd()?, self.record_ns)?;
+        let existing = records::redirect(top.dir_fd()?, self.record_ns)?;
         if let Some(r) = &existing
             && (samedir || r.first() == Some(&b'/'))
         {
@@ -974,7 +958,7 @@ impl Overlay {
         match top.getxattr(self.record_ns.redirect()) {
             Ok(v) if !v.is_empty() => return Ok(()),
             Ok(_) => {}
-            Err(e) if lookup::is_no_xattr(e.errno()) => {}
+            Err(e) if records::is_no_xattr(e.errno()) => {}
             Err(e) => return Err(e),
         }
         let loc = node.location();
@@ -993,7 +977,7 @@ impl Overlay {
         }
         let reals = node.reals();
         let own = match reals.first() {
-            Some(top) => lookup::redirect(top.dir_fd()?, self.record_ns)?,
+            Some(top) => records::redirect(top.dir_fd()?, self.record_ns)?,
             None => None,
         };
         if let Some(r) = &own

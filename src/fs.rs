@@ -5,26 +5,26 @@
 //! own cloned `/dev/fuse` fd (fuser's `n_threads` + `clone_fd`).
 
 use std::ffi::OsStr;
-use std::mem::ManuallyDrop;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    SessionACL, TimeOrNow, WriteFlags,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL,
+    TimeOrNow, WriteFlags,
 };
 use log::debug;
 
-use crate::dir::NewEntry;
 use crate::error::Error;
-use crate::inode::Kind;
+use crate::fuse_mount::{self, Access};
+use crate::kind::Kind;
 use crate::lifecycle::{self, OwnMount};
 use crate::options::Options;
-use crate::overlay::{Caller, Entry, Overlay, SetAttr, SetTime};
+use crate::overlay::{Caller, Entry, NewEntry, Overlay, SetAttr, SetTime};
+use crate::sys::process;
 
 /// Mounts `opts` at `mountpoint`, calls `on_ready` once the mount is live, and serves requests
 /// until the filesystem is unmounted or a signal ends it (see `lifecycle`).
@@ -40,35 +40,11 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
     }
     crate::sys::clear_umask();
     let overlay = Overlay::new(opts)?;
-    let mut mount_options = vec![
-        MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| "ufs".into())),
-        // As text rather than `MountOption::Subtype`: fuser's direct mount (as root) drops
-        // `Subtype`, leaving the type `fuse`, while the kernel takes `subtype=` like any other
-        // option. Either way the mount table says `fuse.ufs`, the type `mount -t` was given.
-        MountOption::CUSTOM("subtype=ufs".into()),
-        // The kernel checks permission bits against the attributes ufs reports, as it does for
-        // an overlay mount; requests reach ufs only when they are allowed.
-        MountOption::DefaultPermissions,
-    ];
-    if overlay.is_read_only() {
-        mount_options.push(MountOption::RO);
-    }
-    for (on, opt) in [
-        (opts.nodev, MountOption::NoDev),
-        (opts.nosuid, MountOption::NoSuid),
-        (opts.noexec, MountOption::NoExec),
-        (opts.noatime, MountOption::NoAtime),
-    ] {
-        if on {
-            mount_options.push(opt);
-        }
-    }
-    let acl = if opts.allow_other {
-        SessionACL::All
-    } else if opts.allow_root {
-        SessionACL::RootAndOwner
-    } else {
-        SessionACL::Owner
+    let plan = fuse_mount::Plan::new(opts, overlay.is_read_only(), process::is_root());
+    let acl = match plan.access {
+        Access::Everyone => SessionACL::All,
+        Access::RootAndOwner => SessionACL::RootAndOwner,
+        Access::Owner => SessionACL::Owner,
     };
     let threads = opts.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -77,7 +53,6 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
             .max(2)
     });
     let mut config = Config::default();
-    config.mount_options = mount_options;
     config.acl = acl;
     config.n_threads = Some(threads);
     config.clone_fd = true;
@@ -86,7 +61,22 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
         ttl: opts.timeout,
     };
     let ov = fs.ov.clone();
-    let session = fuser::Session::new(fs, mountpoint, &config)?;
+    // ufs mounts by itself (fuser's mount would add `nosuid,nodev` and drop the subtype) and
+    // gives fuser the descriptor. fuser then holds no `Mount`, so nothing in it ever unmounts
+    // MERGED by path: after an external `umount` that path may name another mount.
+    let dev = fuse_mount::mount(&plan, mountpoint)?;
+    // Right after mounting, while it is certainly the top-most mount there, and before any
+    // request is read (an `O_PATH` open sends the filesystem no request).
+    let own = Arc::new(OwnMount::record(mountpoint)?);
+    let session = match fuser::Session::from_fd(fs, dev, acl, config) {
+        Ok(session) => session,
+        Err(e) => {
+            if let Err(e) = own.release() {
+                log::warn!("cannot unmount {}: {e}", mountpoint.display());
+            }
+            return Err(e);
+        }
+    };
     // Sent from the thread answering the request that made the change, before it answers, so
     // the change is visible when the caller's call returns. The kernel takes no lock for it that
     // a request in flight could hold: attributes are only marked stale, and contents are only
@@ -98,14 +88,7 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
             debug!("invalidating node {node}: {e}");
         }
     }));
-    // Right after mounting, while it is certainly the top-most mount there, and before the
-    // event loops start (an `O_PATH` open sends the filesystem no request).
-    let own = Arc::new(OwnMount::record(mountpoint)?);
-    // fuser unmounts by path when its `Mount` is dropped, so whatever is mounted at MERGED by
-    // then (after an external `umount`: the mount below, or a new one) would be unmounted too.
-    // `spawn` moves the `Mount` into the `BackgroundSession`, which is therefore never dropped;
-    // `OwnMount::release` does the one unmount ufs needs, and only of its own mount.
-    let mut background = ManuallyDrop::new(session.spawn()?);
+    let background = session.spawn()?;
     let for_signals = own.clone();
     let spawned = std::thread::Builder::new()
         .name("ufs-signals".into())
@@ -118,10 +101,7 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
         return Err(e);
     }
     on_ready();
-    let session_thread = std::mem::replace(&mut background.guard, std::thread::spawn(|| Ok(())));
-    let result = session_thread
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("the session thread panicked")));
+    let result = background.join();
     // The event loops end when the kernel ends the connection (the mount is gone, nothing to
     // do) or when they fail with the mount still attached: detach it then, if it is still ours.
     if let Err(e) = own.release() {

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 
 use crate::error::Result;
+use crate::records::XattrNamespace;
 use crate::sys;
-use crate::xattr::XattrNamespace;
 
 /// Whether a layer can be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

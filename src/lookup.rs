@@ -16,10 +16,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use crate::error::{EACCES, EINVAL, ENOENT, EPERM, Result};
-use crate::inode::{Kind, RealEntry};
+use crate::inode::RealEntry;
+use crate::kind::Kind;
 use crate::layer::LayerStack;
+use crate::records::{XattrNamespace, is_metacopy, is_no_xattr, redirect};
 use crate::sys;
-use crate::xattr::XattrNamespace;
 
 /// Prefix of OCI whiteout names.
 pub const WH_PREFIX: &[u8] = b".wh.";
@@ -67,11 +68,6 @@ pub fn is_opaque(dir: BorrowedFd<'_>, ns: XattrNamespace) -> Result<bool> {
         Err(e) if e.errno() == libc::ENOENT => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-/// Errors meaning "this xattr is not there" (or xattrs are not supported at all).
-pub fn is_no_xattr(errno: i32) -> bool {
-    errno == libc::ENODATA || errno == libc::EOPNOTSUPP || errno == libc::EPERM
 }
 
 /// Where the next lower layers are searched: a name in the parent's real directories, or (after
@@ -150,66 +146,77 @@ fn probe_name(dir: &Arc<OwnedFd>, name: &CStr, whiteout: Option<&CString>) -> Re
     }
 }
 
-fn probe(dir: &Arc<OwnedFd>, target: &Target, ns: XattrNamespace) -> Result<Probe> {
-    match target {
-        Target::Name { name, whiteout } => probe_name(dir, name, whiteout.as_ref()),
-        Target::Path(comps) => {
-            // Walked as the kernel walks a redirect path (`ovl_lookup_layer`): a whiteout or a
-            // non-directory on the way ends the search in every layer; an opaque directory on
-            // the way ends it after this layer.
-            let Some((last, path)) = comps.split_last() else {
-                return Ok(Probe::Missing);
-            };
-            let mut cur: Arc<OwnedFd> = dir.clone();
-            let mut stop = false;
-            for comp in path {
-                let wh = whiteout_name(OsStr::from_bytes(comp.to_bytes()));
-                let next = match probe_name(&cur, comp, wh.as_ref())? {
-                    Probe::Found(fd, ..) => fd,
-                    Probe::Whiteout => return Ok(Probe::Whiteout),
-                    _ => {
-                        return Ok(if stop {
-                            Probe::MissingStop
-                        } else {
-                            Probe::Missing
-                        });
-                    }
-                };
-                let st = sys::fstat(next.as_fd())?;
-                if sys::is_whiteout(&st) || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                    return Ok(Probe::Whiteout);
-                }
-                stop = stop || is_opaque(next.as_fd(), ns)?;
-                cur = Arc::new(next);
-            }
-            let wh = whiteout_name(OsStr::from_bytes(last.to_bytes()));
-            Ok(match probe_name(&cur, last, wh.as_ref())? {
-                Probe::Found(fd, d, n) if stop => Probe::FoundStop(fd, d, n),
-                Probe::Missing if stop => Probe::MissingStop,
-                other => other,
-            })
+/// Looks for `target` in the layer `layer` whose directory (or root, for a path) is `dir`.
+///
+/// A path is walked as the kernel walks a redirect path (`ovl_lookup_layer`): a whiteout or a
+/// non-directory on the way ends the search in every layer; an opaque directory on the way ends
+/// it after this layer; and a directory on the way that was itself renamed in this layer (it has
+/// a redirect record) sends the search in the layers below to where it came from: the second
+/// value is then the path to look for there.
+fn probe(
+    layers: &LayerStack,
+    layer: usize,
+    dir: &Arc<OwnedFd>,
+    target: &Target,
+) -> Result<(Probe, Option<Target>)> {
+    let ns = layers.ns();
+    let comps = match target {
+        Target::Name { name, whiteout } => {
+            return Ok((probe_name(dir, name, whiteout.as_ref())?, None));
         }
+        Target::Path(comps) => comps,
+    };
+    let Some((last, path)) = comps.split_last() else {
+        return Ok((Probe::Missing, None));
+    };
+    let mut cur: Arc<OwnedFd> = dir.clone();
+    let mut stop = false;
+    // The path so far as the layers below know it, and whether a redirect changed it.
+    let mut below: Vec<CString> = Vec::with_capacity(comps.len());
+    let mut moved = false;
+    let rewritten = |below: &[CString], moved: bool, rest: &[CString]| {
+        moved.then(|| Target::Path(below.iter().chain(rest).cloned().collect()))
+    };
+    for (i, comp) in path.iter().enumerate() {
+        let wh = whiteout_name(OsStr::from_bytes(comp.to_bytes()));
+        let next = match probe_name(&cur, comp, wh.as_ref())? {
+            Probe::Found(fd, ..) => fd,
+            Probe::Whiteout => return Ok((Probe::Whiteout, None)),
+            _ => {
+                let probe = if stop {
+                    Probe::MissingStop
+                } else {
+                    Probe::Missing
+                };
+                return Ok((probe, rewritten(&below, moved, &comps[i..])));
+            }
+        };
+        let st = sys::fstat(next.as_fd())?;
+        if sys::is_whiteout(&st) || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Ok((Probe::Whiteout, None));
+        }
+        stop = stop || is_opaque(next.as_fd(), ns)?;
+        below.push(comp.clone());
+        if !layers.is_last(layer)
+            && let Some(r) = redirect(next.as_fd(), ns)?
+        {
+            let name = OsStr::from_bytes(comp.to_bytes());
+            let current = Target::Path(below.clone());
+            if let Target::Path(p) = redirect_target(layers, layer, &r, name, &current)? {
+                below = p;
+                moved = true;
+            }
+        }
+        cur = Arc::new(next);
     }
-}
-
-/// Whether a regular file is a metadata-only copy (`overlay.metacopy` in the mount's record
-/// namespace). Its block count cannot tell: a filesystem may count a block of xattrs in it.
-pub fn is_metacopy(fd: BorrowedFd<'_>, ns: XattrNamespace) -> Result<bool> {
-    match sys::getxattr(fd, ns.metacopy()) {
-        Ok(_) => Ok(true),
-        Err(e) if is_no_xattr(e.errno()) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// The redirect record of real entry `fd` (a directory, or a metadata-only copy), if it has
-/// one. An empty record is returned as it is: it is invalid, and [`Target::redirect`] says so.
-pub fn redirect(fd: BorrowedFd<'_>, ns: XattrNamespace) -> Result<Option<Vec<u8>>> {
-    match sys::getxattr(fd, ns.redirect()) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if is_no_xattr(e.errno()) => Ok(None),
-        Err(e) => Err(e),
-    }
+    let rest = std::slice::from_ref(last);
+    let wh = whiteout_name(OsStr::from_bytes(last.to_bytes()));
+    let probe = match probe_name(&cur, last, wh.as_ref())? {
+        Probe::Found(fd, d, n) if stop => Probe::FoundStop(fd, d, n),
+        Probe::Missing if stop => Probe::MissingStop,
+        other => other,
+    };
+    Ok((probe, rewritten(&below, moved, rest)))
 }
 
 /// Whether the regular file `fd` of layer `layer` is a metadata-only copy whose data lies
@@ -288,7 +295,11 @@ fn find_lower_data(
     while i < candidates.len() {
         let (layer, dir) = candidates[i].clone();
         i += 1;
-        let (fd, in_dir, real_name, stop) = match probe(&dir, &target, layers.ns())? {
+        let (found, moved) = probe(layers, layer, &dir, &target)?;
+        if let Some(t) = moved {
+            target = t;
+        }
+        let (fd, in_dir, real_name, stop) = match found {
             Probe::Missing => continue,
             Probe::MissingStop | Probe::Whiteout => return Ok(None),
             Probe::Found(fd, d, n) => (fd, d, n, false),
@@ -340,7 +351,11 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
     while i < candidates.len() {
         let (layer, dir) = candidates[i].clone();
         i += 1;
-        let (fd, in_dir, real_name, stop_below) = match probe(&dir, &target, layers.ns())? {
+        let (probed, moved) = probe(layers, layer, &dir, &target)?;
+        if let Some(t) = moved {
+            target = t;
+        }
+        let (fd, in_dir, real_name, stop_below) = match probed {
             Probe::Missing => continue,
             Probe::MissingStop | Probe::Whiteout => break,
             Probe::Found(fd, in_dir, real_name) => (fd, in_dir, real_name, false),

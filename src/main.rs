@@ -47,8 +47,9 @@ const OPTIONS_HELP: &str = r#"Options for -o (comma-separated; -o may be repeate
   workdir=DIR            an empty directory on the upper's filesystem (needs upperdir)
   ro                     refuse every write, even with an upper
   allow_other            let every user use the mount (allow_root: root too)
-  nodev,nosuid,noexec,noatime
-                         the usual mount flags
+  nodev,dev,nosuid,suid,noexec,exec,noatime,rw
+                         the usual mount flags; as uid 0 the mount has allow_other,
+                         suid and nodev (as fuse-overlayfs), otherwise nosuid,nodev
   timeout=SECS           how long the kernel caches names and attributes (default 86400)
   fsync=0, volatile      do not make copied-up data durable (faster, unsafe on crash)
   threaded=N             number of request threads

@@ -45,9 +45,12 @@ pub struct Options {
     pub allow_other: bool,
     /// `allow_root`: let root use the mount too.
     pub allow_root: bool,
-    /// `nodev`, `nosuid`, `noexec`, `noatime`: passed to the kernel as mount flags.
+    /// `nodev` (the default, as in libfuse) or `dev`: passed to the kernel as a mount flag.
     pub nodev: bool,
-    pub nosuid: bool,
+    /// `nosuid` (`Some(true)`) or `suid` (`Some(false)`); when neither is given the mount
+    /// honours setuid bits if ufs runs as uid 0, as fuse-overlayfs does (`crate::fuse_mount`).
+    pub nosuid: Option<bool>,
+    /// `noexec`, `noatime`: passed to the kernel as mount flags.
     pub noexec: bool,
     pub noatime: bool,
     /// `debug` (or `-d` on the command line): log every request.
@@ -99,8 +102,8 @@ impl Default for Options {
             read_only: false,
             allow_other: false,
             allow_root: false,
-            nodev: false,
-            nosuid: false,
+            nodev: true,
+            nosuid: None,
             noexec: false,
             noatime: false,
             debug: false,
@@ -231,8 +234,10 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
                 "allow_root" => flag(&mut options.allow_root, true)?,
                 "nodev" => flag(&mut options.nodev, true)?,
                 "dev" => flag(&mut options.nodev, false)?,
-                "nosuid" => flag(&mut options.nosuid, true)?,
-                "suid" => flag(&mut options.nosuid, false)?,
+                "nosuid" | "suid" => {
+                    no_value(key, raw)?;
+                    options.nosuid = Some(key == "nosuid");
+                }
                 "noexec" => flag(&mut options.noexec, true)?,
                 "exec" => flag(&mut options.noexec, false)?,
                 "noatime" => flag(&mut options.noatime, true)?,
@@ -638,8 +643,10 @@ mod tests {
             ("allow_root", |o| o.allow_root),
             ("nodev", |o| o.nodev),
             ("nodev,dev", |o| !o.nodev),
-            ("nosuid", |o| o.nosuid),
-            ("nosuid,suid", |o| !o.nosuid),
+            ("lowerdir=/a", |o| o.nodev && o.nosuid.is_none()),
+            ("nosuid", |o| o.nosuid == Some(true)),
+            ("nosuid,suid", |o| o.nosuid == Some(false)),
+            ("dev", |o| !o.nodev),
             ("noexec", |o| o.noexec),
             ("noexec,exec", |o| !o.noexec),
             ("noatime", |o| o.noatime),

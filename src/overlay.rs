@@ -4,7 +4,7 @@
 //! about FUSE. Attributes are returned as `libc::stat` with `st_ino` (and `st_nlink` for merged
 //! directories) already set to what the mount reports.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CStr, OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,11 +14,32 @@ use dashmap::DashMap;
 use crate::copy_up::{CopyData, Workdir, XattrNamespace};
 use crate::error::{EBADF, EISDIR, ENODATA, ENOTDIR, EROFS, Result};
 use crate::idmap::IdMap;
-use crate::inode::{Inode, InodeTable, Kind, NodeState, ROOT_ID, RealEntry, Top};
+use crate::inode::{Inode, InodeTable, NodeState, ROOT_ID, RealEntry, Top};
+use crate::kind::Kind;
 use crate::layer::LayerStack;
+use crate::listing::{DirEntry, Listing};
 use crate::options::Options;
-use crate::readdir::{self, DirEntry, Listing};
+use crate::readdir;
+use crate::records;
 use crate::{lookup, sys};
+
+/// What a create-type request makes.
+#[derive(Debug, Clone, Copy)]
+pub enum NewEntry<'a> {
+    /// A regular file, opened with these flags.
+    File {
+        flags: i32,
+    },
+    Directory,
+    /// A fifo, socket or device node; `file_type` is its `S_IFMT` bits.
+    Node {
+        file_type: u32,
+        rdev: u64,
+    },
+    Symlink {
+        target: &'a CStr,
+    },
+}
 
 /// An entry handed to the kernel: a node id (one lookup counted) and its attributes.
 #[derive(Debug, Clone, Copy)]
@@ -238,7 +259,7 @@ impl Overlay {
         {
             // Perhaps an indexed copy: one of its links is the index entry, and names still
             // only in a lower layer count too (the kernel's `overlay.nlink` record).
-            if let Some(n) = crate::copy_up::nlink_record(top, self.record_ns)? {
+            if let Some(n) = crate::records::nlink_record(top, self.record_ns)? {
                 st.st_nlink = (st.st_nlink as i64 + n).max(1) as u64;
             } else if reals.len() > 1 {
                 st.st_nlink = st
@@ -320,7 +341,7 @@ impl Overlay {
         if in_upper && let Some(ino) = self.layers.copied_up(st.st_ino) {
             return Ok(ino);
         }
-        match crate::copy_up::recorded_ino(real, st, in_upper, self.record_ns)? {
+        match crate::records::recorded_ino(real, st, in_upper, self.record_ns)? {
             Some(ino) => Ok(ino),
             None => Ok(self.layers.map_ino(real.layer, st.st_ino)),
         }
@@ -367,7 +388,7 @@ impl Overlay {
                 && !self.layers.is_last(e.layer)
                 && match real.getxattr(self.record_ns.metacopy()) {
                     Ok(_) => true,
-                    Err(err) if lookup::is_no_xattr(err.errno()) => false,
+                    Err(err) if records::is_no_xattr(err.errno()) => false,
                     Err(err) => return Err(err),
                 })
         {
@@ -407,7 +428,7 @@ impl Overlay {
                 // A metadata-only copy keeps reading its data from the lower file, or from where
                 // that file's data is when it is a metadata-only copy itself (a layer that was
                 // an upper once).
-                if lookup::is_metacopy(entry.fd()?.as_fd(), self.record_ns)? {
+                if records::is_metacopy(entry.fd()?.as_fd(), self.record_ns)? {
                     resolved.lower_data = Some(resolved.lower_data.take().unwrap_or(lower.clone()));
                 } else {
                     resolved.lower_data = None;
@@ -889,7 +910,7 @@ impl Overlay {
             name,
             mode,
             caller,
-            crate::dir::NewEntry::File { flags },
+            crate::overlay::NewEntry::File { flags },
         )?;
         let file = file.ok_or(crate::error::EIO)?;
         Ok((

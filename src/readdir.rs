@@ -6,52 +6,18 @@
 //! `fs/overlayfs/readdir.c`, which likewise builds the whole list when the directory is opened,
 //! so offsets are plain indexes into a list that never changes for the life of the handle.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 
-use crate::copy_up::{XattrNamespace, recorded_ino};
 use crate::error::Result;
-use crate::inode::{Kind, RealEntry};
+use crate::inode::RealEntry;
+use crate::kind::Kind;
 use crate::layer::LayerStack;
-use crate::lookup::{WH_PREFIX, is_hidden_name, is_no_xattr};
+use crate::listing::DirEntry;
+use crate::lookup::{WH_PREFIX, is_hidden_name};
+use crate::records::{XattrNamespace, is_no_xattr, recorded_ino};
 use crate::sys;
-
-/// One entry of a merged listing.
-#[derive(Debug, Clone)]
-pub struct DirEntry {
-    pub name: OsString,
-    pub kind: Kind,
-    /// The `st_ino` that `stat` reports for this entry.
-    pub ino: u64,
-    /// The layer of the winning (top-most) real entry.
-    pub layer: usize,
-    /// The `d_ino` that layer's `readdir` gave: a hint only (some filesystems give every entry
-    /// one number), never taken as the entry's identity without a `stat` that agrees.
-    pub real_ino: u64,
-}
-
-/// A merged listing with an index by name, so that lookups can be answered from it.
-#[derive(Debug, Default)]
-pub struct Listing {
-    pub entries: Vec<DirEntry>,
-    by_name: HashMap<OsString, usize>,
-}
-
-impl Listing {
-    pub fn new(entries: Vec<DirEntry>) -> Listing {
-        let by_name = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.name.clone(), i))
-            .collect();
-        Listing { entries, by_name }
-    }
-
-    pub fn find(&self, name: &std::ffi::OsStr) -> Option<&DirEntry> {
-        self.by_name.get(name).map(|&i| &self.entries[i])
-    }
-}
 
 /// Lists a merged directory (without `.` and `..`).
 ///

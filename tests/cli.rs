@@ -542,3 +542,239 @@ fn relative_paths_and_escaped_separators() {
         ["a", "b", "c", "from_colon", "from_comma"]
     );
 }
+
+/// The per-mount flags and the super options of the mount at `mnt`, from mountinfo.
+fn mount_options_at(mnt: &Path) -> Option<(Vec<String>, Vec<String>)> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mnt.to_str()?;
+    // The last line for a mount point is the top-most mount there.
+    text.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fields: Vec<&str> = left.split(' ').collect();
+        if fields.get(4) != Some(&want) {
+            return None;
+        }
+        let split = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
+        Some((split(fields.get(5)?), split(right.split(' ').nth(2)?)))
+    })
+}
+
+/// A setuid-root copy of `id` in the top lower, as `sub/id`.
+fn setuid_id(ex: &Example) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let id = which("id")?;
+    mkdirs(&ex.l1.join("sub"));
+    let copy = ex.l1.join("sub/id");
+    fs::copy(&id, &copy).ok()?;
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o4755)).ok()?;
+    Some(copy)
+}
+
+/// `id -u` (the effective uid) of `prog` run as uid/gid 65534, or the failure.
+fn effective_uid_as_nobody(prog: &Path) -> Result<String, String> {
+    let run = run_bounded(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(prog)
+            .arg("-u"),
+        CMD_TIMEOUT,
+    );
+    if run.success() {
+        Ok(run.stdout.trim().to_string())
+    } else {
+        Err(run.to_string())
+    }
+}
+
+/// Regression: as root ufs mounted `nosuid,nodev` without `allow_other` whatever `-o` said, so
+/// containers running as another user could not use the mount (`podman run --user 1000`: "sh:
+/// executable file not found") and setuid programs in images ran without their owner's uid.
+/// fuse-overlayfs, run as uid 0, mounts `default_permissions,allow_other,suid` (and libfuse's
+/// `nodev`), and applies `dev`, `nodev`, `suid`, `nosuid`, `exec`, `noexec`, `ro`, `rw`.
+#[test]
+fn root_mounts_with_fuse_overlayfs_defaults_and_the_flags_given() {
+    if skip("root_mounts_with_fuse_overlayfs_defaults_and_the_flags_given") {
+        return;
+    }
+    if which("setpriv").is_none() {
+        say("SKIP root_mounts_with_fuse_overlayfs_defaults_and_the_flags_given: no setpriv");
+        return;
+    }
+    let ex = Example::new();
+    let Some(_) = setuid_id(&ex) else {
+        say("SKIP root_mounts_with_fuse_overlayfs_defaults_and_the_flags_given: no id(1)");
+        return;
+    };
+    // (extra options, per-mount flags that must be there, flags that must not, euid of the
+    // setuid program run by uid 65534)
+    let cases: &[(&str, &[&str], &[&str], &str)] = &[
+        ("", &["rw", "nodev"], &["nosuid", "noexec"], "0"),
+        ("nosuid", &["nosuid", "nodev"], &[], "65534"),
+        ("dev,noexec", &["noexec"], &["nodev", "nosuid"], ""),
+        ("nosuid,suid,noexec,exec", &[], &["nosuid", "noexec"], "0"),
+        ("ro", &["ro", "nodev"], &["nosuid"], "0"),
+        ("ro,rw", &["rw"], &["ro"], "0"),
+    ];
+    for (i, (extra, present, absent, euid)) in cases.iter().enumerate() {
+        let mnt = ex.mnt(&format!("m{i}"));
+        let opts = if extra.is_empty() {
+            ex.opts()
+        } else {
+            format!("{},{extra}", ex.opts())
+        };
+        let m = UfsMount::mount(&opts, &mnt);
+        let (flags, supers) = mount_options_at(&mnt).expect("the mount is in mountinfo");
+        for flag in *present {
+            assert!(
+                flags.iter().any(|f| f == flag),
+                "-o {extra}: {flag} missing from {flags:?}"
+            );
+        }
+        for flag in *absent {
+            assert!(
+                !flags.iter().any(|f| f == flag),
+                "-o {extra}: {flag} in {flags:?}"
+            );
+        }
+        for opt in ["default_permissions", "allow_other"] {
+            assert!(
+                supers.iter().any(|o| o == opt),
+                "-o {extra}: {opt} missing from {supers:?}"
+            );
+        }
+        // allow_other: another user can use the mount.
+        let listed = run_bounded(
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "ls"])
+                .arg(&mnt),
+            CMD_TIMEOUT,
+        );
+        assert!(
+            listed.success(),
+            "-o {extra}: uid 65534 cannot list the mount:\n{listed}"
+        );
+        let got = effective_uid_as_nobody(&mnt.join("sub/id"));
+        if euid.is_empty() {
+            assert!(
+                got.is_err(),
+                "-o {extra}: noexec let the program run: {got:?}"
+            );
+        } else {
+            assert_eq!(
+                got.as_deref(),
+                Ok(*euid),
+                "-o {extra}: effective uid of a setuid program"
+            );
+        }
+        drop(m);
+    }
+}
+
+/// Runs `script` with `sh` in a private mount namespace (nothing it mounts is seen outside, and
+/// every mount in it goes when its last process exits) in which `/dev/fuse` is a node of mode
+/// `mode`, whatever the host's node allows. `None` when the tools for it are missing.
+fn in_private_dev_fuse(ex: &Example, mode: &str, script: &str) -> Option<Run> {
+    for tool in ["unshare", "setpriv", "mknod"] {
+        which(tool)?;
+    }
+    let node = ex.base().join("fuse-node");
+    let full = format!(
+        "set -e\nmknod -m {mode} {node} c 10 229\nmount --bind {node} /dev/fuse\n{script}",
+        node = node.display()
+    );
+    Some(run_bounded(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(full),
+        CMD_TIMEOUT,
+    ))
+}
+
+/// A read-only union of `l1` that uid 65534 may mount on `m65534`.
+fn nobody_mount_setup(ex: &Example) -> (PathBuf, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let mnt = ex.mnt("m65534");
+    std::os::unix::fs::chown(&mnt, Some(65534), Some(65534)).expect("chown");
+    for dir in [ex.base(), &ex.l1] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    (mnt, format!("lowerdir={}", ex.l1.display()))
+}
+
+/// Regression: when `/dev/fuse` could not be opened the message was `mounting on "MERGED":
+/// Permission denied`, which does not say what was denied.
+#[test]
+fn dev_fuse_that_cannot_be_opened_is_named_in_one_line() {
+    if skip("dev_fuse_that_cannot_be_opened_is_named_in_one_line") {
+        return;
+    }
+    let ex = Example::new();
+    let (mnt, opts) = nobody_mount_setup(&ex);
+    let script = format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups {} -o {opts} {}",
+        ufs_bin().display(),
+        mnt.display()
+    );
+    let Some(run) = in_private_dev_fuse(&ex, "600", &script) else {
+        say("SKIP dev_fuse_that_cannot_be_opened_is_named_in_one_line: no unshare/setpriv/mknod");
+        return;
+    };
+    assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{run}");
+    let lines = run.stderr_lines();
+    assert_eq!(lines.len(), 1, "one line:\n{run}");
+    assert!(
+        lines[0].contains("/dev/fuse: Permission denied"),
+        "the line names /dev/fuse and the cause:\n{run}"
+    );
+}
+
+/// A user other than root mounts through the setuid `fusermount3` (Debian's opens `/dev/fuse`
+/// with the user's own rights, hence the 0666 node), gets what it allows (`nosuid,nodev`, no
+/// `allow_other`), and unmounts with `ufs umount`.
+#[test]
+fn non_root_mounts_through_fusermount3() {
+    if skip("non_root_mounts_through_fusermount3") {
+        return;
+    }
+    let ex = Example::new();
+    let (mnt, opts) = nobody_mount_setup(&ex);
+    let (ufs, m) = (ufs_bin(), mnt.display());
+    let script = format!(
+        "trap 'umount -l {m} 2>/dev/null || true' EXIT
+as_nobody() {{ setpriv --reuid=65534 --regid=65534 --clear-groups \"$@\"; }}
+as_nobody {ufs} -o {opts} {m}
+grep ' {m} ' /proc/self/mountinfo
+as_nobody cat {m}/a
+echo
+as_nobody {ufs} umount {m}
+if grep ' {m} ' /proc/self/mountinfo; then echo still mounted; fi",
+        ufs = ufs.display()
+    );
+    let Some(run) = in_private_dev_fuse(&ex, "666", &script) else {
+        say("SKIP non_root_mounts_through_fusermount3: no unshare/setpriv/mknod");
+        return;
+    };
+    assert!(run.success(), "{run}");
+    let mut lines = run.stdout.lines();
+    let info = lines.next().unwrap_or_default();
+    let (left, right) = info.split_once(" - ").unwrap_or_default();
+    let flags: Vec<&str> = left
+        .split(' ')
+        .nth(5)
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    for flag in ["nosuid", "nodev"] {
+        assert!(flags.contains(&flag), "{flag} missing:\n{run}");
+    }
+    if !is_stand_in() {
+        assert!(right.starts_with("fuse.ufs "), "type fuse.ufs:\n{run}");
+    }
+    assert!(
+        right.contains("user_id=65534"),
+        "mounted by uid 65534:\n{run}"
+    );
+    assert!(!right.contains("allow_other"), "no allow_other:\n{run}");
+    assert_eq!(lines.next(), Some("a"), "reads through the mount:\n{run}");
+    assert_eq!(lines.next(), None, "unmounted:\n{run}");
+}

@@ -1326,3 +1326,38 @@ fn index_metacopy_chain_after_rotation() {
         ],
     );
 }
+
+/// Soak seed 103196769485707 (`redirect`, read-only layers): a directory renamed in one
+/// generation (`/a` to `/e`, a relative redirect in that layer) and then, on the rotated stack, a
+/// directory moved out of it (`/e/a` to `/c`, recorded as `/e/a`). Reading `/e/a` from the
+/// layers below must follow `e`'s own redirect on the way (`/a/a`), as the kernel's
+/// `ovl_lookup_layer` does for every directory on a redirect path; ufs looked for `/e/a` below
+/// and merged nothing.
+#[test]
+fn a_redirect_path_through_a_renamed_directory() {
+    regression(
+        "a_redirect_path_through_a_renamed_directory",
+        REDIRECT,
+        vec![layer(vec![
+            ("a/a/x", Node::file(b"x data")),
+            ("a/a/y", Node::file(b"y data")),
+            ("c", Node::file(b"c")),
+        ])],
+        vec![
+            Op::Unlink { path: path("c") },
+            Op::Rename {
+                from: path("a"),
+                to: path("e"),
+                mode: RenameMode::Plain,
+            },
+            Op::Rotate,
+            Op::Rename {
+                from: path("e/a"),
+                to: path("c"),
+                mode: RenameMode::Plain,
+            },
+            Op::RemountReadOnly,
+            Op::Readdir { path: path("c") },
+        ],
+    );
+}

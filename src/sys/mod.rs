@@ -7,6 +7,7 @@
 //! through the `/proc/self/fd/N` magic link, which names the object the fd holds without
 //! following a symlink stored in the layer.
 
+pub mod fuse;
 pub mod process;
 
 use std::ffi::{CStr, CString, OsStr, OsString};

@@ -1,4 +1,7 @@
-//! Overlay records kept in extended attributes, and which xattrs are visible through the mount.
+//! The overlay's records in extended attributes: their names in both namespaces, one reader
+//! (with the one errno filter that says "not there"), the writers, and which xattrs are visible
+//! through the mount. Kernel counterpart: `ovl_xattr()`, `ovl_getxattr_value()` and
+//! `ovl_check_setxattr()` in `fs/overlayfs/util.c`, and `fs/overlayfs/xattrs.c`.
 //!
 //! A mount reads and writes its records in exactly one namespace (kernel: `ovl_xattr()` and
 //! `ofs->config.userxattr` in `fs/overlayfs/`): `trusted.overlay.*` when the daemon may use
@@ -9,7 +12,13 @@
 //! can set is never taken as a record by a mount that uses `trusted.overlay.*`.
 
 use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
+
+use crate::error::Result;
+use crate::inode::RealEntry;
+use crate::kind::Kind;
+use crate::sys;
 
 /// Which xattr namespace a mount's records live in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +119,113 @@ impl XattrNamespace {
         }
         out
     }
+}
+
+/// Errors meaning "this xattr is not there" (or xattrs are not supported at all).
+pub fn is_no_xattr(errno: i32) -> bool {
+    errno == libc::ENODATA || errno == libc::EOPNOTSUPP || errno == libc::EPERM
+}
+
+/// Record `name` of the object behind `fd`: `None` when it is not there.
+pub fn get(fd: BorrowedFd<'_>, name: &CStr) -> Result<Option<Vec<u8>>> {
+    match sys::getxattr(fd, name) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_no_xattr(e.errno()) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Record `name` of real entry `entry`: `None` when it is not there (or the entry is gone).
+pub fn get_entry(entry: &RealEntry, name: &CStr) -> Result<Option<Vec<u8>>> {
+    match entry.getxattr(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_no_xattr(e.errno()) || e.errno() == libc::ENOENT => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a regular file is a metadata-only copy (`overlay.metacopy` in the mount's record
+/// namespace). Its block count cannot tell: a filesystem may count a block of xattrs in it.
+pub fn is_metacopy(fd: BorrowedFd<'_>, ns: XattrNamespace) -> Result<bool> {
+    Ok(get(fd, ns.metacopy())?.is_some())
+}
+
+/// The redirect record of real entry `fd` (a directory, or a metadata-only copy), if it has
+/// one. An empty record is returned as it is: it is invalid, and
+/// [`crate::redirect::Target::redirect`] says so.
+pub fn redirect(fd: BorrowedFd<'_>, ns: XattrNamespace) -> Result<Option<Vec<u8>>> {
+    get(fd, ns.redirect())
+}
+
+/// Writes the inode-number record on a copy. `user.*` xattrs cannot be set on symlinks and
+/// special files: those keep no record in a rootless mount (see docs/DIFFERENCES.md).
+pub fn set_ino_record(fd: BorrowedFd<'_>, ns: XattrNamespace, kind: Kind, ino: u64) -> Result<()> {
+    if ns == XattrNamespace::User && !matches!(kind, Kind::Regular | Kind::Directory) {
+        return Ok(());
+    }
+    sys::setxattr(fd, ns.ino_record(), ino.to_string().as_bytes(), 0)
+}
+
+/// The inode-number record of `entry` (with `stat` `st`), if it has one ufs may use.
+///
+/// In the upper every record counts. In a lower layer (an upper once), a record counts only
+/// where no other object can share its number: the entry has one link and no origin handle. A
+/// copy with several links, or one made into the index (it has an `overlay.origin`), may have
+/// lower names that were never copied up and still report the lower file's number, which is
+/// the number recorded; such a layer reports real numbers, as the kernel does for every lower.
+pub fn recorded_ino(
+    entry: &RealEntry,
+    st: &libc::stat,
+    in_upper: bool,
+    ns: XattrNamespace,
+) -> Result<Option<u64>> {
+    let Some(v) = get_entry(entry, ns.ino_record())? else {
+        return Ok(None);
+    };
+    let Some(ino) = parse_ino_record(&v) else {
+        log::warn!("ignoring a malformed inode-number record {v:?}");
+        return Ok(None);
+    };
+    if in_upper {
+        return Ok(Some(ino));
+    }
+    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    if !is_dir && st.st_nlink != 1 {
+        return Ok(None);
+    }
+    match get_entry(entry, ns.origin())? {
+        Some(_) => Ok(None),
+        None => Ok(Some(ino)),
+    }
+}
+
+/// Parses an inode-number record.
+pub fn parse_ino_record(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.parse().ok().filter(|&n| n > 1)
+}
+
+/// The kernel's link-count record of an indexed copy (`overlay.nlink`): `U+N` means the
+/// merged link count is the upper inode's plus N.
+pub fn nlink_record(entry: &RealEntry, ns: XattrNamespace) -> Result<Option<i64>> {
+    let Some(v) = get_entry(entry, ns.nlink())? else {
+        return Ok(None);
+    };
+    let s = String::from_utf8_lossy(&v);
+    let n = s.strip_prefix('U').and_then(|n| n.parse::<i64>().ok());
+    if n.is_none() {
+        log::warn!("ignoring a link-count record ufs cannot read: {s:?}");
+    }
+    Ok(n)
+}
+
+/// Writes the link-count record of an indexed copy: the merged count is the upper's plus `n`.
+pub fn set_nlink_record(ns: XattrNamespace, entry: &RealEntry, n: i64) -> Result<()> {
+    sys::setxattr(
+        entry.fd()?.as_fd(),
+        ns.nlink(),
+        format!("U{n:+}").as_bytes(),
+        0,
+    )
 }
 
 #[cfg(test)]
