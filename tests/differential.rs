@@ -28,6 +28,16 @@
 //! - `UFS_DIFF_CONFIG=off|redirect|metacopy|index|full`: every case with those features
 //!   (`redirect_dir`, `index`, `metacopy`) instead of its seed's choice (the operations then
 //!   differ too; replay commands carry it).
+//! - `UFS_DIFF_DINO=off|on|same|shifted`: whether ufs's bottom lower is served through
+//!   `dinofs`, a read-only passthrough FUSE filesystem in the test process whose `readdir`
+//!   lies about `d_ino` (one number for every entry, as fuse2fs does, or another entry's
+//!   number) while `lookup` and `stat` give the real ones (issue 16). By default a third of the
+//!   cases without `index=on` get it, drawn from the seed apart from its layers and operations
+//!   (`generate::dino_of`); `on` gives it to every such case. The kernel's side stays on the
+//!   plain directory (`runner::Bench::new` says why; `UFS_DIFF_DINO_KERNEL=1` serves it
+//!   through the passthrough too). Every comparison then also covers a lower whose `d_ino`
+//!   lies: ufs must show the kernel's objects, contents and hard-link groups, and its own
+//!   `d_ino` must still be its `st_ino`.
 //! - `UFS_DIFF_SECS=600`: fresh random seeds for that long, each seed printed, each failure
 //!   reported as it is found (it stops taking new seeds after 10 failures).
 //! - `UFS_DIFF_SHRINK=N`: shrink at most N failures (default 4; the others are reported with
