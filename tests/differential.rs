@@ -28,6 +28,16 @@
 //! - `UFS_DIFF_CONFIG=off|redirect|metacopy|index|full`: every case with those features
 //!   (`redirect_dir`, `index`, `metacopy`) instead of its seed's choice (the operations then
 //!   differ too; replay commands carry it).
+//! - `UFS_DIFF_DINO=off|on|same|shifted`: whether ufs's bottom lower is served through
+//!   `dinofs`, a read-only passthrough FUSE filesystem in the test process whose `readdir`
+//!   lies about `d_ino` (one number for every entry, as fuse2fs does, or another entry's
+//!   number) while `lookup` and `stat` give the real ones (issue 16). By default a third of the
+//!   cases without `index=on` get it, drawn from the seed apart from its layers and operations
+//!   (`generate::dino_of`); `on` gives it to every such case. The kernel's side stays on the
+//!   plain directory (`runner::Bench::new` says why; `UFS_DIFF_DINO_KERNEL=1` serves it
+//!   through the passthrough too). Every comparison then also covers a lower whose `d_ino`
+//!   lies: ufs must show the kernel's objects, contents and hard-link groups, and its own
+//!   `d_ino` must still be its `st_ino`.
 //! - `UFS_DIFF_SECS=600`: fresh random seeds for that long, each seed printed, each failure
 //!   reported as it is found (it stops taking new seeds after 10 failures).
 //! - `UFS_DIFF_SHRINK=N`: shrink at most N failures (default 4; the others are reported with
@@ -47,6 +57,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/dinofs.rs"]
+mod dinofs;
 #[path = "differential/generate.rs"]
 mod generate;
 #[path = "differential/ops.rs"]
@@ -153,10 +165,11 @@ fn run_many(
     next: &(dyn Fn() -> Option<u64> + Sync),
     print_seeds: bool,
     max_failures: usize,
-) -> (usize, usize, Vec<Found>) {
+) -> (usize, usize, usize, Vec<Found>) {
     let to_shrink = env_u64("UFS_DIFF_SHRINK").unwrap_or(4) as usize;
     let clean = AtomicUsize::new(0);
     let ops_run = AtomicUsize::new(0);
+    let dino_clean = AtomicUsize::new(0);
     let shrinks_left = AtomicUsize::new(to_shrink);
     let stop = AtomicBool::new(false);
     let found: Mutex<Vec<Found>> = Mutex::new(Vec::new());
@@ -177,6 +190,7 @@ fn run_many(
                         Ok(st) => {
                             clean.fetch_add(1, Ordering::Relaxed);
                             ops_run.fetch_add(st.ops, Ordering::Relaxed);
+                            dino_clean.fetch_add(usize::from(st.dino), Ordering::Relaxed);
                         }
                         Err(f) => {
                             // Long runs print each failure as it comes; the fixed set only
@@ -200,6 +214,7 @@ fn run_many(
     (
         clean.into_inner(),
         ops_run.into_inner(),
+        dino_clean.into_inner(),
         found.into_inner().expect("not poisoned"),
     )
 }
@@ -232,7 +247,7 @@ fn differential() {
         return replay(seed);
     }
     let start = Instant::now();
-    let (clean, ops_run, found) = if let Some(secs) = env_u64("UFS_DIFF_SECS") {
+    let (clean, ops_run, dino_clean, found) = if let Some(secs) = env_u64("UFS_DIFF_SECS") {
         let deadline = start + Duration::from_secs(secs);
         let next = move || -> Option<u64> {
             (Instant::now() < deadline).then(|| rand::random::<u64>() >> 16)
@@ -258,8 +273,10 @@ fn differential() {
         run_many(&next, false, usize::MAX)
     };
     let elapsed = start.elapsed();
+    let dino_failed = found.iter().filter(|f| f.case.dino.is_some()).count();
     println!(
-        "differential: {clean} sequences clean ({ops_run} operations), {} failed, in {:.1}s on {} threads",
+        "differential: {clean} sequences clean ({ops_run} operations), {} failed, in {:.1}s on {} threads; \
+         with the bottom lower through dinofs: {dino_clean} clean, {dino_failed} failed",
         found.len(),
         elapsed.as_secs_f64(),
         jobs()
@@ -348,12 +365,18 @@ fn generator_covers_the_issue() {
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     let mut lowers = [0usize; 5];
     let (mut remounts, mut with_upper, mut short) = (0, 0, 0);
+    let (mut dino_same, mut dino_shifted) = (0, 0);
     let mut layer_text = String::new();
     for seed in 1..=320 {
         let c = gen_case(seed);
         lowers[c.stack.lowers.len()] += 1;
         with_upper += usize::from(c.stack.upper.is_some());
         short += usize::from(c.ops.len() < 40);
+        match c.dino {
+            Some(dinofs::DinoMode::Same) => dino_same += 1,
+            Some(dinofs::DinoMode::Shifted) => dino_shifted += 1,
+            None => {}
+        }
         for op in &c.ops {
             *kinds.entry(op.kind()).or_default() += 1;
             remounts += usize::from(*op == ops::Op::Remount);
@@ -398,6 +421,13 @@ fn generator_covers_the_issue() {
         assert!(range.contains(&n), "{k}: {n} ({kinds:?})");
     }
     assert!(with_upper > 50, "stacks with upper content: {with_upper}");
+    // A layer whose readdir lies about d_ino (issue 16), in both ways, in the fixed set.
+    if std::env::var_os("UFS_DIFF_DINO").is_none() {
+        assert!(
+            dino_same >= 15 && dino_shifted >= 15,
+            "cases through dinofs: {dino_same} same, {dino_shifted} shifted"
+        );
+    }
     for what in ["WHITEOUT", "OPAQUE", "hard link of", "symlink", "fifo"] {
         assert!(layer_text.contains(what), "no {what} in the stacks");
     }
@@ -451,6 +481,7 @@ fn regression(name: &str, config: Config, lowers: Vec<Layer>, ops: Vec<Op>) {
             upper: None,
         },
         ops,
+        dino: None,
     };
     let picks: Vec<usize> = (0..case.ops.len()).collect();
     if let Err(f) = run_case(&case, &picks, true) {
@@ -1453,6 +1484,41 @@ fn an_xattr_change_through_a_lower_alias_does_not_link_it_up() {
             },
             Op::Rotate,
             Op::Stat { path: path("h2") },
+        ],
+    );
+}
+
+/// Soak seeds 50120121180124, 206414524674734, 178518764073109 (`index`, read-only layers and
+/// rotation; found with `UFS_DIFF_DINO=on`, but in cases without the passthrough): with
+/// `index=on`, once one name of a lower hard link has its copy (a `setxattr` through it), a
+/// `setxattr` through another, still lower-only name changes the index copy, and the kernel
+/// does not link that name into the upper (unlike `chmod` or a write, see
+/// `index_change_through_a_lower_alias_links_it_up`): the upper as a lower layer shows that name
+/// as the old lower file, with its own xattrs and two links. ufs links it up: one file of three
+/// links, the second value.
+#[test]
+fn index_setxattr_through_a_lower_alias_is_not_linked_up() {
+    regression(
+        "index_setxattr_through_a_lower_alias_is_not_linked_up",
+        INDEX,
+        vec![layer(vec![
+            ("e", Node::file(b"the data of e")),
+            ("d/h2", Node::HardLink { target: "e".into() }),
+        ])],
+        vec![
+            Op::SetXattr {
+                path: path("d/h2"),
+                name: "user.k0".into(),
+                value: b"".to_vec(),
+                mode: XattrMode::Any,
+            },
+            Op::SetXattr {
+                path: path("e"),
+                name: "user.k0".into(),
+                value: b"g".to_vec(),
+                mode: XattrMode::Any,
+            },
+            Op::RemountReadOnly,
         ],
     );
 }

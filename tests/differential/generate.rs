@@ -21,6 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::common::{Layer, Meta, Node, Stack};
+use crate::dinofs::DinoMode;
 use crate::ops::{Op, RenameMode, Time, XattrMode};
 
 /// Names used in the generated layers.
@@ -104,6 +105,9 @@ pub struct Case {
     pub config: Config,
     pub stack: Stack,
     pub ops: Vec<Op>,
+    /// The bottom lower of the ufs mount is served through the passthrough whose `readdir`
+    /// lies about `d_ino` this way (`crate::dinofs`), or is the directory itself.
+    pub dino: Option<DinoMode>,
 }
 
 pub fn gen_case(seed: u64) -> Case {
@@ -118,8 +122,46 @@ pub fn gen_case(seed: u64) -> Case {
         config,
         stack,
         ops,
+        dino: dino_of(seed, config),
     }
 }
+
+/// One case in [`DINO_ONE_IN`] without `index=on` gets its bottom lower (the one with the most
+/// content) through the lying passthrough, half of them with one `d_ino` for every entry, half
+/// with shifted ones. Drawn from a stream of its own, so that a seed's layers and operations
+/// are the same with or without it. `UFS_DIFF_DINO=off|same|shifted|on` (`on`: always, the seed
+/// choosing the mode) overrides the draw (replay commands carry it).
+///
+/// Only ufs's side gets the passthrough (`runner::Bench::new` says why not the kernel's). Never
+/// with `index=on`: ufs's records then name its lowers by file handle, so the cross-mount
+/// checks give the kernel ufs's own lowers, the passthrough included, and over a FUSE lower
+/// (a null uuid) the kernel mounts `index=on` as `index=off` ("null uuid detected in lower fs
+/// ..., falling back to xino=off,index=off,nfs_export=off").
+pub fn dino_of(seed: u64, config: Config) -> Option<DinoMode> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xd1_0d1d_0bad);
+    let on = rng.random_range(0..DINO_ONE_IN) == 0;
+    let mode = if rng.random_bool(0.5) {
+        DinoMode::Same
+    } else {
+        DinoMode::Shifted
+    };
+    let chosen = match std::env::var("UFS_DIFF_DINO")
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("") => on.then_some(mode),
+        Some("off") => None,
+        Some("on") => Some(mode),
+        Some("same") => Some(DinoMode::Same),
+        Some("shifted") => Some(DinoMode::Shifted),
+        Some(v) => panic!("UFS_DIFF_DINO={v:?}: expected off, on, same or shifted"),
+    };
+    chosen.filter(|_| !config.index)
+}
+
+/// See [`dino_of`].
+pub const DINO_ONE_IN: u32 = 3;
 
 // ---------------------------------------------------------------------------------------------
 // Layers

@@ -20,6 +20,7 @@ use crate::common::{
     materialize_layer, mkdirs, mount_at, panic_message, run_bounded, tempdir, ufs_side_flavor,
     wait_mounted, wait_until,
 };
+use crate::dinofs::{DinoMode, DinoMount};
 use crate::generate::{Case, Config};
 use crate::ops::{self, Op, Outcome};
 use crate::tree::{self, Tree};
@@ -139,6 +140,9 @@ pub struct Side {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub mnt: PathBuf,
+    /// The passthrough serving the bottom lower ([`Case::dino`]), mounted at `f` over the
+    /// directory `l/N`; `lowers` names `f`. Unmounted last ([`Bench`]'s `Drop`).
+    dino: Option<DinoMount>,
 }
 
 impl Side {
@@ -148,9 +152,10 @@ impl Side {
         upper: Option<&Layer>,
         flavor: Flavor,
         seed: u64,
+        dino: Option<DinoMode>,
     ) -> Side {
         let mut rng = StdRng::seed_from_u64(seed ^ 0xd1ff_5eed);
-        let lowers = stack_lowers
+        let mut lowers: Vec<PathBuf> = stack_lowers
             .iter()
             .enumerate()
             .map(|(i, l)| {
@@ -159,6 +164,14 @@ impl Side {
                 d
             })
             .collect();
+        let dino = dino.and_then(|mode| {
+            let bottom = lowers.last_mut()?;
+            let f = mkdirs(&base.join("f"));
+            let m = DinoMount::serve(bottom, &f, mode)
+                .unwrap_or_else(|e| panic!("serving {} at {}: {e}", bottom.display(), f.display()));
+            *bottom = f;
+            Some(m)
+        });
         let up = base.join("up");
         // The upper always gets the kernel's formats: the cross-mount check hands ufs's upper
         // to the kernel ([`KnownDifference::OciMarkers`]).
@@ -174,6 +187,7 @@ impl Side {
             upper: up,
             work: mkdirs(&base.join("wk")),
             mnt: mkdirs(&base.join("m")),
+            dino,
         }
     }
 
@@ -214,12 +228,26 @@ impl Bench {
         let base = tempdir();
         let b = base.path();
         let st = &case.stack;
+        // The kernel's side keeps its bottom lower a plain directory: over a FUSE lower the
+        // kernel overlay is no oracle for what the harness compares. It does mount it (with one
+        // or more other lowers), but a FUSE superblock has a null uuid and no persistent file
+        // handles across the harness's remounts, so: `index=on` becomes `index=off` ("null uuid
+        // detected in lower fs"); with its layers on two filesystems and `xino=off`, two names
+        // of one file can show two inode numbers (a lower file copied up by `link`: the old
+        // name keeps the lower's number, the new one shows the upper's), so its hard-link
+        // groups break; and after a read-only remount over its former upper, `lstat` of copied
+        // names fails with `ESTALE`. `UFS_DIFF_DINO_KERNEL=1` serves its side through the
+        // passthrough too, to look at that.
+        let kernel_dino = case
+            .dino
+            .filter(|_| std::env::var_os("UFS_DIFF_DINO_KERNEL").is_some_and(|v| v == "1"));
         let k = Side::create(
             &b.join("k"),
             &st.lowers,
             st.upper.as_ref(),
             Flavor::Kernel,
             case.seed,
+            kernel_dino,
         );
         // With `index=on` the upper's records (`overlay.origin`, index entries) name lower
         // inodes by file handle, so the cross-mount check must give the kernel ufs's own lowers,
@@ -235,6 +263,7 @@ impl Bench {
             st.upper.as_ref(),
             ufs_flavor,
             case.seed,
+            case.dino,
         );
         Bench {
             base,
@@ -410,6 +439,9 @@ impl Drop for Bench {
     fn drop(&mut self) {
         drop(self.ufs.take());
         drop(self.kernel.take());
+        // The passthroughs under them last.
+        drop(self.u.dino.take());
+        drop(self.k.dino.take());
     }
 }
 
@@ -461,6 +493,8 @@ pub struct Failure {
 pub struct Stats {
     pub ops: usize,
     pub skipped: usize,
+    /// The case had its bottom lower through the lying passthrough ([`Case::dino`]).
+    pub dino: bool,
 }
 
 /// The lines of a tree difference, at most 12 of them, under a count.
@@ -623,7 +657,10 @@ pub fn run_case(case: &Case, picks: &[usize], verbose: bool) -> Result<Stats, Fa
 fn run_inner(case: &Case, picks: &[usize], verbose: bool) -> Result<Stats, Failure> {
     let mut bench = Bench::new(case);
     bench.mount();
-    let mut stats = Stats::default();
+    let mut stats = Stats {
+        dino: case.dino.is_some(),
+        ..Stats::default()
+    };
     let (kmnt, umnt) = (bench.k.mnt.clone(), bench.u.mnt.clone());
     for (pos, &i) in picks.iter().enumerate() {
         let op = &case.ops[i];
@@ -769,10 +806,12 @@ pub fn replay_command(seed: u64, picks: &[usize]) -> String {
         .filter(|i| !picks.contains(i))
         .map(|i| i.to_string())
         .collect();
-    let mut s = match std::env::var("UFS_DIFF_CONFIG") {
-        Ok(c) => format!("UFS_DIFF_CONFIG={c} "),
-        Err(_) => String::new(),
-    };
+    let mut s = String::new();
+    for var in ["UFS_DIFF_CONFIG", "UFS_DIFF_DINO", "UFS_DIFF_DINO_KERNEL"] {
+        if let Ok(v) = std::env::var(var) {
+            let _ = write!(s, "{var}={v} ");
+        }
+    }
     let _ = write!(s, "UFS_DIFF_SEED={seed} UFS_DIFF_OPS={ops}");
     if !drop.is_empty() {
         let _ = write!(s, " UFS_DIFF_DROP={}", drop.join(","));
@@ -795,10 +834,11 @@ pub fn report(
     shrunk: Option<(&[usize], &Failure)>,
 ) -> String {
     let mut s = format!(
-        "=== DIFFERENTIAL FAILURE seed={} ({} ops, {}) ===\nfirst failure ({}, at op {} of the run):\n  {}\n",
+        "=== DIFFERENTIAL FAILURE seed={} ({} ops, {}{}) ===\nfirst failure ({}, at op {} of the run):\n  {}\n",
         case.seed,
         case.ops.len(),
         case.config.options(),
+        dino_note(case),
         first.stage,
         first.pos,
         first.detail.trim_end().replace('\n', "\n  ")
@@ -828,9 +868,23 @@ pub fn report(
     s
 }
 
+/// What a case's bottom lower is served through, when it is not the directory itself.
+fn dino_note(case: &Case) -> String {
+    match case.dino {
+        Some(m) => format!(
+            "; ufs's bottom lower through dinofs, d_ino {}",
+            match m {
+                DinoMode::Same => "the same for every entry",
+                DinoMode::Shifted => "of another entry",
+            }
+        ),
+        None => String::new(),
+    }
+}
+
 /// A readable listing of the layers of a case (for replays).
 pub fn describe_stack(case: &Case) -> String {
-    let mut s = format!("options: {}\n", case.config.options());
+    let mut s = format!("options: {}{}\n", case.config.options(), dino_note(case));
     let mut layers: Vec<(String, &Layer)> = Vec::new();
     if let Some(u) = &case.stack.upper {
         layers.push(("upper".into(), u));

@@ -13,7 +13,10 @@
 //! `st_ino` of `lstat` is recorded apart ([`Tree::ino_problems`]) and only held against ufs:
 //! SEMANTICS.md ("readdir") requires ufs to agree with itself, but the kernel does not always
 //! (a merged directory listed before its first lookup in a fresh mount, or after some copy-ups,
-//! can show the upper inode number in `d_ino` and the origin's in `st_ino`).
+//! can show the upper inode number in `d_ino` and the origin's in `st_ino`). A lower whose
+//! filesystem's `readdir` lies (`generate::Case::dino`) is given to ufs only: ufs must still
+//! agree with itself, while the kernel, over such a layer, lists a directory of one lower as
+//! the layer does, lying `d_ino` included.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
