@@ -451,9 +451,12 @@ impl Overlay {
             .first()
             .is_some_and(|r| Some(r.layer) != self.layers.upper());
         let writable = !self.read_only && self.work.is_some();
+        // With the index, an upper name of an indexed copy counts too: a lower-only name of the
+        // same node may be the one last looked up while the operation comes through this one.
         let names = n.kind != Kind::Directory
             && writable
-            && ((lower_top && attr.st_nlink > 1) || (!lower_top && st.reals.len() > 1));
+            && attr.st_nlink > 1
+            && (lower_top || self.index || st.reals.len() > 1);
         (names || st.lower_data.is_some(), names)
     }
 

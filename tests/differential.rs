@@ -1522,3 +1522,39 @@ fn index_setxattr_through_a_lower_alias_is_not_linked_up() {
         ],
     );
 }
+
+/// Soak seed 221692111824965 (`full`): after a remount, the upper name of an indexed copy was
+/// looked up (and cached by the kernel, its node then having only that entry), then a
+/// lower-only name of the same file (which made the node take the index entry and the lower
+/// file); a `chmod` through the cached upper name then reached ufs as an operation on the node
+/// last looked up by the lower-only name, which ufs linked up. The kernel changes the copy and
+/// links nothing. Every name of a file with several links now gets no cache time in a writable
+/// mount with the index, so ufs knows the name an operation comes through.
+#[test]
+fn a_change_through_an_upper_name_links_up_no_other_name() {
+    regression(
+        "a_change_through_an_upper_name_links_up_no_other_name",
+        Config::new(true, true, true),
+        vec![layer(vec![
+            ("c", Node::file(b"the data of c")),
+            ("h1", Node::HardLink { target: "c".into() }),
+            ("h2", Node::HardLink { target: "c".into() }),
+        ])],
+        vec![
+            Op::Write {
+                path: path("h2"),
+                offset: 65,
+                len: 252,
+                fill: 131,
+            },
+            Op::RemountReadOnly,
+            Op::Stat { path: path("h2") },
+            Op::Stat { path: path("h1") },
+            Op::Chmod {
+                path: path("h2"),
+                mode: 0,
+            },
+            Op::Rotate,
+        ],
+    );
+}
