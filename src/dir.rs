@@ -84,6 +84,18 @@ impl Overlay {
         caller: Caller,
         what: NewEntry<'_>,
     ) -> Result<(Entry, Option<OwnedFd>)> {
+        self.create_entry_steps(parent, name, mode, caller, what)
+            .map_err(|e| e.context("create"))
+    }
+
+    fn create_entry_steps(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+        what: NewEntry<'_>,
+    ) -> Result<(Entry, Option<OwnedFd>)> {
         let (_, work) = self.upper_layer()?;
         if is_hidden_name(name) {
             // `.wh.*` names are whiteouts in the OCI layer format ufs reads.
@@ -297,6 +309,11 @@ impl Overlay {
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.unlink_steps(parent, name)
+            .map_err(|e| e.context("unlink"))
+    }
+
+    fn unlink_steps(&self, parent: u64, name: &OsStr) -> Result<()> {
         let (upper, work) = self.upper_layer()?;
         let pnode = self.dir_node(parent)?;
         let mut child = self.resolve(&pnode, name)?;
@@ -326,6 +343,11 @@ impl Overlay {
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.rmdir_steps(parent, name)
+            .map_err(|e| e.context("rmdir"))
+    }
+
+    fn rmdir_steps(&self, parent: u64, name: &OsStr) -> Result<()> {
         let (upper, work) = self.upper_layer()?;
         let pnode = self.dir_node(parent)?;
         let child = self.resolve(&pnode, name)?;
@@ -354,6 +376,11 @@ impl Overlay {
 
     /// `link(2)`: a new name `newname` in `newparent` for node `node`.
     pub fn link(&self, node: u64, newparent: u64, newname: &OsStr) -> Result<Entry> {
+        self.link_steps(node, newparent, newname)
+            .map_err(|e| e.context("link"))
+    }
+
+    fn link_steps(&self, node: u64, newparent: u64, newname: &OsStr) -> Result<Entry> {
         let (_, work) = self.upper_layer()?;
         if is_hidden_name(newname) {
             return Err(EINVAL);
@@ -406,6 +433,18 @@ impl Overlay {
     }
 
     pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        self.rename_steps(parent, name, newparent, newname, flags)
+            .map_err(|e| e.context("rename"))
+    }
+
+    fn rename_steps(
         &self,
         parent: u64,
         name: &OsStr,

@@ -1,49 +1,121 @@
 //! The core's error type: an errno, mapped to the FUSE reply in one place (`fs.rs`).
 //!
 //! Every core operation returns [`Result`]. An error is always an errno the kernel overlay
-//! would return for the same request, so the glue only has to hand the number on.
+//! would return for the same request, so the glue only has to hand the number on; it carries
+//! what failed where the core knows it, and the glue logs every error that is not an ordinary
+//! answer (`Error::is_ordinary`) when it replies.
 
 use std::fmt;
 use std::io;
 
-/// An errno value (always positive).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Error(i32);
+/// An errno value (always positive), with what failed where the core knows it: the operation
+/// and the layer. Two errors are equal when their errno is: the context is for the log.
+#[derive(Clone, Copy)]
+pub struct Error {
+    errno: i32,
+    what: Option<&'static str>,
+    layer: Option<usize>,
+}
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub const fn from_errno(errno: i32) -> Self {
-        Error(errno)
+        Error {
+            errno,
+            what: None,
+            layer: None,
+        }
     }
 
     pub fn errno(self) -> i32 {
-        self.0
+        self.errno
     }
 
     /// The errno of the last failed libc call on this thread.
     pub fn last() -> Self {
         io::Error::last_os_error().into()
     }
+
+    /// Names what failed (`"copy-up"`, `"rename"`, ...), unless an inner step already did.
+    pub fn context(mut self, what: &'static str) -> Self {
+        self.what.get_or_insert(what);
+        self
+    }
+
+    /// Names the layer the failing access was made in, unless an inner step already did.
+    pub fn in_layer(mut self, layer: usize) -> Self {
+        self.layer.get_or_insert(layer);
+        self
+    }
+
+    /// Whether this is an ordinary answer to a request (no such name, exists, not empty,
+    /// refused by the rules...) rather than a failure worth a user's attention.
+    pub fn is_ordinary(self) -> bool {
+        matches!(
+            self.errno,
+            libc::ENOENT
+                | libc::EEXIST
+                | libc::ENOTEMPTY
+                | libc::ENOTDIR
+                | libc::EISDIR
+                | libc::EINVAL
+                | libc::EACCES
+                | libc::EPERM
+                | libc::ENODATA
+                | libc::ERANGE
+                | libc::EXDEV
+                | libc::EROFS
+                | libc::ENAMETOOLONG
+                | libc::ENOSYS
+                | libc::EOPNOTSUPP
+                | libc::EBADF
+                | libc::ELOOP
+                | libc::EMLINK
+                | libc::E2BIG
+        )
+    }
 }
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        self.errno == other.errno
+    }
+}
+
+impl Eq for Error {}
 
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
-        // An io::Error without an OS code comes from std itself (bad UTF-8, a short read and the
-        // like); EIO is what the kernel answers for an internal failure it cannot name.
-        Error(e.raw_os_error().unwrap_or(libc::EIO))
+        match e.raw_os_error() {
+            Some(n) => Error::from_errno(n),
+            // An io::Error without an OS code comes from std itself (bad UTF-8, a short read
+            // and the like); EIO is what the kernel answers for an internal failure it cannot
+            // name, and the cause is logged rather than lost.
+            None => {
+                log::warn!("internal failure answered as EIO: {e}");
+                Error::from_errno(libc::EIO)
+            }
+        }
     }
 }
 
 impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
-        io::Error::from_raw_os_error(e.0)
+        io::Error::from_raw_os_error(e.errno)
     }
 }
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", io::Error::from_raw_os_error(self.0))
+        if let Some(what) = self.what {
+            write!(f, "{what}: ")?;
+        }
+        write!(f, "{}", io::Error::from_raw_os_error(self.errno))?;
+        if let Some(layer) = self.layer {
+            write!(f, " (layer {layer})")?;
+        }
+        Ok(())
     }
 }
 
@@ -55,21 +127,45 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-pub const ENOENT: Error = Error(libc::ENOENT);
-pub const EROFS: Error = Error(libc::EROFS);
-pub const EINVAL: Error = Error(libc::EINVAL);
-pub const EIO: Error = Error(libc::EIO);
-pub const EBADF: Error = Error(libc::EBADF);
-pub const ENOTDIR: Error = Error(libc::ENOTDIR);
-pub const EISDIR: Error = Error(libc::EISDIR);
-pub const EACCES: Error = Error(libc::EACCES);
-pub const EPERM: Error = Error(libc::EPERM);
-pub const ERANGE: Error = Error(libc::ERANGE);
-pub const ENODATA: Error = Error(libc::ENODATA);
-pub const EOPNOTSUPP: Error = Error(libc::EOPNOTSUPP);
-pub const EEXIST: Error = Error(libc::EEXIST);
-pub const ENOTEMPTY: Error = Error(libc::ENOTEMPTY);
-pub const EXDEV: Error = Error(libc::EXDEV);
-pub const ENAMETOOLONG: Error = Error(libc::ENAMETOOLONG);
-pub const ENOSYS: Error = Error(libc::ENOSYS);
-pub const ESTALE: Error = Error(libc::ESTALE);
+pub const ENOENT: Error = Error::from_errno(libc::ENOENT);
+pub const EROFS: Error = Error::from_errno(libc::EROFS);
+pub const EINVAL: Error = Error::from_errno(libc::EINVAL);
+pub const EIO: Error = Error::from_errno(libc::EIO);
+pub const EBADF: Error = Error::from_errno(libc::EBADF);
+pub const ENOTDIR: Error = Error::from_errno(libc::ENOTDIR);
+pub const EISDIR: Error = Error::from_errno(libc::EISDIR);
+pub const EACCES: Error = Error::from_errno(libc::EACCES);
+pub const EPERM: Error = Error::from_errno(libc::EPERM);
+pub const ERANGE: Error = Error::from_errno(libc::ERANGE);
+pub const ENODATA: Error = Error::from_errno(libc::ENODATA);
+pub const EOPNOTSUPP: Error = Error::from_errno(libc::EOPNOTSUPP);
+pub const EEXIST: Error = Error::from_errno(libc::EEXIST);
+pub const ENOTEMPTY: Error = Error::from_errno(libc::ENOTEMPTY);
+pub const EXDEV: Error = Error::from_errno(libc::EXDEV);
+pub const ENAMETOOLONG: Error = Error::from_errno(libc::ENAMETOOLONG);
+pub const ENOSYS: Error = Error::from_errno(libc::ENOSYS);
+pub const ESTALE: Error = Error::from_errno(libc::ESTALE);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_is_for_the_log_and_equality_is_by_errno() {
+        let e = EIO.context("copy-up").in_layer(0).context("rename");
+        assert_eq!(e, EIO);
+        assert_ne!(e, ENOENT);
+        let shown = e.to_string();
+        assert!(shown.starts_with("copy-up: "), "{shown}");
+        assert!(shown.ends_with("(layer 0)"), "{shown}");
+        assert!(!EIO.is_ordinary() && ENOENT.is_ordinary() && ENOTEMPTY.is_ordinary());
+    }
+
+    #[test]
+    fn an_error_without_an_os_code_is_eio() {
+        let e: Error = io::Error::new(io::ErrorKind::InvalidData, "bad").into();
+        assert_eq!(e.errno(), libc::EIO);
+        let e: Error = io::Error::from_raw_os_error(libc::ENOSPC).into();
+        assert_eq!(e.errno(), libc::ENOSPC);
+    }
+}

@@ -115,7 +115,15 @@ struct UfsFs {
     ttl: Duration,
 }
 
+/// The one reply sink for errors: the errno for the kernel, and a log line. Ordinary answers
+/// (`ENOENT`, `EEXIST`, `ENOTEMPTY`, ...) are logged at debug level (`-d`), every other error at
+/// warn level, with what failed and in which layer where the core said so.
 fn errno(e: Error) -> Errno {
+    if e.is_ordinary() {
+        debug!("answering: {e}");
+    } else {
+        log::warn!("request failed: {e}");
+    }
     Errno::from_i32(e.errno())
 }
 

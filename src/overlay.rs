@@ -282,6 +282,11 @@ impl Overlay {
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry> {
+        self.lookup_steps(parent, name)
+            .map_err(|e| e.context("lookup"))
+    }
+
+    fn lookup_steps(&self, parent: u64, name: &OsStr) -> Result<Entry> {
         let dir = self.dir_node(parent)?;
         let parents = dir.reals();
         let mut listed = self.lookup_listed(&dir, &parents, name)?;
@@ -549,6 +554,10 @@ impl Overlay {
     }
 
     pub fn open(&self, node: u64, flags: i32) -> Result<Opened> {
+        self.open_steps(node, flags).map_err(|e| e.context("open"))
+    }
+
+    fn open_steps(&self, node: u64, flags: i32) -> Result<Opened> {
         let node = self.inodes.get(node)?;
         match node.kind {
             Kind::Directory => return Err(EISDIR),
@@ -683,6 +692,10 @@ impl Overlay {
     }
 
     pub fn opendir(&self, node: u64) -> Result<u64> {
+        self.opendir_steps(node).map_err(|e| e.context("readdir"))
+    }
+
+    fn opendir_steps(&self, node: u64) -> Result<u64> {
         let dir = self.dir_node(node)?;
         let parent_ino = {
             let parent = dir.location().parent;
@@ -807,6 +820,11 @@ fn timespec(t: Option<SetTime>) -> (i64, i64) {
 
 impl Overlay {
     pub fn setattr(&self, node: u64, change: SetAttr) -> Result<libc::stat> {
+        self.setattr_steps(node, change)
+            .map_err(|e| e.context("setattr"))
+    }
+
+    fn setattr_steps(&self, node: u64, change: SetAttr) -> Result<libc::stat> {
         let node = self.inodes.get(node)?;
         if change.size.is_some() && node.kind == Kind::Directory {
             return Err(EISDIR);
@@ -931,6 +949,11 @@ impl Overlay {
     }
 
     pub fn setxattr(&self, node: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.setxattr_steps(node, name, value, flags)
+            .map_err(|e| e.context("setxattr"))
+    }
+
+    fn setxattr_steps(&self, node: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         if self.record_ns.is_private(name) {
             return Err(crate::error::EPERM);
         }
@@ -941,6 +964,11 @@ impl Overlay {
     }
 
     pub fn removexattr(&self, node: u64, name: &OsStr) -> Result<()> {
+        self.removexattr_steps(node, name)
+            .map_err(|e| e.context("removexattr"))
+    }
+
+    fn removexattr_steps(&self, node: u64, name: &OsStr) -> Result<()> {
         if self.record_ns.is_private(name) {
             return Err(ENODATA);
         }

@@ -48,13 +48,16 @@ impl Overlay {
         data: CopyData,
     ) -> Result<(Arc<Inode>, Reals)> {
         self.writable_with(node, data, true)
+            .map_err(|e| e.context("copy-up").in_layer(0))
     }
 
     /// Like [`Overlay::ensure_upper`] for an xattr change: as in the kernel, such a change
     /// through a still lower-only name of an indexed file changes the copy without linking that
     /// name up (`ovl_xattr_set` copies up, but never links up).
     pub(crate) fn ensure_upper_for_xattr(&self, node: &Arc<Inode>) -> Result<Reals> {
-        Ok(self.writable_with(node, CopyData::Metadata, false)?.1)
+        self.writable_with(node, CopyData::Metadata, false)
+            .map(|(_, reals)| reals)
+            .map_err(|e| e.context("copy-up").in_layer(0))
     }
 
     fn writable_with(
