@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::copy_up::build::{CopyData, set_owner};
 use crate::error::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS, EXDEV, Result};
-use crate::inode::{Inode, NodeState, ROOT_ID, RealEntry, Top};
+use crate::inode::{Inode, NodeState, ROOT_ID, RealEntry, Reals, Top};
 use crate::kind::Kind;
 use crate::lookup::{self, Resolved};
 use crate::overlay::{Caller, Entry, NewEntry, Overlay};
@@ -452,8 +452,31 @@ impl Overlay {
         newname: &OsStr,
         flags: u32,
     ) -> Result<()> {
-        let (upper, work) = self.upper_layer()?;
-        if is_hidden_name(newname) {
+        let names = RenameNames {
+            parent,
+            name,
+            newparent,
+            newname,
+        };
+        // The phases of the kernel's `ovl_rename`: decide, copy up, mark, clear the target,
+        // publish, and then bring the nodes up to date.
+        let Some(plan) = self.rename_plan(&names, flags)? else {
+            return Ok(());
+        };
+        self.with_child(parent, name, |reached| {
+            let moved = self.rename_copy_up(&plan, &names, reached)?;
+            self.rename_mark(&plan, &names, &moved)?;
+            let replaced = self.rename_clear_target(&plan, &names, &moved)?;
+            self.rename_publish(&plan, &names, &moved)?;
+            self.rename_update_nodes(&plan, &names, moved, replaced)
+        })
+    }
+
+    /// Phase 1: every check, before anything changes. `None` when there is nothing to do (two
+    /// names of one object).
+    fn rename_plan(&self, n: &RenameNames<'_>, flags: u32) -> Result<Option<RenamePlan>> {
+        let upper = self.upper_layer()?.0;
+        if is_hidden_name(n.newname) {
             return Err(EINVAL);
         }
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
@@ -462,10 +485,10 @@ impl Overlay {
         {
             return Err(EINVAL);
         }
-        let op = self.dir_node(parent)?;
-        let np = self.dir_node(newparent)?;
-        let src = self.resolve(&op, name)?;
-        let dst = match self.resolve(&np, newname) {
+        let op = self.dir_node(n.parent)?;
+        let np = self.dir_node(n.newparent)?;
+        let src = self.resolve(&op, n.name)?;
+        let dst = match self.resolve(&np, n.newname) {
             Ok(d) => Some(d),
             Err(e) if e == ENOENT => None,
             Err(e) => return Err(e),
@@ -474,8 +497,8 @@ impl Overlay {
             return Err(EEXIST);
         }
         let dst = match dst {
-            Some(d) if !exchange && self.index_before_unlink(newparent, newname, &d)? => {
-                Some(self.resolve(&np, newname)?)
+            Some(d) if !exchange && self.index_before_unlink(n.newparent, n.newname, &d)? => {
+                Some(self.resolve(&np, n.newname)?)
             }
             other => other,
         };
@@ -486,7 +509,7 @@ impl Overlay {
             let (a, b) = (src.reals.top()?.stat()?, d.reals.top()?.stat()?);
             if a.st_dev == b.st_dev && a.st_ino == b.st_ino {
                 // Two names of one object: rename does nothing (POSIX).
-                return Ok(());
+                return Ok(None);
             }
         }
         let has_lower = |r: &Resolved| {
@@ -513,107 +536,176 @@ impl Overlay {
                 (false, false) => {}
             }
         }
-        self.with_child(parent, name, |reached| {
-            // A file moves as a metadata-only copy that records where its data is.
-            let (src_node, _) = self.writable(reached, CopyData::Metadata)?;
-            let src_node = &src_node;
-            self.set_data_redirect(src_node)?;
-            let dst_node = if exchange {
-                let (n, _) =
-                    self.with_child(newparent, newname, |n| self.writable(n, CopyData::Metadata))?;
-                self.set_data_redirect(&n)?;
-                Some(n)
-            } else {
-                None
-            };
-            let oreals = self.ensure_upper(&op, CopyData::All)?;
-            let nreals = self.ensure_upper(&np, CopyData::All)?;
-            let (odir, ndir) = (oreals.top()?.dir_fd()?, nreals.top()?.dir_fd()?);
-            let (cname, cnewname) = (sys::cstr(name)?, sys::cstr(newname)?);
-            let samedir = parent == newparent;
-            // A directory with lower parts records where they are; one without any must not
-            // merge with what a lower layer has at its new name.
-            if src_redirect {
-                self.set_redirect(src_node, samedir)?;
-            } else if src.kind == Kind::Directory && self.lower_has(&nreals, newname)? {
-                self.set_opaque(src_node)?;
-            }
-            if let Some(d) = &dst_node {
-                if dst_redirect {
-                    self.set_redirect(d, samedir)?;
-                } else if d.kind == Kind::Directory && self.lower_has(&oreals, name)? {
-                    self.set_opaque(d)?;
-                }
-            }
-            let mut replaced: Option<libc::stat> = None;
-            if !exchange {
-                match sys::fstatat(ndir, &cnewname) {
-                    Ok(st) if sys::is_whiteout(&st) => {
-                        if src.kind == Kind::Directory {
-                            sys::unlinkat(ndir, &cnewname, 0)?;
-                        }
-                    }
-                    Ok(st) if (st.st_mode & libc::S_IFMT) == libc::S_IFDIR => {
-                        // An empty merged directory: its upper part holds only whiteouts.
-                        self.remove_upper_dir(work, ndir, &cnewname)?;
-                        replaced = Some(st);
-                    }
-                    Ok(st) => replaced = Some(st),
-                    Err(e) if e.errno() == libc::ENOENT => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if src.kind != Kind::Directory && crate::index::link_alias(src_node, odir, &cname)? {
-                self.alias_linked(src_node)?;
-            }
-            if let Some(d) = &dst_node
-                && d.kind != Kind::Directory
-                && crate::index::link_alias(d, ndir, &cnewname)?
-            {
-                self.alias_linked(d)?;
-            }
-            if !exchange && let Some(d) = &dst {
-                self.pin_if_alive(d)?;
-                self.lower_alias_removed(d)?;
-            }
-            let needs_whiteout = !exchange && self.lower_has(&oreals, name)?;
-            let real_flags = if exchange { libc::RENAME_EXCHANGE } else { 0 };
-            if needs_whiteout {
-                match sys::renameat2(
-                    odir,
-                    &cname,
-                    ndir,
-                    &cnewname,
-                    real_flags | libc::RENAME_WHITEOUT,
-                ) {
-                    Ok(()) => {}
-                    Err(e) if e.errno() == libc::EINVAL || e.errno() == libc::EPERM => {
-                        sys::renameat2(odir, &cname, ndir, &cnewname, real_flags)?;
-                        self.make_whiteout(odir, name)?;
-                    }
-                    Err(e) => return Err(e),
-                }
-            } else {
-                sys::renameat2(odir, &cname, ndir, &cnewname, real_flags)?;
-            }
-            whiteout::remove_wh_file(ndir, newname)?;
-            if !samedir {
-                // The moved entry may carry an inode-number record: let readdir look for it.
-                sys::setxattr(ndir, work.xattr_ns.impure(), b"y", 0)?;
-            }
-            if let Some(st) = replaced {
-                self.upper_name_removed(&st);
-            }
-            op.listing_changed();
-            np.listing_changed();
-            src_node.set_location(newparent, newname);
-            repoint(src_node, nreals.top()?.dir_arc()?, &cnewname);
-            if let Some(d) = dst_node {
-                d.set_location(parent, name);
-                repoint(&d, oreals.top()?.dir_arc()?, &cname);
-            }
-            Ok(())
+        Ok(Some(RenamePlan {
+            exchange,
+            src_kind: src.kind,
+            dst,
+            src_redirect,
+            dst_redirect,
+            op,
+            np,
+        }))
+    }
+
+    /// Phase 2: the source (and, for an exchange, the target) and both parents in the upper. A
+    /// file moves as a metadata-only copy that records where its data is.
+    fn rename_copy_up(
+        &self,
+        plan: &RenamePlan,
+        n: &RenameNames<'_>,
+        reached: &Arc<Inode>,
+    ) -> Result<Moved> {
+        let (src_node, _) = self.writable(reached, CopyData::Metadata)?;
+        self.set_data_redirect(&src_node)?;
+        let dst_node = if plan.exchange {
+            let (d, _) = self.with_child(n.newparent, n.newname, |d| {
+                self.writable(d, CopyData::Metadata)
+            })?;
+            self.set_data_redirect(&d)?;
+            Some(d)
+        } else {
+            None
+        };
+        let oreals = self.ensure_upper(&plan.op, CopyData::All)?;
+        let nreals = self.ensure_upper(&plan.np, CopyData::All)?;
+        Ok(Moved {
+            src_node,
+            dst_node,
+            oreals,
+            nreals,
         })
+    }
+
+    /// Phase 3: a directory with lower parts records where they are; one without any must not
+    /// merge with what a lower layer has at its new name.
+    fn rename_mark(&self, plan: &RenamePlan, n: &RenameNames<'_>, m: &Moved) -> Result<()> {
+        let samedir = n.parent == n.newparent;
+        if plan.src_redirect {
+            self.set_redirect(&m.src_node, samedir)?;
+        } else if plan.src_kind == Kind::Directory && self.lower_has(&m.nreals, n.newname)? {
+            self.set_opaque(&m.src_node)?;
+        }
+        if let Some(d) = &m.dst_node {
+            if plan.dst_redirect {
+                self.set_redirect(d, samedir)?;
+            } else if d.kind == Kind::Directory && self.lower_has(&m.oreals, n.name)? {
+                self.set_opaque(d)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Phase 4: what stands at the new name in the upper makes way (a whiteout under a
+    /// directory, an empty merged directory's upper part), index names are linked where a name
+    /// will be needed, and a replaced object's node is pinned. Returns what was replaced.
+    fn rename_clear_target(
+        &self,
+        plan: &RenamePlan,
+        n: &RenameNames<'_>,
+        m: &Moved,
+    ) -> Result<Option<libc::stat>> {
+        let work = self.upper_layer()?.1;
+        let (odir, ndir) = (m.oreals.top()?.dir_fd()?, m.nreals.top()?.dir_fd()?);
+        let (cname, cnewname) = (sys::cstr(n.name)?, sys::cstr(n.newname)?);
+        let mut replaced: Option<libc::stat> = None;
+        if !plan.exchange {
+            match sys::fstatat(ndir, &cnewname) {
+                Ok(st) if sys::is_whiteout(&st) => {
+                    if plan.src_kind == Kind::Directory {
+                        sys::unlinkat(ndir, &cnewname, 0)?;
+                    }
+                }
+                Ok(st) if (st.st_mode & libc::S_IFMT) == libc::S_IFDIR => {
+                    // An empty merged directory: its upper part holds only whiteouts.
+                    self.remove_upper_dir(work, ndir, &cnewname)?;
+                    replaced = Some(st);
+                }
+                Ok(st) => replaced = Some(st),
+                Err(e) if e.errno() == libc::ENOENT => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if plan.src_kind != Kind::Directory && crate::index::link_alias(&m.src_node, odir, &cname)?
+        {
+            self.alias_linked(&m.src_node)?;
+        }
+        if let Some(d) = &m.dst_node
+            && d.kind != Kind::Directory
+            && crate::index::link_alias(d, ndir, &cnewname)?
+        {
+            self.alias_linked(d)?;
+        }
+        if !plan.exchange
+            && let Some(d) = &plan.dst
+        {
+            self.pin_if_alive(d)?;
+            self.lower_alias_removed(d)?;
+        }
+        Ok(replaced)
+    }
+
+    /// Phase 5: one `renameat2` in the upper, leaving a whiteout where a lower layer still has
+    /// the old name.
+    fn rename_publish(&self, plan: &RenamePlan, n: &RenameNames<'_>, m: &Moved) -> Result<()> {
+        let work = self.upper_layer()?.1;
+        let (odir, ndir) = (m.oreals.top()?.dir_fd()?, m.nreals.top()?.dir_fd()?);
+        let (cname, cnewname) = (sys::cstr(n.name)?, sys::cstr(n.newname)?);
+        let needs_whiteout = !plan.exchange && self.lower_has(&m.oreals, n.name)?;
+        let real_flags = if plan.exchange {
+            libc::RENAME_EXCHANGE
+        } else {
+            0
+        };
+        if needs_whiteout {
+            match sys::renameat2(
+                odir,
+                &cname,
+                ndir,
+                &cnewname,
+                real_flags | libc::RENAME_WHITEOUT,
+            ) {
+                Ok(()) => {}
+                Err(e) if e.errno() == libc::EINVAL || e.errno() == libc::EPERM => {
+                    sys::renameat2(odir, &cname, ndir, &cnewname, real_flags)?;
+                    self.make_whiteout(odir, n.name)?;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            sys::renameat2(odir, &cname, ndir, &cnewname, real_flags)?;
+        }
+        whiteout::remove_wh_file(ndir, n.newname)?;
+        if n.parent != n.newparent {
+            // The moved entry may carry an inode-number record: let readdir look for it.
+            sys::setxattr(ndir, work.xattr_ns.impure(), b"y", 0)?;
+        }
+        Ok(())
+    }
+
+    /// Phase 6: the nodes follow the names.
+    fn rename_update_nodes(
+        &self,
+        plan: &RenamePlan,
+        n: &RenameNames<'_>,
+        m: Moved,
+        replaced: Option<libc::stat>,
+    ) -> Result<()> {
+        if let Some(st) = replaced {
+            self.upper_name_removed(&st);
+        }
+        plan.op.listing_changed();
+        plan.np.listing_changed();
+        m.src_node.set_location(n.newparent, n.newname);
+        repoint(
+            &m.src_node,
+            m.nreals.top()?.dir_arc()?,
+            &sys::cstr(n.newname)?,
+        );
+        if let Some(d) = m.dst_node {
+            d.set_location(n.parent, n.name);
+            repoint(&d, m.oreals.top()?.dir_arc()?, &sys::cstr(n.name)?);
+        }
+        Ok(())
     }
 
     /// Records in the upper part of directory node `node` where its lower parts are, before it
@@ -723,4 +815,34 @@ fn repoint(node: &Inode, dir: &Arc<OwnedFd>, name: &CStr) {
         }
         st.reals = Arc::new(reals);
     }
+}
+
+/// The two names of a rename.
+struct RenameNames<'a> {
+    parent: u64,
+    name: &'a OsStr,
+    newparent: u64,
+    newname: &'a OsStr,
+}
+
+/// What a rename was found to be in its first phase.
+struct RenamePlan {
+    exchange: bool,
+    src_kind: Kind,
+    /// What stands at the new name (for an exchange, the other object).
+    dst: Option<Resolved>,
+    /// The source (the target, for an exchange) is a directory with lower parts: it moves by
+    /// a redirect record.
+    src_redirect: bool,
+    dst_redirect: bool,
+    op: Arc<Inode>,
+    np: Arc<Inode>,
+}
+
+/// The nodes and upper directories a rename works on, once copied up.
+struct Moved {
+    src_node: Arc<Inode>,
+    dst_node: Option<Arc<Inode>>,
+    oreals: Reals,
+    nreals: Reals,
 }
