@@ -254,7 +254,11 @@ impl Filesystem for UfsFs {
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // No file handles, as the kernel overlay without `nfs_export`: `name_to_handle_at`
+            // answers EOPNOTSUPP instead of giving a handle `open_by_handle_at` cannot open
+            // once the kernel has forgotten the inode (ufs cannot find a node by number alone).
+            | InitFlags::FUSE_NO_EXPORT_SUPPORT;
         if let Err(missing) = config.add_capabilities(wanted) {
             debug!("kernel lacks capabilities {missing:?}");
             // Ask for the ones the kernel has; these cannot be refused.
