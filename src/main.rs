@@ -58,6 +58,8 @@ const OPTIONS_HELP: &str = r#"Options for -o (comma-separated; -o may be repeate
                          ids D.. on disk show as S.. in the mount (N of them)
   squash_to_root, squash_to_uid=N, squash_to_gid=N
                          show every file as owned by root, or by uid/gid N
+  static_nlink, noxattrs=1
+                         as in fuse-overlayfs: directories report one link; no xattrs
   debug                  same as -d
 
 Without upperdir and workdir the union is read-only. In paths "\," is a comma, "\:" a

@@ -79,6 +79,10 @@ pub struct Options {
     /// `userxattr`: records in `user.overlay.*` even where `trusted.*` could be used, with the
     /// kernel's rules for it (redirects and metadata-only copies off unless asked for).
     pub userxattr: bool,
+    /// `static_nlink` (fuse-overlayfs): every directory reports a link count of 1.
+    pub static_nlink: bool,
+    /// `noxattrs=1` (fuse-overlayfs): extended attributes are not supported through the mount.
+    pub noxattrs: bool,
     /// `xino=on|auto` (default) or `off`. Parsed and validated; ufs numbers objects the same
     /// either way (docs/DIFFERENCES.md, "`xino=off`").
     pub xino: bool,
@@ -120,6 +124,8 @@ impl Default for Options {
             index: true,
             metacopy: true,
             userxattr: false,
+            static_nlink: false,
+            noxattrs: false,
             xino: true,
             warnings: Vec::new(),
         }
@@ -186,7 +192,6 @@ impl std::error::Error for OptionError {}
 /// They earn a warning rather than an error so that container tools keep working.
 const NO_EFFECT: &[&str] = &[
     "xattr_permissions",
-    "static_nlink",
     "noacl",
     "writeback",
     "ino32_t",
@@ -250,6 +255,14 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
                 // Without it, ufs still falls back to `user.overlay.*` records when it lacks
                 // the privilege for `trusted.*` names.
                 "userxattr" => flag(&mut options.userxattr, true)?,
+                "static_nlink" => flag(&mut options.static_nlink, true)?,
+                "noxattrs" => {
+                    options.noxattrs = match required(key, raw)? {
+                        "1" => true,
+                        "0" => false,
+                        value => return Err(invalid(key, value, "0 or 1")),
+                    }
+                }
                 // Container tools pass SELinux labels to every mount program whether or not it
                 // can use them; ufs does not label files itself, so these are consumed silently.
                 "context" | "fscontext" | "defcontext" | "rootcontext" => {}
@@ -705,13 +718,19 @@ mod tests {
     }
 
     #[test]
+    fn fuse_overlayfs_test_options() {
+        let o = parse_ok(&["lowerdir=/a,static_nlink,noxattrs=1"]);
+        assert!(o.static_nlink && o.noxattrs && o.warnings.is_empty());
+        assert!(!parse_ok(&["lowerdir=/a,noxattrs=0"]).noxattrs);
+    }
+
+    #[test]
     fn unsupported_and_unknown_options_warn() {
         let cases = [
             (
                 "nfs_export=on",
                 "option \"nfs_export=on\" is accepted for compatibility",
             ),
-            ("static_nlink", "option \"static_nlink\" is accepted"),
             ("auto_unmount", "option \"auto_unmount\" is accepted"),
             ("noacl", "option \"noacl\" is accepted"),
             ("frobnicate", "unknown option \"frobnicate\" ignored"),

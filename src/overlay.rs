@@ -139,6 +139,10 @@ pub struct Overlay {
     pub(crate) gids: IdMap,
     /// The xattr namespace of the records this mount reads and writes.
     pub(crate) record_ns: XattrNamespace,
+    /// `static_nlink`: directories report one link.
+    static_nlink: bool,
+    /// `noxattrs=1`: xattr requests answer `EOPNOTSUPP`.
+    noxattrs: bool,
     /// Tells the kernel to drop what it cached of a node: its attributes, and with `true` its
     /// cached contents too (a directory's listing). Set by the FUSE glue; used where something
     /// the kernel cached changes without a request that would tell it so.
@@ -189,6 +193,8 @@ impl Overlay {
             uids: IdMap::new(opts.uid_mappings.clone(), squash_uid),
             gids: IdMap::new(opts.gid_mappings.clone(), squash_gid),
             record_ns,
+            static_nlink: opts.static_nlink,
+            noxattrs: opts.noxattrs,
             redirect_dir: opts.redirect_dir,
             index: opts.index,
             metacopy: opts.metacopy,
@@ -251,7 +257,7 @@ impl Overlay {
             // A metadata-only copy: the blocks are the lower file's.
             st.st_blocks = data.stat()?.st_blocks;
         }
-        if node.kind == Kind::Directory && reals.len() > 1 {
+        if node.kind == Kind::Directory && (reals.len() > 1 || self.static_nlink) {
             // Like the kernel: the link count of a merged directory cannot be known cheaply.
             st.st_nlink = 1;
         } else if self.index
@@ -748,6 +754,9 @@ impl Overlay {
     }
 
     pub fn getxattr(&self, node: u64, name: &OsStr) -> Result<Vec<u8>> {
+        if self.noxattrs {
+            return Err(crate::error::EOPNOTSUPP);
+        }
         if self.record_ns.is_private(name) {
             return Err(ENODATA);
         }
@@ -759,6 +768,9 @@ impl Overlay {
 
     /// The NUL-separated list of visible xattr names.
     pub fn listxattr(&self, node: u64) -> Result<Vec<u8>> {
+        if self.noxattrs {
+            return Err(crate::error::EOPNOTSUPP);
+        }
         let node = self.inodes.get(node)?;
         let reals = node.reals();
         let top = reals.first().ok_or(crate::error::EIO)?;
@@ -949,6 +961,9 @@ impl Overlay {
     }
 
     pub fn setxattr(&self, node: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        if self.noxattrs {
+            return Err(crate::error::EOPNOTSUPP);
+        }
         self.setxattr_steps(node, name, value, flags)
             .map_err(|e| e.context("setxattr"))
     }
@@ -964,6 +979,9 @@ impl Overlay {
     }
 
     pub fn removexattr(&self, node: u64, name: &OsStr) -> Result<()> {
+        if self.noxattrs {
+            return Err(crate::error::EOPNOTSUPP);
+        }
         self.removexattr_steps(node, name)
             .map_err(|e| e.context("removexattr"))
     }
