@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub use build::CopyData;
 
 use crate::error::{EIO, Result};
-use crate::inode::{Inode, Location, ROOT_ID, RealEntry, Reals, Top};
+use crate::inode::{Inode, Location, NodeState, ROOT_ID, RealEntry, Reals, Top};
 use crate::kind::Kind;
 use crate::overlay::Overlay;
 use crate::{records, sys};
@@ -66,7 +66,7 @@ impl Overlay {
         data: CopyData,
         link_up: bool,
     ) -> Result<(Arc<Inode>, Reals)> {
-        let (upper, work) = self.upper_layer()?;
+        let upper = self.upper_layer()?.0;
         let data = match data {
             CopyData::Metadata if !self.metacopy || node.kind != Kind::Regular => CopyData::All,
             other => other,
@@ -74,136 +74,184 @@ impl Overlay {
         loop {
             let reals = node.reals();
             if reals.first().is_some_and(|r| r.layer == upper) {
-                if data != CopyData::Metadata && node.state.read().lower_data.is_some() {
-                    let mut st = node.state.write();
-                    if let Some(lower) = st.lower_data.clone() {
-                        build::complete_metacopy(
-                            work,
-                            st.reals.top()?.fd()?.as_fd(),
-                            lower.fd()?.as_fd(),
-                            data,
-                        )?;
-                        st.lower_data = None;
-                        log::debug!("completed the metadata-only copy of node {}", node.id);
-                    }
-                }
-                if link_up {
-                    self.link_up(node, upper)?;
-                }
-                return Ok((node.clone(), reals));
+                return self.writable_in_upper(node, reals, data, link_up);
             }
-            if node.id == ROOT_ID {
-                // The root's reals always start with the upper root when there is one.
-                return Err(EIO);
+            if let Some(done) = self.copy_up_once(node, &reals, data)? {
+                return Ok(done);
             }
-            let first = node.location();
-            if let Some(copy) = first.broken_copy(first.parent, &first.name) {
-                // Reached through a name whose copy already broke away: that copy it is.
-                return self.broken_away(first.parent, &first.name, copy, data);
-            }
-            // The name to copy up under: where the node was last reached, unless that name no
-            // longer stands for this lower file (a hard link whose name was replaced), then
-            // another name it was reached by that still does.
-            let (parent_id, chosen) = match self.still_names(node, &first, reals.top()?)? {
-                Some(pick) => pick,
-                None => (first.parent, first.name.clone()),
-            };
-            let parent = self.inodes.get(parent_id)?;
-            let preals = self.ensure_upper(&parent, CopyData::All)?;
-            let mut st = node.state.write();
-            if st.reals.first().is_some_and(|r| r.layer == upper) {
-                // Copied up by another thread meanwhile; the top of the loop completes the copy
-                // if that one was metadata-only and this caller needs the data.
-                drop(st);
-                continue;
-            }
-            let loc = node.location();
-            if loc.parent != first.parent || loc.name != first.name {
-                // Reached by another name while the parent was being copied up: start over.
-                continue;
-            }
-            let name = sys::cstr(&chosen)?;
-            let src = st.reals.first().ok_or(EIO)?.clone();
-            let src_st = src.stat()?;
-            // With `index=on`, a lower file with several names is copied once, into the index,
-            // and every name finds that copy. Without it, the copy is a new object.
-            let several = node.kind != Kind::Directory && src_st.st_nlink > 1;
-            let indexed = several && self.index && work.index.is_some();
-            let breaks = several && !indexed;
-            if breaks && let Some(copy) = loc.broken_copy(parent_id, &chosen) {
-                // Another thread broke this name away meanwhile.
-                drop(st);
-                return self.broken_away(parent_id, &chosen, copy, data);
-            }
-            let key = if indexed {
-                Some(crate::origin::IndexKey::of(&src)?)
-            } else {
-                None
-            };
-            // A metadata-only copy in a lower layer (an upper once) has its data further down.
-            let data_src = st.lower_data.clone();
-            let (entry, published) = build::copy_up(
-                work,
-                upper,
-                &src,
-                data_src.as_ref(),
-                node.kind,
-                preals.top()?.dir_arc()?,
-                &name,
-                data,
-                // A copy that breaks away is a new object with a number of its own. Any other
-                // keeps its number across a remount through this record (the kernel finds it
-                // through the origin, whatever `xino` says).
-                (!breaks).then_some(node.ino),
-                key.as_ref(),
-            )?;
-            // The parent's cached listing names the lower entry; a node looked up from it
-            // after the kernel forgot this one would show the lower object again.
-            parent.listing_changed();
-            if breaks {
-                let copy = entry.stat()?.st_ino;
-                node.broke_away(parent_id, &chosen, copy);
-                drop(st);
-                // The name's number changed with no change to the directory the kernel would
-                // notice: its cached listing must go.
-                self.invalidate(parent_id, true);
-                log::debug!("copied up {chosen:?} away from node {}", node.id);
-                return self.broken_away(parent_id, &chosen, copy, data);
-            }
-            self.layers.remember_copy_up(entry.stat()?.st_ino, node.ino);
-            let mut new_reals = vec![entry];
-            if node.kind == Kind::Directory || indexed {
-                new_reals.extend(st.reals.iter().cloned());
-            }
-            st.reals = Arc::new(new_reals);
-            st.lower_data = match data {
-                CopyData::Metadata => Some(data_src.unwrap_or_else(|| src.clone())),
-                _ => None,
-            };
-            log::debug!("copied up {:?} (node {})", loc.name, node.id);
-            let reals = st.reals.clone();
-            drop(st);
-            if data == CopyData::Metadata {
-                // From now on its attributes must not be cached (see `Overlay::volatile`); the
-                // kernel may hold them from before, and a failed request (a `setxattr` that
-                // copied up, then failed) would not make it ask again.
-                self.invalidate(node.id, false);
-            }
-            if indexed {
-                let linked = if published {
-                    true
-                } else {
-                    self.link_some_alias(node, &loc, &src_st)?
-                };
-                let upper_links = if linked { 2 } else { 1 };
-                records::set_nlink_record(
-                    work.xattr_ns,
-                    reals.top()?,
-                    src_st.st_nlink as i64 - upper_links,
-                )?;
-            }
-            return Ok((node.clone(), reals));
+            // Copied up by another thread meanwhile, or reached by another name while the
+            // parent was being copied up: look again.
         }
+    }
+
+    /// A node that already has its upper entry: a metadata-only copy is completed when the
+    /// caller needs the data, and (`link_up`) a lower-only name of an indexed file that the
+    /// operation came through is linked up.
+    fn writable_in_upper(
+        &self,
+        node: &Arc<Inode>,
+        reals: Reals,
+        data: CopyData,
+        link_up: bool,
+    ) -> Result<(Arc<Inode>, Reals)> {
+        let (upper, work) = self.upper_layer()?;
+        if data != CopyData::Metadata && node.state.read().lower_data.is_some() {
+            let mut st = node.state.write();
+            if let Some(lower) = st.lower_data.clone() {
+                build::complete_metacopy(
+                    work,
+                    st.reals.top()?.fd()?.as_fd(),
+                    lower.fd()?.as_fd(),
+                    data,
+                )?;
+                st.lower_data = None;
+                log::debug!("completed the metadata-only copy of node {}", node.id);
+            }
+        }
+        if link_up {
+            self.link_up(node, upper)?;
+        }
+        Ok((node.clone(), reals))
+    }
+
+    /// One attempt at copying up the lower node `node` (whose entries were `reals`): `None`
+    /// when it must be made again (the node changed while the parent was copied up).
+    fn copy_up_once(
+        &self,
+        node: &Arc<Inode>,
+        reals: &Reals,
+        data: CopyData,
+    ) -> Result<Option<(Arc<Inode>, Reals)>> {
+        let upper = self.upper_layer()?.0;
+        if node.id == ROOT_ID {
+            // The root's reals always start with the upper root when there is one.
+            return Err(EIO);
+        }
+        let first = node.location();
+        if let Some(copy) = first.broken_copy(first.parent, &first.name) {
+            // Reached through a name whose copy already broke away: that copy it is.
+            return self
+                .broken_away(first.parent, &first.name, copy, data)
+                .map(Some);
+        }
+        // The name to copy up under: where the node was last reached, unless that name no
+        // longer stands for this lower file (a hard link whose name was replaced), then another
+        // name it was reached by that still does.
+        let (parent_id, chosen) = match self.still_names(node, &first, reals.top()?)? {
+            Some(pick) => pick,
+            None => (first.parent, first.name.clone()),
+        };
+        let parent = self.inodes.get(parent_id)?;
+        let preals = self.ensure_upper(&parent, CopyData::All)?;
+        let st = node.state.write();
+        let loc = node.location();
+        if st.reals.first().is_some_and(|r| r.layer == upper)
+            || loc.parent != first.parent
+            || loc.name != first.name
+        {
+            return Ok(None);
+        }
+        let src = st.reals.first().ok_or(EIO)?.clone();
+        let src_st = src.stat()?;
+        // With `index=on`, a lower file with several names is copied once, into the index, and
+        // every name finds that copy. Without it, the copy is a new object.
+        let several = node.kind != Kind::Directory && src_st.st_nlink > 1;
+        let indexed = several && self.index && self.upper_layer()?.1.index.is_some();
+        if several
+            && !indexed
+            && let Some(copy) = loc.broken_copy(parent_id, &chosen)
+        {
+            // Another thread broke this name away meanwhile.
+            drop(st);
+            return self.broken_away(parent_id, &chosen, copy, data).map(Some);
+        }
+        let plan = CopyPlan {
+            parent: &parent,
+            preals: &preals,
+            name: &chosen,
+            src,
+            src_st,
+            indexed,
+            breaks: several && !indexed,
+            data,
+        };
+        self.copy_and_record(node, st, &loc, plan).map(Some)
+    }
+
+    /// Builds and publishes the copy `plan` describes, with the node's lock held (`st`), and
+    /// brings the node, the parent's listing and the index records up to date.
+    fn copy_and_record(
+        &self,
+        node: &Arc<Inode>,
+        mut st: parking_lot::RwLockWriteGuard<'_, NodeState>,
+        loc: &Location,
+        plan: CopyPlan<'_>,
+    ) -> Result<(Arc<Inode>, Reals)> {
+        let (upper, work) = self.upper_layer()?;
+        let key = if plan.indexed {
+            Some(crate::origin::IndexKey::of(&plan.src)?)
+        } else {
+            None
+        };
+        // A metadata-only copy in a lower layer (an upper once) has its data further down.
+        let data_src = st.lower_data.clone();
+        let (entry, published) = build::copy_up(
+            work,
+            upper,
+            &plan.src,
+            data_src.as_ref(),
+            node.kind,
+            plan.preals.top()?.dir_arc()?,
+            &sys::cstr(plan.name)?,
+            plan.data,
+            // A copy that breaks away is a new object with a number of its own. Any other keeps
+            // its number across a remount through this record (the kernel finds it through the
+            // origin, whatever `xino` says).
+            (!plan.breaks).then_some(node.ino),
+            key.as_ref(),
+        )?;
+        // The parent's cached listing names the lower entry; a node looked up from it after
+        // the kernel forgot this one would show the lower object again.
+        plan.parent.listing_changed();
+        if plan.breaks {
+            let copy = entry.stat()?.st_ino;
+            node.broke_away(plan.parent.id, plan.name, copy);
+            drop(st);
+            // The name's number changed with no change to the directory the kernel would
+            // notice: its cached listing must go.
+            self.invalidate(plan.parent.id, true);
+            log::debug!("copied up {:?} away from node {}", plan.name, node.id);
+            return self.broken_away(plan.parent.id, plan.name, copy, plan.data);
+        }
+        self.layers.remember_copy_up(entry.stat()?.st_ino, node.ino);
+        let mut new_reals = vec![entry];
+        if node.kind == Kind::Directory || plan.indexed {
+            new_reals.extend(st.reals.iter().cloned());
+        }
+        st.reals = Arc::new(new_reals);
+        st.lower_data = match plan.data {
+            CopyData::Metadata => Some(data_src.unwrap_or_else(|| plan.src.clone())),
+            _ => None,
+        };
+        log::debug!("copied up {:?} (node {})", loc.name, node.id);
+        let reals = st.reals.clone();
+        drop(st);
+        if plan.data == CopyData::Metadata {
+            // From now on its attributes must not be cached (see `Overlay::volatile`); the
+            // kernel may hold them from before, and a failed request (a `setxattr` that copied
+            // up, then failed) would not make it ask again.
+            self.invalidate(node.id, false);
+        }
+        if plan.indexed {
+            let linked = published || self.link_some_alias(node, loc, &plan.src_st)?;
+            let upper_links = if linked { 2 } else { 1 };
+            records::set_nlink_record(
+                work.xattr_ns,
+                reals.top()?,
+                plan.src_st.st_nlink as i64 - upper_links,
+            )?;
+        }
+        Ok((node.clone(), reals))
     }
 
     /// The node of the copy (real inode number `copy`) that broke away at `name` in directory
@@ -279,4 +327,20 @@ impl Overlay {
             && found.stat.st_dev == lower.st_dev
             && found.stat.st_ino == lower.st_ino
     }
+}
+
+/// What one copy-up makes, decided under the node's lock.
+struct CopyPlan<'a> {
+    /// The directory node the copy goes into, and its real entries (the upper one first).
+    parent: &'a Arc<Inode>,
+    preals: &'a Reals,
+    /// The name the copy is published under.
+    name: &'a OsStr,
+    src: RealEntry,
+    src_st: libc::stat,
+    /// A lower file with several names, copied into the index.
+    indexed: bool,
+    /// A lower file with several names, copied without the index: this name breaks away.
+    breaks: bool,
+    data: CopyData,
 }
