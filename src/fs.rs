@@ -101,7 +101,16 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
         return Err(e);
     }
     on_ready();
-    let result = background.join();
+    let result = match background.join() {
+        // The kernel ends the connection with ENODEV (which fuser takes as the end), or, when
+        // the last user of a detached mount lets go while a request is being read, with
+        // ECONNABORTED (which fuser reports as an error): either way the mount is over.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            log::info!("the kernel ended the connection ({e})");
+            Ok(())
+        }
+        other => other,
+    };
     // The event loops end when the kernel ends the connection (the mount is gone, nothing to
     // do) or when they fail with the mount still attached: detach it then, if it is still ours.
     if let Err(e) = own.release() {
