@@ -17,7 +17,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use crate::copy_up::build::{CopyData, set_owner};
-use crate::error::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS, EXDEV, Result};
+use crate::error::{
+    EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EPERM, EROFS, EXDEV, Result,
+};
 use crate::inode::{Inode, NodeState, ROOT_ID, RealEntry, Reals, Top};
 use crate::kind::Kind;
 use crate::lookup::{self, Resolved};
@@ -97,6 +99,14 @@ impl Overlay {
         what: NewEntry<'_>,
     ) -> Result<(Entry, Option<OwnedFd>)> {
         let (_, work) = self.upper_layer()?;
+        if let NewEntry::Node { file_type, rdev } = what
+            && file_type == libc::S_IFCHR
+            && rdev == 0
+        {
+            // A 0/0 character device is a whiteout in the upper: made here, the new name would
+            // vanish from the merged view at once. The kernel overlay refuses it (`ovl_mknod`).
+            return Err(EPERM);
+        }
         if is_hidden_name(name) {
             // `.wh.*` names are whiteouts in the OCI layer format ufs reads.
             return Err(EINVAL);

@@ -830,6 +830,18 @@ fn timespec(t: Option<SetTime>) -> (i64, i64) {
     }
 }
 
+impl SetAttr {
+    /// Whether the request changes no attribute at all.
+    fn is_empty(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
+}
+
 impl Overlay {
     pub fn setattr(&self, node: u64, change: SetAttr) -> Result<libc::stat> {
         self.setattr_steps(node, change)
@@ -877,6 +889,11 @@ impl Overlay {
                 timespec(change.atime),
                 timespec(change.mtime),
             )?;
+        }
+        if change.is_empty() {
+            // A change of nothing (`chown(f, -1, -1)`) still reaches the upper file: there it
+            // changes the ctime, as the kernel's `notify_change` of the upper does.
+            sys::fchown(top.fd()?.as_fd(), None, None)?;
         }
         self.attr_as_reached(&node)
     }

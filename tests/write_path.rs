@@ -287,6 +287,18 @@ fn script() -> Vec<Op> {
             0,
             0
         ))),
+        // A 0/0 character device is a whiteout's form: refused, or the name would vanish at once
+        // and its node outlive the whiteout (found by fsstress, whose mknod makes 0/0 devices).
+        op!("mknod 0/0 char device wo", |m| done(mknod(
+            &m.join("wo"),
+            libc::S_IFCHR | 0o644,
+            0,
+            0
+        ))),
+        op!("create wo after that mknod", |m| done(fs::write(
+            m.join("wo"),
+            "wo\n"
+        ))),
         op!("symlink sl -> /etc", |m| done(symlink(
             "/etc",
             m.join("sl")
