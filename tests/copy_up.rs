@@ -32,49 +32,31 @@ fn completing_a_metadata_only_copy_keeps_file_capabilities() {
         return;
     }
     let t = tempdir();
-    let mut seen = Vec::new();
-    for side in ["kernel", "ufs"] {
-        let base = mkdirs(&t.path().join(side));
-        let l = mkdirs(&base.join("l"));
-        let up = mkdirs(&base.join("up"));
-        let wk = mkdirs(&base.join("wk"));
-        let m = mkdirs(&base.join("m"));
-        fs::write(l.join("t"), b"\x7fELF not really a binary\n").expect("write");
-        let run = run_bounded(
-            Command::new("setcap")
-                .arg("cap_net_raw+ep")
-                .arg(l.join("t")),
-            CMD_TIMEOUT,
-        );
-        assert!(run.success(), "setcap: {run}");
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            l.display(),
-            up.display(),
-            wk.display()
-        );
-        let _k;
-        let _u;
-        if side == "kernel" {
-            _k = KernelOverlay::mount(&format!("{options},redirect_dir=on,metacopy=on"), &m, &base);
-        } else {
-            _u = UfsMount::mount(&options, &m);
-        }
-        fs::set_permissions(m.join("t"), fs::Permissions::from_mode(0o755)).expect("chmod");
-        let after_chmod = getcap(&m.join("t"));
-        drop(
-            fs::OpenOptions::new()
-                .write(true)
-                .open(m.join("t"))
-                .expect("open for writing"),
-        );
-        let after_open = getcap(&m.join("t"));
-        seen.push((side, after_chmod, after_open));
-    }
-    assert_eq!(seen[0].2, "cap_net_raw=ep", "the kernel: {:?}", seen[0]);
-    assert_eq!(
-        (&seen[1].1, &seen[1].2),
-        (&seen[0].1, &seen[0].2),
-        "ufs (left) and the kernel (right)"
+    let seen = on_kernel_and_ufs(
+        t.path(),
+        "redirect_dir=on,metacopy=on",
+        |l| {
+            fs::write(l.join("t"), b"\x7fELF not really a binary\n").expect("write");
+            let run = run_bounded(
+                Command::new("setcap")
+                    .arg("cap_net_raw+ep")
+                    .arg(l.join("t")),
+                CMD_TIMEOUT,
+            );
+            assert!(run.success(), "setcap: {run}");
+        },
+        |m| {
+            fs::set_permissions(m.join("t"), fs::Permissions::from_mode(0o755)).expect("chmod");
+            let after_chmod = getcap(&m.join("t"));
+            drop(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(m.join("t"))
+                    .expect("open for writing"),
+            );
+            (after_chmod, getcap(&m.join("t")))
+        },
     );
+    assert_eq!(seen[0].1, "cap_net_raw=ep", "the kernel: {:?}", seen[0]);
+    assert_eq!(seen[1], seen[0], "ufs (left) and the kernel (right)");
 }

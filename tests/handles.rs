@@ -45,30 +45,15 @@ fn no_file_handle_is_given_that_could_not_be_opened() {
         return;
     }
     let t = tempdir();
-    let mut seen = Vec::new();
-    for side in ["kernel", "ufs"] {
-        let base = mkdirs(&t.path().join(side));
-        let l = mkdirs(&base.join("l"));
-        let up = mkdirs(&base.join("up"));
-        let wk = mkdirs(&base.join("wk"));
-        let m = mkdirs(&base.join("m"));
-        fs::write(l.join("f"), "f\n").expect("write");
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            l.display(),
-            up.display(),
-            wk.display()
-        );
-        let _k;
-        let _u;
-        if side == "kernel" {
-            _k = KernelOverlay::mount(&options, &m, &base);
-        } else {
-            _u = UfsMount::mount(&options, &m);
-        }
-        fs::write(m.join("new"), "new\n").expect("write");
-        seen.push((name_to_handle(&m.join("f")), name_to_handle(&m.join("new"))));
-    }
+    let seen = on_kernel_and_ufs(
+        t.path(),
+        "",
+        |l| fs::write(l.join("f"), "f\n").expect("write"),
+        |m| {
+            fs::write(m.join("new"), "new\n").expect("write");
+            (name_to_handle(&m.join("f")), name_to_handle(&m.join("new")))
+        },
+    );
     if seen[0] == (0, 0) {
         say(
             "SKIP no_file_handle_is_given_that_could_not_be_opened: the kernel overlay gives handles here",

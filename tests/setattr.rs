@@ -26,48 +26,33 @@ fn chown_of_nothing_changes_the_ctime_as_the_kernel_does() {
         return;
     }
     let t = tempdir();
-    let mut seen = Vec::new();
-    for side in ["kernel", "ufs"] {
-        let base = mkdirs(&t.path().join(side));
-        let l = mkdirs(&base.join("l"));
-        let up = mkdirs(&base.join("up"));
-        let wk = mkdirs(&base.join("wk"));
-        let m = mkdirs(&base.join("m"));
-        fs::write(l.join("lower"), b"lower\n").expect("write");
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            l.display(),
-            up.display(),
-            wk.display()
-        );
-        let _k;
-        let _u;
-        if side == "kernel" {
-            _k = KernelOverlay::mount(&options, &m, &base);
-        } else {
-            _u = UfsMount::mount(&options, &m);
-        }
-        fs::write(m.join("upper"), b"upper\n").expect("create");
-        // Copied up before the measure, so that only the chown can move its ctime.
-        std::os::unix::fs::chown(m.join("lower"), Some(0), None).expect("copy up");
-        let before: Vec<_> = ["upper", "lower"]
-            .iter()
-            .map(|n| ctime(&m.join(n)))
-            .collect();
-        thread::sleep(Duration::from_millis(50));
-        let mut moved = Vec::new();
-        for (i, name) in ["upper", "lower"].iter().enumerate() {
-            std::os::unix::fs::chown(m.join(name), None, None).expect("chown -1 -1");
-            let after = ctime(&m.join(name));
-            moved.push((*name, after > before[i]));
-        }
-        seen.push((side, moved));
-    }
+    let seen = on_kernel_and_ufs(
+        t.path(),
+        "",
+        |l| fs::write(l.join("lower"), b"lower\n").expect("write"),
+        |m| {
+            fs::write(m.join("upper"), b"upper\n").expect("create");
+            // Copied up before the measure, so that only the chown can move its ctime.
+            std::os::unix::fs::chown(m.join("lower"), Some(0), None).expect("copy up");
+            let before: Vec<_> = ["upper", "lower"]
+                .iter()
+                .map(|n| ctime(&m.join(n)))
+                .collect();
+            thread::sleep(Duration::from_millis(50));
+            let mut moved = Vec::new();
+            for (i, name) in ["upper", "lower"].iter().enumerate() {
+                std::os::unix::fs::chown(m.join(name), None, None).expect("chown -1 -1");
+                let after = ctime(&m.join(name));
+                moved.push((*name, after > before[i]));
+            }
+            moved
+        },
+    );
     assert_eq!(
-        seen[0].1,
+        seen[0],
         [("upper", true), ("lower", true)],
         "the kernel: {:?}",
         seen[0]
     );
-    assert_eq!(seen[1].1, seen[0].1, "ufs (left) and the kernel (right)");
+    assert_eq!(seen[1], seen[0], "ufs (left) and the kernel (right)");
 }

@@ -620,6 +620,46 @@ impl Drop for KernelOverlay {
     }
 }
 
+/// Runs `f` on the kernel overlay and then on ufs, each over its own fresh stack under `base`
+/// (`base/kernel` and `base/ufs`: a lower `l` filled by `fill`, an empty upper and workdir),
+/// the kernel mounted with `kernel_features` added to its options (may be empty). Returns what
+/// `f` returned on each, the kernel's first. Both mounts are gone when it returns.
+pub fn on_kernel_and_ufs<T>(
+    base: &Path,
+    kernel_features: &str,
+    fill: impl Fn(&Path),
+    f: impl Fn(&Path) -> T,
+) -> [T; 2] {
+    let run = |side: &str| {
+        let dir = mkdirs(&base.join(side));
+        let l = mkdirs(&dir.join("l"));
+        let up = mkdirs(&dir.join("up"));
+        let wk = mkdirs(&dir.join("wk"));
+        let m = mkdirs(&dir.join("m"));
+        fill(&l);
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            l.display(),
+            up.display(),
+            wk.display()
+        );
+        if side == "kernel" {
+            let opts = if kernel_features.is_empty() {
+                options
+            } else {
+                format!("{options},{kernel_features}")
+            };
+            let _k = KernelOverlay::mount(&opts, &m, &dir);
+            f(&m)
+        } else {
+            let _u = UfsMount::mount(&options, &m);
+            f(&m)
+        }
+    };
+    let kernel = run("kernel");
+    [kernel, run("ufs")]
+}
+
 /// A tmpfs mounted for a test. `Drop` unmounts it.
 pub struct TmpfsMount {
     pub dir: PathBuf,
