@@ -354,7 +354,7 @@ impl Overlay {
         if in_upper && let Some(ino) = self.layers.copied_up(st.st_ino) {
             return Ok(ino);
         }
-        match crate::records::recorded_ino(real, st, in_upper, self.record_ns)? {
+        match crate::records::recorded_ino(real, Some(st), in_upper, self.record_ns)? {
             Some(ino) => Ok(ino),
             None => Ok(self.layers.map_ino(real.layer, st.st_ino)),
         }

@@ -78,17 +78,13 @@ pub fn merged_listing(
             {
                 let entry =
                     RealEntry::named(real.layer, real.dir_arc()?.clone(), &sys::cstr(&e.name)?);
-                // The link count matters only for records in lower layers.
-                let st = if in_upper {
-                    sys::zeroed_stat()
-                } else {
-                    match entry.stat() {
-                        Ok(st) => st,
-                        Err(err) if err.errno() == libc::ENOENT => continue,
-                        Err(err) => return Err(err),
-                    }
-                };
-                recorded_ino(&entry, &st, in_upper, ns)?
+                // The entry is looked at only when it has a record (in a lower layer).
+                match recorded_ino(&entry, None, in_upper, ns) {
+                    Ok(r) => r,
+                    // Vanished since getdents, as above.
+                    Err(err) if err.errno() == libc::ENOENT => continue,
+                    Err(err) => return Err(err),
+                }
             } else {
                 None
             };

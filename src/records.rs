@@ -173,9 +173,12 @@ pub fn set_ino_record(fd: BorrowedFd<'_>, ns: XattrNamespace, kind: Kind, ino: u
 /// copy with several links, or one made into the index (it has an `overlay.origin`), may have
 /// lower names that were never copied up and still report the lower file's number, which is
 /// the number recorded; such a layer reports real numbers, as the kernel does for every lower.
+///
+/// `st` is the entry's `stat` when the caller has it; otherwise the entry is looked at only
+/// when a record in a lower layer makes the link count matter.
 pub fn recorded_ino(
     entry: &RealEntry,
-    st: &libc::stat,
+    st: Option<&libc::stat>,
     in_upper: bool,
     ns: XattrNamespace,
 ) -> Result<Option<u64>> {
@@ -189,6 +192,14 @@ pub fn recorded_ino(
     if in_upper {
         return Ok(Some(ino));
     }
+    let own;
+    let st = match st {
+        Some(st) => st,
+        None => {
+            own = entry.stat()?;
+            &own
+        }
+    };
     let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
     if !is_dir && st.st_nlink != 1 {
         return Ok(None);
