@@ -162,6 +162,27 @@ fn metacopy_in(layers: &LayerStack, layer: usize, fd: BorrowedFd<'_>) -> Result<
     Ok(true)
 }
 
+/// Follows the redirect record `r` of an entry of layer `layer` (named `name`): the search goes
+/// on for what it names, from the roots of the layers below for an absolute record (then the
+/// search restarts there: returns true), else among the same candidates.
+fn follow(
+    layers: &LayerStack,
+    layer: usize,
+    r: &[u8],
+    name: &OsStr,
+    target: &mut Target,
+    candidates: &mut Vec<(usize, Arc<OwnedFd>)>,
+    i: &mut usize,
+) -> Result<bool> {
+    *target = redirect_target(layers, layer, r, name, target)?;
+    if r.first() != Some(&b'/') {
+        return Ok(false);
+    }
+    *candidates = roots_below(layers, layer);
+    *i = 0;
+    Ok(true)
+}
+
 /// The candidates an absolute redirect found in layer `layer` searches: the roots of every
 /// layer below it.
 fn roots_below(layers: &LayerStack, layer: usize) -> Vec<(usize, Arc<OwnedFd>)> {
@@ -202,14 +223,18 @@ fn find_lower_data(
         if !metacopy_in(layers, layer, fd.as_fd())? {
             return Ok(Some(RealEntry::named(layer, in_dir, &real_name)));
         }
-        if let Some(r) = redirect(fd.as_fd(), layers.ns())? {
-            let absolute = r.first() == Some(&b'/');
-            target = redirect_target(layers, layer, &r, name, &target)?;
-            if absolute {
-                candidates = roots_below(layers, layer);
-                i = 0;
-                continue;
-            }
+        if let Some(r) = redirect(fd.as_fd(), layers.ns())?
+            && follow(
+                layers,
+                layer,
+                &r,
+                name,
+                &mut target,
+                &mut candidates,
+                &mut i,
+            )?
+        {
+            continue;
         }
         if stop {
             return Ok(None);
@@ -282,13 +307,15 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
                 break;
             }
             if let Some(r) = redirect {
-                let absolute = r.first() == Some(&b'/');
-                target = redirect_target(layers, layer, &r, name, &target)?;
-                if absolute {
-                    // An absolute redirect searches every layer below from its root.
-                    candidates = roots_below(layers, layer);
-                    i = 0;
-                }
+                follow(
+                    layers,
+                    layer,
+                    &r,
+                    name,
+                    &mut target,
+                    &mut candidates,
+                    &mut i,
+                )?;
             }
             continue;
         }

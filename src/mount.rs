@@ -284,13 +284,15 @@ fn lock_layers_within(opts: &Options, grace: Duration) -> Result<LayerLocks, Mou
 /// daemon may make one (see [`crate::layer::open_dirs`]), so that holding the lock for the
 /// mount's life keeps no mount the user made busy.
 fn open_for_lock(path: &Path) -> io::Result<File> {
-    if let Ok(clone) = crate::sys::open_tree_clone(path)
-        && let Ok(fd) = crate::sys::reopen(
+    let cloned = crate::sys::open_tree_clone(path).and_then(|clone| {
+        crate::sys::reopen(
             std::os::fd::AsFd::as_fd(&clone),
             libc::O_RDONLY | libc::O_DIRECTORY,
         )
-    {
-        return Ok(File::from(fd));
+    });
+    match cloned {
+        Ok(fd) => return Ok(File::from(fd)),
+        Err(e) => log::debug!("no private clone of {path:?} to lock ({e}); locking the path"),
     }
     OpenOptions::new()
         .read(true)
