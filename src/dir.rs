@@ -26,9 +26,20 @@ use crate::lookup::{self, Resolved};
 use crate::overlay::{Caller, Entry, NewEntry, Overlay};
 use crate::readdir;
 use crate::records;
+use crate::stat_override::{self, StatOverride};
 use crate::sys;
 use crate::whiteout::{self, is_hidden_name};
 use crate::workdir::{Workdir, remove_tree};
+
+/// Who owns a new entry and with which mode (disk ids, permission bits), and where that is
+/// kept: on the inode, or in the stat record `record` ([`crate::stat_override`]).
+#[derive(Clone, Copy)]
+struct NewOwner {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    record: Option<&'static CStr>,
+}
 
 impl Overlay {
     /// The upper layer's index, or `EROFS` for a read-only mount.
@@ -125,7 +136,19 @@ impl Overlay {
         };
         let is_dir = matches!(what, NewEntry::Directory);
         let opaque = is_dir && self.lower_has(&preals, name)?;
-        let pst = sys::fstat(udir)?;
+        let upper = preals.top()?.layer;
+        let mut pst = sys::fstat(udir)?;
+        stat_override::apply(
+            udir,
+            self.layers.stat_override(upper),
+            Kind::Directory,
+            &mut pst,
+        )?;
+        // With stat records, the owner and mode of a new file or directory go in its record.
+        let record = self
+            .layers
+            .stat_override(upper)
+            .filter(|_| matches!(what, NewEntry::File { .. } | NewEntry::Directory));
         let mut mode = mode & 0o7777;
         // Owners on disk: the caller's ids turned into disk ids, or the parent's (disk) group.
         let uid = self.uids.to_disk(caller.uid);
@@ -137,10 +160,16 @@ impl Overlay {
         } else {
             self.gids.to_disk(caller.gid)
         };
-        let file = if !over_whiteout && !opaque {
+        let owner = NewOwner {
+            uid,
+            gid,
+            mode,
+            record,
+        };
+        let file = if !over_whiteout && !opaque && record.is_none() {
             // Nothing to replace and no marker to set: made in place, as the kernel does
             // (`ovl_create_upper`). A failure part way removes what was made.
-            match self.build_new(udir, &cname, mode, uid, gid, what, opaque) {
+            match self.build_new(udir, &cname, owner, what, opaque) {
                 Ok(file) => file,
                 // `EEXIST`: someone else made the name meanwhile; it is theirs, not half-made.
                 Err(e) if e == EEXIST => return Err(e),
@@ -154,7 +183,7 @@ impl Overlay {
         } else {
             // Built complete in the work directory, then swapped with the whiteout in one step.
             let tmp = work.temp_name();
-            let file = match self.build_new(work.dir(), &tmp, mode, uid, gid, what, opaque) {
+            let file = match self.build_new(work.dir(), &tmp, owner, what, opaque) {
                 Ok(file) => file,
                 Err(e) => {
                     work.discard(&tmp);
@@ -210,18 +239,19 @@ impl Overlay {
         self.entry_for(&node)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn build_new(
         &self,
         wd: BorrowedFd<'_>,
         tmp: &CStr,
-        mode: u32,
-        uid: u32,
-        gid: u32,
+        owner: NewOwner,
         what: NewEntry<'_>,
         opaque: bool,
     ) -> Result<Option<OwnedFd>> {
         let work = self.upper_layer()?.1;
+        let mode = match owner.record {
+            Some(_) => stat_override::DISK_MODE,
+            None => owner.mode,
+        };
         let file = match what {
             NewEntry::File { flags } => {
                 // Not `O_DIRECT`: FUSE hands ufs the data in its own buffers, which need not
@@ -254,11 +284,24 @@ impl Overlay {
             }
         };
         let fd = sys::open_path(wd, tmp)?;
-        set_owner(fd.as_fd(), uid, gid)?;
-        let is_symlink = matches!(what, NewEntry::Symlink { .. });
-        if !is_symlink && mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
-            // `chown` clears the set-id bits the caller asked for.
-            sys::fchmod(fd.as_fd(), mode & 0o7777)?;
+        if let Some(name) = owner.record {
+            let o = StatOverride {
+                uid: owner.uid,
+                gid: owner.gid,
+                mode: owner.mode,
+            };
+            let file_type = match what {
+                NewEntry::Directory => libc::S_IFDIR,
+                _ => libc::S_IFREG,
+            };
+            stat_override::write(fd.as_fd(), name, &o, file_type)?;
+        } else {
+            set_owner(fd.as_fd(), owner.uid, owner.gid)?;
+            let is_symlink = matches!(what, NewEntry::Symlink { .. });
+            if !is_symlink && mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+                // `chown` clears the set-id bits the caller asked for.
+                sys::fchmod(fd.as_fd(), mode & 0o7777)?;
+            }
         }
         if opaque {
             sys::setxattr(fd.as_fd(), work.xattr_ns.opaque(), b"y", 0)?;

@@ -25,6 +25,11 @@ impl IdMap {
         IdMap { ranges, squash }
     }
 
+    /// Whether every reported id is replaced by one (`squash_to_*`).
+    pub fn squashes(&self) -> bool {
+        self.squash.is_some()
+    }
+
     /// The id the mount reports for on-disk id `disk`.
     pub fn to_mount(&self, disk: u32) -> u32 {
         if let Some(id) = self.squash {

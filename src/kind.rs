@@ -26,6 +26,19 @@ impl Kind {
         })
     }
 
+    /// The file-type bits (`S_IFMT`) of this kind.
+    pub fn file_type(self) -> u32 {
+        match self {
+            Kind::Regular => libc::S_IFREG,
+            Kind::Directory => libc::S_IFDIR,
+            Kind::Symlink => libc::S_IFLNK,
+            Kind::Fifo => libc::S_IFIFO,
+            Kind::Socket => libc::S_IFSOCK,
+            Kind::CharDevice => libc::S_IFCHR,
+            Kind::BlockDevice => libc::S_IFBLK,
+        }
+    }
+
     pub fn from_dtype(d_type: u8) -> Option<Kind> {
         Some(match d_type {
             libc::DT_REG => Kind::Regular,

@@ -12,6 +12,7 @@
 //! room gets a number from a counter with the reserved bit set, remembered for the life of the
 //! mount. This is unique within the mount and stable for as long as the mount lives.
 
+use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,6 +43,9 @@ pub struct Layer {
     pub dev: u64,
     /// Index of this layer's filesystem among the distinct filesystems of the stack.
     pub fs_index: u64,
+    /// The xattr holding the owner and mode of its files, with `xattr_permissions=`
+    /// ([`crate::stat_override`]).
+    pub stat_override: Option<&'static CStr>,
 }
 
 impl Layer {
@@ -230,6 +234,7 @@ impl LayerStack {
                 path: path.to_path_buf(),
                 dev: st.st_dev,
                 fs_index,
+                stat_override: None,
             });
         }
         let ino_bits = if devs.len() <= 1 {
@@ -266,6 +271,18 @@ impl LayerStack {
     pub fn set_follow(&mut self, redirects: bool, metacopy: bool) {
         self.follow_redirects = redirects;
         self.follow_metacopy = metacopy;
+    }
+
+    /// Sets the stat record name of layer `layer` (see [`crate::stat_override::set_up`]).
+    pub fn set_stat_override(&mut self, layer: usize, name: Option<&'static CStr>) {
+        if let Some(l) = self.layers.get_mut(layer) {
+            l.stat_override = name;
+        }
+    }
+
+    /// The stat record name of layer `layer`, when the mount uses them.
+    pub fn stat_override(&self, layer: usize) -> Option<&'static CStr> {
+        self.layers.get(layer).and_then(|l| l.stat_override)
     }
 
     /// Whether redirect records are followed.

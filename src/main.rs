@@ -53,6 +53,9 @@ const OPTIONS_HELP: &str = r#"Options for -o (comma-separated; -o may be repeate
   timeout=SECS           how long the kernel caches names and attributes (default 86400)
   fsync=0, volatile      do not make copied-up data durable (faster, unsafe on crash)
   threaded=N             number of request threads
+  redirect_dir=on|off|follow|nofollow, index=on|off, metacopy=on|off, xino=on|auto|off
+                         the kernel overlay's features (defaults: redirect_dir=on, index=on,
+                         metacopy=on, xino=on); userxattr keeps records in user.overlay.*
   fsname=NAME            the source shown in the mount table (default: SOURCE)
   uidmapping=D:S:N[:D:S:N...], gidmapping=...
                          ids D.. on disk show as S.. in the mount (N of them)
@@ -60,6 +63,8 @@ const OPTIONS_HELP: &str = r#"Options for -o (comma-separated; -o may be repeate
                          show every file as owned by root, or by uid/gid N
   static_nlink, noxattrs=1
                          as in fuse-overlayfs: directories report one link; no xattrs
+  xattr_permissions=1|2  as in fuse-overlayfs: owners and modes of files and directories
+                         live in a security.* (1) or user.containers.* (2) xattr record
   debug                  same as -d
 
 Without upperdir and workdir the union is read-only. In paths "\," is a comma, "\:" a

@@ -83,6 +83,9 @@ pub struct Options {
     pub static_nlink: bool,
     /// `noxattrs=1` (fuse-overlayfs): extended attributes are not supported through the mount.
     pub noxattrs: bool,
+    /// `xattr_permissions=1|2` (fuse-overlayfs): owners and modes of files and directories live
+    /// in an xattr record ([`crate::stat_override`]); 0 turns them off.
+    pub xattr_permissions: u8,
     /// `xino=on|auto` (default) or `off`. Parsed and validated; ufs numbers objects the same
     /// either way (docs/DIFFERENCES.md, "`xino=off`").
     pub xino: bool,
@@ -126,6 +129,7 @@ impl Default for Options {
             userxattr: false,
             static_nlink: false,
             noxattrs: false,
+            xattr_permissions: 0,
             xino: true,
             warnings: Vec::new(),
         }
@@ -191,7 +195,6 @@ impl std::error::Error for OptionError {}
 /// Options fuse-overlayfs or the kernel overlay know and ufs accepts without acting on them yet.
 /// They earn a warning rather than an error so that container tools keep working.
 const NO_EFFECT: &[&str] = &[
-    "xattr_permissions",
     "noacl",
     "writeback",
     "ino32_t",
@@ -256,6 +259,14 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
                 // the privilege for `trusted.*` names.
                 "userxattr" => flag(&mut options.userxattr, true)?,
                 "static_nlink" => flag(&mut options.static_nlink, true)?,
+                "xattr_permissions" => {
+                    options.xattr_permissions = match required(key, raw)? {
+                        "0" => 0,
+                        "1" => 1,
+                        "2" => 2,
+                        value => return Err(invalid(key, value, "0, 1 or 2")),
+                    }
+                }
                 "noxattrs" => {
                     options.noxattrs = match required(key, raw)? {
                         "1" => true,

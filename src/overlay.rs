@@ -22,6 +22,7 @@ use crate::options::Options;
 use crate::readdir;
 use crate::records;
 use crate::records::XattrNamespace;
+use crate::stat_override::{self, StatOverride};
 use crate::workdir::Workdir;
 use crate::{lookup, sys};
 
@@ -85,6 +86,8 @@ pub struct FileHandle {
     /// (see `Overlay::writable`), the copy's.
     pub ino: u64,
     pub file: OwnedFd,
+    /// The layer of `file`.
+    pub layer: usize,
     /// Opened for writing (so on the upper copy).
     pub writable: bool,
     /// Opened for reading on a lower layer: once the file is copied up, reads go to the copy
@@ -187,6 +190,10 @@ impl Overlay {
         // the mount uses the feature, as the kernel does with `userxattr`.
         let trusted = record_ns == XattrNamespace::Trusted;
         layers.set_follow(trusted || opts.redirect_dir, trusted || opts.metacopy);
+        if opts.xattr_permissions > 0 {
+            stat_override::set_up(&mut layers, opts.xattr_permissions, !read_only)
+                .map_err(|e| std::io::Error::from(e.context("stat records")))?;
+        }
         let squash_uid = opts.squash_to_uid.or(opts.squash_to_root.then_some(0));
         let squash_gid = opts.squash_to_gid.or(opts.squash_to_root.then_some(0));
         Ok(Overlay {
@@ -252,6 +259,12 @@ impl Overlay {
         };
         let top = reals.top()?;
         let mut st = top.stat()?;
+        stat_override::apply(
+            top.fd()?.as_fd(),
+            self.layers.stat_override(top.layer),
+            node.kind,
+            &mut st,
+        )?;
         st.st_ino = node.ino;
         if let Some(data) = &lower_data {
             // A metadata-only copy: the blocks are the lower file's.
@@ -491,6 +504,12 @@ impl Overlay {
         let handle = fh.and_then(|fh| self.files.get(&fh).map(|h| h.clone()));
         let through_file = |h: &FileHandle| -> Result<libc::stat> {
             let mut st = sys::fstat(h.file.as_fd())?;
+            stat_override::apply(
+                h.file.as_fd(),
+                self.layers.stat_override(h.layer),
+                node.kind,
+                &mut st,
+            )?;
             st.st_ino = h.ino;
             self.present(&mut st);
             Ok(st)
@@ -607,7 +626,7 @@ impl Overlay {
         let file = top.open_file(pass)?;
         let from_lower = Some(top.layer) != self.layers.upper();
         Ok(Opened {
-            fh: self.add_file(node.id, ino, file, writes, from_lower),
+            fh: self.add_file(node.id, ino, (file, top.layer), writes, from_lower),
             keep_cache,
             direct_io: flags & libc::O_DIRECT != 0,
         })
@@ -617,7 +636,7 @@ impl Overlay {
         &self,
         node: u64,
         ino: u64,
-        file: OwnedFd,
+        (file, layer): (OwnedFd, usize),
         writable: bool,
         from_lower: bool,
     ) -> u64 {
@@ -628,6 +647,7 @@ impl Overlay {
                 node,
                 ino,
                 file,
+                layer,
                 writable,
                 from_lower,
                 upper_file: parking_lot::Mutex::new(None),
@@ -753,11 +773,23 @@ impl Overlay {
         self.layers.statfs()
     }
 
+    /// Whether xattr `name` is ufs's own, hidden from the mount's users: an overlay record of
+    /// the mount's namespace, or a stat record when the mount keeps them.
+    fn is_hidden_xattr(&self, name: &OsStr) -> bool {
+        self.record_ns.is_private(name)
+            || (self.stat_records() && stat_override::is_record_name(name.as_encoded_bytes()))
+    }
+
+    /// Whether the mount keeps owners and modes in stat records (`xattr_permissions=`).
+    pub(crate) fn stat_records(&self) -> bool {
+        self.layers.iter().any(|(_, l)| l.stat_override.is_some())
+    }
+
     pub fn getxattr(&self, node: u64, name: &OsStr) -> Result<Vec<u8>> {
         if self.noxattrs {
             return Err(crate::error::EOPNOTSUPP);
         }
-        if self.record_ns.is_private(name) {
+        if self.is_hidden_xattr(name) {
             return Err(ENODATA);
         }
         let node = self.inodes.get(node)?;
@@ -775,7 +807,14 @@ impl Overlay {
         let reals = node.reals();
         let top = reals.first().ok_or(crate::error::EIO)?;
         match sys::listxattr(top.fd()?.as_fd()) {
-            Ok(names) => Ok(self.record_ns.visible_list(&names)),
+            Ok(names) => {
+                let mut list = Vec::new();
+                for n in names.iter().filter(|n| !self.is_hidden_xattr(n)) {
+                    list.extend_from_slice(n.as_encoded_bytes());
+                    list.push(0);
+                }
+                Ok(list)
+            }
             // A filesystem without xattrs has an empty list.
             Err(e) if e.errno() == libc::EOPNOTSUPP => Ok(Vec::new()),
             Err(e) => Err(e),
@@ -862,17 +901,44 @@ impl Overlay {
         };
         let reals = self.ensure_upper(&node, data)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
-        if change.uid.is_some() || change.gid.is_some() {
-            sys::fchown(
-                top.fd()?.as_fd(),
-                change.uid.map(|u| self.uids.to_disk(u)),
-                change.gid.map(|g| self.gids.to_disk(g)),
-            )?;
-        }
-        if let Some(mode) = change.mode
-            && node.kind != Kind::Symlink
-        {
-            sys::fchmod(top.fd()?.as_fd(), mode & 0o7777)?;
+        let record = self
+            .layers
+            .stat_override(top.layer)
+            .filter(|_| stat_override::applies_to(node.kind));
+        if let Some(name) = record {
+            if change.uid.is_some() || change.gid.is_some() || change.mode.is_some() {
+                // The owner and mode live in the record; the disk keeps its forced ones.
+                let fd = top.fd()?;
+                let mut o = match stat_override::read(fd.as_fd(), name)? {
+                    Some(o) => o,
+                    None => StatOverride::of_stat(&sys::fstat(fd.as_fd())?),
+                };
+                o.uid = change.uid.map_or(o.uid, |u| self.uids.to_disk(u));
+                o.gid = change.gid.map_or(o.gid, |g| self.gids.to_disk(g));
+                o.mode = change.mode.map_or(o.mode, |m| m & 0o7777);
+                stat_override::write(fd.as_fd(), name, &o, node.kind.file_type())?;
+            }
+        } else {
+            if change.uid.is_some() || change.gid.is_some() {
+                let chown = sys::fchown(
+                    top.fd()?.as_fd(),
+                    change.uid.map(|u| self.uids.to_disk(u)),
+                    change.gid.map(|g| self.gids.to_disk(g)),
+                );
+                match chown {
+                    // As in fuse-overlayfs: with every owner squashed, a refused chown is not
+                    // an error (the owner shown never changes anyway).
+                    Err(e) if self.uids.squashes() || self.gids.squashes() => {
+                        log::debug!("chown refused under squash_to_*: {e}")
+                    }
+                    other => other?,
+                }
+            }
+            if let Some(mode) = change.mode
+                && node.kind != Kind::Symlink
+            {
+                sys::fchmod(top.fd()?.as_fd(), mode & 0o7777)?;
+            }
         }
         if let Some(size) = change.size {
             match change.fh.map(|fh| self.file(fh)) {
@@ -915,9 +981,10 @@ impl Overlay {
             crate::overlay::NewEntry::File { flags },
         )?;
         let file = file.ok_or(crate::error::EIO)?;
+        let (upper, _) = self.upper_layer()?;
         Ok((
             entry,
-            self.add_file(entry.node, entry.attr.st_ino, file, true, false),
+            self.add_file(entry.node, entry.attr.st_ino, (file, upper), true, false),
         ))
     }
 
@@ -986,7 +1053,7 @@ impl Overlay {
     }
 
     fn setxattr_steps(&self, node: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        if self.record_ns.is_private(name) {
+        if self.is_hidden_xattr(name) {
             return Err(crate::error::EPERM);
         }
         let node = self.inodes.get(node)?;
@@ -1004,7 +1071,7 @@ impl Overlay {
     }
 
     fn removexattr_steps(&self, node: u64, name: &OsStr) -> Result<()> {
-        if self.record_ns.is_private(name) {
+        if self.is_hidden_xattr(name) {
             return Err(ENODATA);
         }
         let node = self.inodes.get(node)?;

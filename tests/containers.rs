@@ -67,6 +67,10 @@ fn start(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
 enum Driver {
     /// The overlay driver with `mount_program` = the binary under test.
     Ufs,
+    /// The same with `force_mask = "shared"`: layers on disk hold mode 0755 and root's owner,
+    /// the image's owners and modes in `user.containers.override_stat` records, and
+    /// containers/storage mounts with `xattr_permissions=2`.
+    UfsForceMask,
     /// The overlay driver on the kernel's overlayfs.
     Native,
 }
@@ -75,6 +79,7 @@ impl Driver {
     fn name(self) -> &'static str {
         match self {
             Driver::Ufs => "ufs",
+            Driver::UfsForceMask => "ufs with force_mask",
             Driver::Native => "native",
         }
     }
@@ -116,6 +121,10 @@ impl Store {
         let mount_program = match self.driver {
             Driver::Ufs => format!(
                 "[storage.options.overlay]\nmount_program = \"{}\"\n",
+                ufs_bin().display()
+            ),
+            Driver::UfsForceMask => format!(
+                "[storage.options.overlay]\nmount_program = \"{}\"\nforce_mask = \"shared\"\n",
                 ufs_bin().display()
             ),
             Driver::Native => String::new(),
@@ -160,9 +169,12 @@ impl Store {
             .arg("--runroot")
             .arg(self.path("runroot"));
         // podman drops storage.conf's driver options when `--root` is given.
-        if self.driver == Driver::Ufs {
+        if self.driver != Driver::Native {
             cmd.arg("--storage-opt")
                 .arg(format!("overlay.mount_program={}", ufs_bin().display()));
+        }
+        if self.driver == Driver::UfsForceMask {
+            cmd.arg("--storage-opt").arg("overlay.force_mask=shared");
         }
         cmd
     }
@@ -327,7 +339,12 @@ fn make_base_tar(rootfs: &Path, tar: &Path) -> Result<(), String> {
 
 /// The stores to compare: ufs always, native when the kernel overlay works for podman here.
 fn stores(test: &str) -> Vec<Store> {
-    let ufs = Store::new(Driver::Ufs).unwrap_or_else(|e| panic!("{test}: {e}"));
+    stores_with(test, Driver::Ufs)
+}
+
+/// The stores to compare: ufs as `driver` always, native when the kernel overlay works here.
+fn stores_with(test: &str, driver: Driver) -> Vec<Store> {
+    let ufs = Store::new(driver).unwrap_or_else(|e| panic!("{test}: {e}"));
     let mut all = vec![ufs];
     match Store::new(Driver::Native) {
         Ok(native) => all.push(native),
@@ -416,6 +433,18 @@ fn tree(root: &Path) -> BTreeMap<String, Node> {
 /// The tree after [`CHANGES`], from the base image: (path, kind, mode, uid, gid, contents)
 /// for the paths the changes touch; every other path of the base must be unchanged.
 fn check_changed_tree(driver: Driver, t: &BTreeMap<String, Node>) {
+    check_changed_tree_but_set_id(driver, t);
+    let suid = t.get("/probe/suid-id").expect("/probe/suid-id");
+    assert_eq!(
+        suid.mode,
+        0o4755,
+        "[{}] the setuid bit survives",
+        driver.name()
+    );
+}
+
+/// [`check_changed_tree`] without looking at set-id bits.
+fn check_changed_tree_but_set_id(driver: Driver, t: &BTreeMap<String, Node>) {
     let who = driver.name();
     for gone in [
         "/data/gone.txt",
@@ -457,8 +486,6 @@ fn check_changed_tree(driver: Driver, t: &BTreeMap<String, Node>) {
     assert_eq!(names("/d"), ["new"], "[{who}] /d after rm -rf d && mkdir d");
     assert_eq!(names("/data"), ["keep.txt"], "[{who}] /data");
     assert_eq!(names("/newdir"), ["f1", "inner"], "[{who}] /newdir");
-    let suid = t.get("/probe/suid-id").expect("/probe/suid-id");
-    assert_eq!(suid.mode, 0o4755, "[{who}] the setuid bit survives");
 }
 
 /// `podman run` as root and as uid 1000: the root filesystem is the mount the driver makes
@@ -480,8 +507,8 @@ fn podman_run_as_root_and_as_another_user() {
             "awk '$5 == \"/\" { sub(/.* - /, \"\"); print $1 }' /proc/self/mountinfo",
         ]);
         let want = match store.driver {
-            Driver::Ufs if !is_stand_in() => "fuse.ufs",
-            Driver::Ufs => root_fs.trim(),
+            Driver::Ufs | Driver::UfsForceMask if !is_stand_in() => "fuse.ufs",
+            Driver::Ufs | Driver::UfsForceMask => root_fs.trim(),
             Driver::Native => "overlay",
         };
         assert_eq!(
@@ -620,6 +647,70 @@ fn podman_commit_and_diff_of_a_running_container() {
     say(&format!("{TEST}: {:.1?}", started.elapsed()));
 }
 
+/// `force_mask = "shared"` (containers/storage then passes `xattr_permissions=2`): the base
+/// image, a container making [`CHANGES`] and the image committed from it show the same owners and
+/// modes as under the native driver without it, while the layers on disk hold the forced mode.
+///
+/// Set-id and sticky bits are left out of the comparison: this containers/storage (Debian's
+/// podman 4.3) drops them when it writes the records of a layer it applies (`/probe/suid-id`'s
+/// record says `0:0:0755`, `/tmp`'s `0:0:0777`), and ufs shows the records as they are, as
+/// fuse-overlayfs does. So is `/`: with `force_mask` containers/storage records a layer's root as
+/// `0:0:0755`, where the native driver leaves it at its own `0555`.
+#[test]
+fn podman_force_mask_keeps_image_owners_and_modes() {
+    const TEST: &str = "podman_force_mask_keeps_image_owners_and_modes";
+    let Some(_turn) = start(TEST) else { return };
+    let started = Instant::now();
+    let stores = stores_with(TEST, Driver::UfsForceMask);
+    let without_set_id = |mut t: BTreeMap<String, Node>| {
+        t.remove("/");
+        for n in t.values_mut() {
+            n.mode &= 0o777;
+        }
+        t
+    };
+    same_everywhere("the base image", &stores, |s| {
+        let mnt = s.image_mount(BASE);
+        let t = tree(&mnt);
+        s.ok(&["image", "unmount", BASE]);
+        without_set_id(t)
+    });
+    // force_mask took effect: a base file on disk has the forced mode and a record.
+    let forced = &stores[0];
+    let on_disk: Vec<PathBuf> = fs::read_dir(forced.path("root/overlay"))
+        .expect("readdir overlay")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("diff/etc/mode"))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(!on_disk.is_empty(), "no layer holds /etc/mode");
+    for p in &on_disk {
+        let md = fs::symlink_metadata(p).expect("stat");
+        assert_eq!(md.mode() & 0o7777, 0o755, "{} on disk", p.display());
+        let record = get_xattr(p, "user.containers.override_stat").expect("record");
+        assert_eq!(record, b"0:0:0644", "record of {}", p.display());
+    }
+    let script = format!(
+        "{} && stat -c '%u:%g %a' /etc/mode /etc/owner /data/keep.txt /d",
+        CHANGES.join(" && ")
+    );
+    let shown = same_everywhere("a running container", &stores, |s| {
+        s.ok(&["run", "--name", "c1", BASE, "sh", "-c", &script])
+    });
+    assert_eq!(shown, "0:0 640\n1000:1000 644\n0:0 644\n0:0 755\n");
+    same_everywhere("the committed image", &stores, |s| {
+        s.ok(&["commit", "c1", "committed"]);
+        s.ok(&["rm", "-f", "-t", "0", "c1"]);
+        let mnt = s.image_mount("committed");
+        let t = tree(&mnt);
+        s.ok(&["image", "unmount", "committed"]);
+        let t = without_set_id(t);
+        check_changed_tree_but_set_id(s.driver, &t);
+        t
+    });
+    say(&format!("{TEST}: {:.1?}", started.elapsed()));
+}
+
 /// `podman image mount`: a read-only mount of the image's layers, writes refused, gone after
 /// `podman image unmount`.
 #[test]
@@ -729,7 +820,7 @@ as() {{ setpriv --reuid={uid} --regid={uid} --init-groups env HOME={d}/home XDG_
         let sd = d.join(s);
         mkdirs(&sd);
         let mount_program = match driver {
-            Driver::Ufs => format!(
+            Driver::Ufs | Driver::UfsForceMask => format!(
                 "[storage.options.overlay]\nmount_program = \"{}\"\n",
                 ufs_bin().display()
             ),

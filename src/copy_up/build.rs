@@ -6,7 +6,7 @@
 //! the kernel, the parent directory is not synced: a crash at any point leaves either no upper
 //! copy or a complete one; leftovers in the work directory are removed at the next mount.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use crate::inode::RealEntry;
 use crate::kind::Kind;
 use crate::origin::IndexKey;
 use crate::records::{XattrNamespace, is_no_xattr};
+use crate::stat_override::{self, StatOverride};
 use crate::sys;
 use crate::workdir::Workdir;
 
@@ -30,61 +31,86 @@ pub enum CopyData {
     Metadata,
 }
 
-/// Copies `src` (a lower entry of kind `kind`) to `name` in the upper directory `upper_dir`.
-/// The data comes from `data_src` when `src` is itself a metadata-only copy (in a layer that was
-/// an upper once), whose data is further down. Returns the new upper entry.
-#[allow(clippy::too_many_arguments)]
-pub fn copy_up(
-    work: &Workdir,
-    upper_layer: usize,
-    src: &RealEntry,
-    data_src: Option<&RealEntry>,
-    kind: Kind,
-    upper_dir_arc: &Arc<OwnedFd>,
-    name: &std::ffi::CStr,
-    data: CopyData,
-    ino_record: Option<u64>,
-    index: Option<&IndexKey>,
-) -> Result<(RealEntry, bool)> {
+/// One copy to build: the kernel's `struct ovl_copy_up_ctx`.
+pub struct CopyCtx<'a> {
+    pub work: &'a Workdir,
+    /// Index of the upper layer.
+    pub upper_layer: usize,
+    /// The lower entry copied, of kind `kind`.
+    pub src: &'a RealEntry,
+    /// Where the data comes from when `src` is itself a metadata-only copy (in a layer that
+    /// was an upper once), whose data is further down.
+    pub data_src: Option<&'a RealEntry>,
+    pub kind: Kind,
+    /// The upper directory the copy is published in, under `name`.
+    pub upper_dir: &'a Arc<OwnedFd>,
+    pub name: &'a CStr,
+    pub data: CopyData,
+    /// The inode-number record to give the copy (`overlay.origin`-less numbering).
+    pub ino_record: Option<u64>,
+    /// The index entry to link the copy to, with `index=on`.
+    pub index: Option<&'a IndexKey>,
+    /// With stat records in the upper: the record name and the owner and mode `src` shows,
+    /// which the copy keeps in its record instead of on its inode.
+    pub stat_record: Option<(&'static CStr, StatOverride)>,
+}
+
+/// Builds the copy `ctx` describes and publishes it. Returns the new upper entry, and whether
+/// it was published under `ctx.name` (an indexed copy may find the name taken; see below).
+pub fn copy_up(ctx: &CopyCtx<'_>) -> Result<(RealEntry, bool)> {
+    let CopyCtx {
+        work,
+        upper_layer,
+        src,
+        data_src,
+        kind,
+        upper_dir: upper_dir_arc,
+        name,
+        ino_record,
+        index,
+        stat_record,
+        ..
+    } = *ctx;
     let upper_dir = upper_dir_arc.as_fd();
     let st = src.stat()?;
     // Publishing the copy must not show as a change of the parent (the kernel restores its
     // times too, `ovl_set_timestamps`).
     let parent_st = sys::fstat(upper_dir)?;
     let tmp = work.temp_name();
-    let result =
-        build_copy(work, src, data_src.unwrap_or(src), kind, &st, &tmp, data).and_then(|fd| {
-            if let Some(ino) = ino_record {
-                crate::records::set_ino_record(fd.as_fd(), work.xattr_ns, kind, ino)?;
-                // Tells readdir (ufs's and the kernel's) to look for records in this directory.
-                sys::setxattr(upper_dir, work.xattr_ns.impure(), b"y", 0)?;
-            }
-            if let Some(key) = index {
-                // Every name of the lower file finds the copy through the index from now on.
-                let index_dir = work.index.as_ref().ok_or(crate::error::EIO)?;
-                sys::setxattr(fd.as_fd(), work.xattr_ns.origin(), &key.origin, 0)?;
-                sys::link_fd(fd.as_fd(), index_dir.as_fd(), &key.name)?;
-                let published =
-                    match sys::renameat2(work.dir(), &tmp, upper_dir, name, libc::RENAME_NOREPLACE)
-                    {
-                        Ok(()) => {
-                            restore_times(upper_dir, &parent_st)?;
-                            true
-                        }
-                        // The name the node was last reached by now holds something else: the copy
-                        // is in the index, and the caller links it under another of its names.
-                        Err(e) if e.errno() == libc::EEXIST => {
-                            sys::unlinkat(work.dir(), &tmp, 0)?;
-                            false
-                        }
-                        Err(e) => return Err(e),
-                    };
-                return Ok((fd, published));
-            }
-            sys::renameat2(work.dir(), &tmp, upper_dir, name, libc::RENAME_NOREPLACE)?;
-            restore_times(upper_dir, &parent_st)?;
-            Ok((fd, true))
-        });
+    let result = build_copy(ctx, data_src.unwrap_or(src), &st, &tmp).and_then(|fd| {
+        if let Some((record, shown)) = &stat_record {
+            stat_override::write(fd.as_fd(), record, shown, kind.file_type())?;
+        }
+        if let Some(ino) = ino_record {
+            crate::records::set_ino_record(fd.as_fd(), work.xattr_ns, kind, ino)?;
+            // Tells readdir (ufs's and the kernel's) to look for records in this directory.
+            sys::setxattr(upper_dir, work.xattr_ns.impure(), b"y", 0)?;
+        }
+        if let Some(key) = index {
+            // Every name of the lower file finds the copy through the index from now on.
+            let index_dir = work.index.as_ref().ok_or(crate::error::EIO)?;
+            sys::setxattr(fd.as_fd(), work.xattr_ns.origin(), &key.origin, 0)?;
+            sys::link_fd(fd.as_fd(), index_dir.as_fd(), &key.name)?;
+            let published =
+                match sys::renameat2(work.dir(), &tmp, upper_dir, name, libc::RENAME_NOREPLACE) {
+                    Ok(()) => {
+                        restore_times(upper_dir, &parent_st)?;
+                        true
+                    }
+                    // The name the node was last reached by now holds something else: the copy
+                    // is in the index, and the caller links it under another of its names.
+                    Err(e) if e.errno() == libc::EEXIST => {
+                        sys::unlinkat(work.dir(), &tmp, 0)?;
+                        false
+                    }
+                    Err(e) => return Err(e),
+                };
+            return Ok((fd, published));
+        }
+        sys::renameat2(work.dir(), &tmp, upper_dir, name, libc::RENAME_NOREPLACE)?;
+        restore_times(upper_dir, &parent_st)?;
+        Ok((fd, true))
+    });
     match result {
         Ok((fd, _)) if kind == Kind::Directory => Ok((RealEntry::new(upper_layer, fd), true)),
         Ok((_, published)) => match (index, &work.index) {
@@ -115,14 +141,19 @@ pub fn restore_times(fd: BorrowedFd<'_>, st: &libc::stat) -> Result<()> {
 
 /// Builds the complete copy under `tmp` in the work directory; returns an `O_PATH` fd on it.
 fn build_copy(
-    work: &Workdir,
-    src: &RealEntry,
+    ctx: &CopyCtx<'_>,
     data_src: &RealEntry,
-    kind: Kind,
     st: &libc::stat,
     tmp: &CString,
-    data: CopyData,
 ) -> Result<OwnedFd> {
+    let CopyCtx {
+        work,
+        src,
+        kind,
+        data,
+        stat_record,
+        ..
+    } = *ctx;
     let wd = work.dir();
     match kind {
         Kind::Regular => {
@@ -158,19 +189,44 @@ fn build_copy(
         }
     }
     let fd = sys::open_path(wd, tmp)?;
-    copy_xattrs(src.fd()?.as_fd(), fd.as_fd(), work.xattr_ns)?;
-    copy_attrs(fd.as_fd(), kind, st)?;
+    copy_xattrs(
+        src.fd()?.as_fd(),
+        fd.as_fd(),
+        work.xattr_ns,
+        stat_record.is_some(),
+    )?;
+    if stat_record.is_some() {
+        // The owner and mode go in the record (written by the caller); the disk gets the
+        // daemon's owner and the forced mode.
+        let made = sys::fstat(fd.as_fd())?;
+        let mut forced = *st;
+        forced.st_mode = (st.st_mode & libc::S_IFMT) | stat_override::DISK_MODE;
+        (forced.st_uid, forced.st_gid) = (made.st_uid, made.st_gid);
+        copy_attrs(fd.as_fd(), kind, &forced)?;
+    } else {
+        copy_attrs(fd.as_fd(), kind, st)?;
+    }
     Ok(fd)
 }
 
-/// Copies every visible xattr of `src` to `dst`.
-pub fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, ns: XattrNamespace) -> Result<()> {
+/// Copies every visible xattr of `src` to `dst`; stat records too unless `skip_stat_records`
+/// (the copy then gets a record of its own).
+pub fn copy_xattrs(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    ns: XattrNamespace,
+    skip_stat_records: bool,
+) -> Result<()> {
     let names = match sys::listxattr(src) {
         Ok(n) => n,
         Err(e) if e.errno() == libc::EOPNOTSUPP => return Ok(()),
         Err(e) => return Err(e),
     };
-    for name in names.iter().filter(|n| !ns.is_private(n)) {
+    let copied = |n: &&std::ffi::OsString| {
+        let stat_record = skip_stat_records && stat_override::is_record_name(n.as_encoded_bytes());
+        !ns.is_private(n) && !stat_record
+    };
+    for name in names.iter().filter(copied) {
         let cname = sys::cstr(name)?;
         let value = match sys::getxattr(src, &cname) {
             Ok(v) => v,

@@ -24,6 +24,7 @@ use crate::error::{EIO, Result};
 use crate::inode::{Inode, Location, NodeState, ROOT_ID, RealEntry, Reals, Top};
 use crate::kind::Kind;
 use crate::overlay::Overlay;
+use crate::stat_override::{self, StatOverride};
 use crate::{records, sys};
 
 impl Overlay {
@@ -195,21 +196,36 @@ impl Overlay {
         };
         // A metadata-only copy in a lower layer (an upper once) has its data further down.
         let data_src = st.lower_data.clone();
-        let (entry, published) = build::copy_up(
+        let stat_record = match self.layers.stat_override(upper) {
+            Some(name) if stat_override::applies_to(node.kind) => {
+                let mut shown = plan.src_st;
+                stat_override::apply(
+                    plan.src.fd()?.as_fd(),
+                    self.layers.stat_override(plan.src.layer),
+                    node.kind,
+                    &mut shown,
+                )?;
+                Some((name, StatOverride::of_stat(&shown)))
+            }
+            _ => None,
+        };
+        let cname = sys::cstr(plan.name)?;
+        let (entry, published) = build::copy_up(&build::CopyCtx {
             work,
-            upper,
-            &plan.src,
-            data_src.as_ref(),
-            node.kind,
-            plan.preals.top()?.dir_arc()?,
-            &sys::cstr(plan.name)?,
-            plan.data,
+            upper_layer: upper,
+            src: &plan.src,
+            data_src: data_src.as_ref(),
+            kind: node.kind,
+            upper_dir: plan.preals.top()?.dir_arc()?,
+            name: &cname,
+            data: plan.data,
             // A copy that breaks away is a new object with a number of its own. Any other keeps
             // its number across a remount through this record (the kernel finds it through the
             // origin, whatever `xino` says).
-            (!plan.breaks).then_some(node.ino),
-            key.as_ref(),
-        )?;
+            ino_record: (!plan.breaks).then_some(node.ino),
+            index: key.as_ref(),
+            stat_record,
+        })?;
         // The parent's cached listing names the lower entry; a node looked up from it after
         // the kernel forgot this one would show the lower object again.
         plan.parent.listing_changed();
