@@ -98,7 +98,7 @@ impl Overlay {
         what: NewEntry<'_>,
     ) -> Result<(Entry, Option<OwnedFd>)> {
         self.create_entry_steps(parent, name, mode, caller, what)
-            .map_err(|e| e.context("create"))
+            .map_err(|e| e.context("create").named(name))
     }
 
     fn create_entry_steps(
@@ -363,7 +363,7 @@ impl Overlay {
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
         self.unlink_steps(parent, name)
-            .map_err(|e| e.context("unlink"))
+            .map_err(|e| e.context("unlink").named(name))
     }
 
     fn unlink_steps(&self, parent: u64, name: &OsStr) -> Result<()> {
@@ -397,7 +397,7 @@ impl Overlay {
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
         self.rmdir_steps(parent, name)
-            .map_err(|e| e.context("rmdir"))
+            .map_err(|e| e.context("rmdir").named(name))
     }
 
     fn rmdir_steps(&self, parent: u64, name: &OsStr) -> Result<()> {
@@ -430,7 +430,7 @@ impl Overlay {
     /// `link(2)`: a new name `newname` in `newparent` for node `node`.
     pub fn link(&self, node: u64, newparent: u64, newname: &OsStr) -> Result<Entry> {
         self.link_steps(node, newparent, newname)
-            .map_err(|e| e.context("link"))
+            .map_err(|e| e.context("link").named(newname))
     }
 
     fn link_steps(&self, node: u64, newparent: u64, newname: &OsStr) -> Result<Entry> {
@@ -494,7 +494,7 @@ impl Overlay {
         flags: u32,
     ) -> Result<()> {
         self.rename_steps(parent, name, newparent, newname, flags)
-            .map_err(|e| e.context("rename"))
+            .map_err(|e| e.context("rename").named(name))
     }
 
     fn rename_steps(

@@ -8,13 +8,15 @@
 use std::fmt;
 use std::io;
 
-/// An errno value (always positive), with what failed where the core knows it: the operation
-/// and the layer. Two errors are equal when their errno is: the context is for the log.
-#[derive(Clone, Copy)]
+/// An errno value (always positive), with what failed where the core knows it: the operation,
+/// the entry's name and the layer. Two errors are equal when their errno is: the context is for the log.
+#[derive(Clone)]
 pub struct Error {
     errno: i32,
     what: Option<&'static str>,
     layer: Option<usize>,
+    /// The name the failing request was about (an entry of a directory).
+    name: Option<std::sync::Arc<std::ffi::OsStr>>,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -25,10 +27,11 @@ impl Error {
             errno,
             what: None,
             layer: None,
+            name: None,
         }
     }
 
-    pub fn errno(self) -> i32 {
+    pub fn errno(&self) -> i32 {
         self.errno
     }
 
@@ -43,6 +46,14 @@ impl Error {
         self
     }
 
+    /// Names the entry the failing request was about, unless an inner step already did.
+    pub fn named(mut self, name: &std::ffi::OsStr) -> Self {
+        if self.name.is_none() {
+            self.name = Some(std::sync::Arc::from(name));
+        }
+        self
+    }
+
     /// Names the layer the failing access was made in, unless an inner step already did.
     pub fn in_layer(mut self, layer: usize) -> Self {
         self.layer.get_or_insert(layer);
@@ -51,7 +62,7 @@ impl Error {
 
     /// Whether this is an ordinary answer to a request (no such name, exists, not empty,
     /// refused by the rules...) rather than a failure worth a user's attention.
-    pub fn is_ordinary(self) -> bool {
+    pub fn is_ordinary(&self) -> bool {
         matches!(
             self.errno,
             libc::ENOENT
@@ -108,8 +119,11 @@ impl From<Error> for io::Error {
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(what) = self.what {
-            write!(f, "{what}: ")?;
+        match (self.what, &self.name) {
+            (Some(what), Some(name)) => write!(f, "{what} {name:?}: ")?,
+            (Some(what), None) => write!(f, "{what}: ")?,
+            (None, Some(name)) => write!(f, "{name:?}: ")?,
+            (None, None) => {}
         }
         write!(f, "{}", io::Error::from_raw_os_error(self.errno))?;
         if let Some(layer) = self.layer {
@@ -157,6 +171,17 @@ mod tests {
         assert_ne!(e, ENOENT);
         let shown = e.to_string();
         assert!(shown.starts_with("copy-up: "), "{shown}");
+        let named = EIO
+            .context("rename")
+            .named(std::ffi::OsStr::new("a b"))
+            .in_layer(1);
+        assert_eq!(
+            named.to_string(),
+            format!(
+                "rename \"a b\": {} (layer 1)",
+                std::io::Error::from_raw_os_error(libc::EIO)
+            )
+        );
         assert!(shown.ends_with("(layer 0)"), "{shown}");
         assert!(!EIO.is_ordinary() && ENOENT.is_ordinary() && ENOTEMPTY.is_ordinary());
     }

@@ -100,7 +100,7 @@ pub fn open_dirs(
         let path = path.to_path_buf();
         move |e: crate::error::Error| {
             std::io::Error::new(
-                std::io::Error::from(e).kind(),
+                std::io::Error::from(e.clone()).kind(),
                 format!("{what} \"{}\": {e}", path.display()),
             )
         }

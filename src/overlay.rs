@@ -216,6 +216,20 @@ impl Overlay {
         })
     }
 
+    /// `e` naming node `node` by the name it was last reached by (for the log). Never waits:
+    /// a caller may hold the node's location lock while the error travels up.
+    pub(crate) fn named(&self, e: crate::error::Error, node: u64) -> crate::error::Error {
+        let name = self
+            .inodes
+            .get(node)
+            .ok()
+            .and_then(|n| n.location.try_lock().map(|l| l.name.clone()));
+        match name {
+            Some(name) => e.named(&name),
+            None => e,
+        }
+    }
+
     /// Installs how to make the kernel drop what it cached of a node.
     pub fn set_invalidator(&self, f: Invalidator) {
         if self.invalidator.set(f).is_err() {
@@ -302,7 +316,7 @@ impl Overlay {
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry> {
         self.lookup_steps(parent, name)
-            .map_err(|e| e.context("lookup"))
+            .map_err(|e| e.context("lookup").named(name))
     }
 
     fn lookup_steps(&self, parent: u64, name: &OsStr) -> Result<Entry> {
@@ -579,7 +593,8 @@ impl Overlay {
     }
 
     pub fn open(&self, node: u64, flags: i32) -> Result<Opened> {
-        self.open_steps(node, flags).map_err(|e| e.context("open"))
+        self.open_steps(node, flags)
+            .map_err(|e| self.named(e.context("open"), node))
     }
 
     fn open_steps(&self, node: u64, flags: i32) -> Result<Opened> {
@@ -718,7 +733,8 @@ impl Overlay {
     }
 
     pub fn opendir(&self, node: u64) -> Result<u64> {
-        self.opendir_steps(node).map_err(|e| e.context("readdir"))
+        self.opendir_steps(node)
+            .map_err(|e| self.named(e.context("readdir"), node))
     }
 
     fn opendir_steps(&self, node: u64) -> Result<u64> {
@@ -884,7 +900,7 @@ impl SetAttr {
 impl Overlay {
     pub fn setattr(&self, node: u64, change: SetAttr) -> Result<libc::stat> {
         self.setattr_steps(node, change)
-            .map_err(|e| e.context("setattr"))
+            .map_err(|e| self.named(e.context("setattr"), node))
     }
 
     fn setattr_steps(&self, node: u64, change: SetAttr) -> Result<libc::stat> {
@@ -1049,7 +1065,7 @@ impl Overlay {
             return Err(crate::error::EOPNOTSUPP);
         }
         self.setxattr_steps(node, name, value, flags)
-            .map_err(|e| e.context("setxattr"))
+            .map_err(|e| self.named(e.context("setxattr"), node))
     }
 
     fn setxattr_steps(&self, node: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
@@ -1067,7 +1083,7 @@ impl Overlay {
             return Err(crate::error::EOPNOTSUPP);
         }
         self.removexattr_steps(node, name)
-            .map_err(|e| e.context("removexattr"))
+            .map_err(|e| self.named(e.context("removexattr"), node))
     }
 
     fn removexattr_steps(&self, node: u64, name: &OsStr) -> Result<()> {

@@ -49,7 +49,7 @@ impl Overlay {
         data: CopyData,
     ) -> Result<(Arc<Inode>, Reals)> {
         self.writable_with(node, data, true)
-            .map_err(|e| e.context("copy-up").in_layer(0))
+            .map_err(|e| self.named(e.context("copy-up").in_layer(0), node.id))
     }
 
     /// Like [`Overlay::ensure_upper`] for an xattr change: as in the kernel, such a change
@@ -58,7 +58,7 @@ impl Overlay {
     pub(crate) fn ensure_upper_for_xattr(&self, node: &Arc<Inode>) -> Result<Reals> {
         self.writable_with(node, CopyData::Metadata, false)
             .map(|(_, reals)| reals)
-            .map_err(|e| e.context("copy-up").in_layer(0))
+            .map_err(|e| self.named(e.context("copy-up").in_layer(0), node.id))
     }
 
     fn writable_with(
