@@ -17,9 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use crate::copy_up::build::{CopyData, set_owner};
-use crate::error::{
-    EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EPERM, EROFS, EXDEV, Result,
-};
+use crate::error::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EPERM, EXDEV, Result};
 use crate::inode::{Inode, NodeState, ROOT_ID, RealEntry, Reals, Top};
 use crate::kind::Kind;
 use crate::lookup::{self, Resolved};
@@ -42,18 +40,10 @@ struct NewOwner {
 }
 
 impl Overlay {
-    /// The upper layer's index, or `EROFS` for a read-only mount.
-    pub(crate) fn upper_layer(&self) -> Result<(usize, &Workdir)> {
-        match (self.layers.upper(), &self.work) {
-            (Some(u), Some(w)) if !self.is_read_only() => Ok((u, w)),
-            _ => Err(EROFS),
-        }
-    }
-
     /// Whether a lower layer of the merged directory `preals` still has `name`, so that
     /// removing the upper entry must leave a whiteout.
     fn lower_has(&self, preals: &[RealEntry], name: &OsStr) -> Result<bool> {
-        let upper = self.layers.upper();
+        let upper = self.layers().upper();
         let lowers: Vec<RealEntry> = preals
             .iter()
             .filter(|r| Some(r.layer) != upper)
@@ -62,7 +52,7 @@ impl Overlay {
         if lowers.is_empty() {
             return Ok(false);
         }
-        match lookup::lookup(&self.layers, &lowers, name) {
+        match lookup::lookup(self.layers(), &lowers, name) {
             Ok(_) => Ok(true),
             Err(e) if e == ENOENT => Ok(false),
             Err(e) => Err(e),
@@ -71,7 +61,7 @@ impl Overlay {
 
     /// Resolves `name` in directory node `parent` without counting a lookup.
     pub(crate) fn resolve(&self, parent: &Inode, name: &OsStr) -> Result<Resolved> {
-        lookup::lookup(&self.layers, &parent.reals(), name)
+        lookup::lookup(self.layers(), &parent.reals(), name)
     }
 
     /// Runs `f` with the node of `parent/name`, counting a lookup only for the call's length.
@@ -82,8 +72,8 @@ impl Overlay {
         f: impl FnOnce(&Arc<Inode>) -> Result<T>,
     ) -> Result<T> {
         let e = self.lookup(parent, name)?;
-        let res = self.inodes.get(e.node).and_then(|node| f(&node));
-        self.inodes.forget(e.node, 1);
+        let res = self.inodes().get(e.node).and_then(|node| f(&node));
+        self.inodes().forget(e.node, 1);
         res
     }
 
@@ -136,37 +126,8 @@ impl Overlay {
         };
         let is_dir = matches!(what, NewEntry::Directory);
         let opaque = is_dir && self.lower_has(&preals, name)?;
-        let upper = preals.top()?.layer;
-        let mut pst = sys::fstat(udir)?;
-        stat_override::apply(
-            udir,
-            self.layers.stat_override(upper),
-            Kind::Directory,
-            &mut pst,
-        )?;
-        // With stat records, the owner and mode of a new file or directory go in its record.
-        let record = self
-            .layers
-            .stat_override(upper)
-            .filter(|_| matches!(what, NewEntry::File { .. } | NewEntry::Directory));
-        let mut mode = mode & 0o7777;
-        // Owners on disk: the caller's ids turned into disk ids, or the parent's (disk) group.
-        let uid = self.uids.to_disk(caller.uid);
-        let gid = if pst.st_mode & libc::S_ISGID != 0 {
-            if is_dir {
-                mode |= libc::S_ISGID;
-            }
-            pst.st_gid
-        } else {
-            self.gids.to_disk(caller.gid)
-        };
-        let owner = NewOwner {
-            uid,
-            gid,
-            mode,
-            record,
-        };
-        let file = if !over_whiteout && !opaque && record.is_none() {
+        let owner = self.new_owner(udir, preals.top()?.layer, mode, caller, what)?;
+        let file = if !over_whiteout && !opaque && owner.record.is_none() {
             // Nothing to replace and no marker to set: made in place, as the kernel does
             // (`ovl_create_upper`). A failure part way removes what was made.
             match self.build_new(udir, &cname, owner, what, opaque) {
@@ -223,15 +184,48 @@ impl Overlay {
         Ok((entry, file))
     }
 
+    /// Who owns an entry `caller` makes in the upper directory `udir` (of layer `upper`) with
+    /// `mode`: the caller's ids turned into disk ids, or the parent's group when the parent is
+    /// set-group-id (a directory then inherits the bit); kept in a stat record when the upper
+    /// keeps them ([`crate::stat_override`]) and the entry is a file or directory.
+    fn new_owner(
+        &self,
+        udir: BorrowedFd<'_>,
+        upper: usize,
+        mode: u32,
+        caller: Caller,
+        what: NewEntry<'_>,
+    ) -> Result<NewOwner> {
+        let names = self.layers().stat_override(upper);
+        let mut pst = sys::fstat(udir)?;
+        stat_override::apply(udir, names, Kind::Directory, &mut pst)?;
+        let is_dir = matches!(what, NewEntry::Directory);
+        let mut mode = mode & 0o7777;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            if is_dir {
+                mode |= libc::S_ISGID;
+            }
+            pst.st_gid
+        } else {
+            self.gids().to_disk(caller.gid)
+        };
+        Ok(NewOwner {
+            uid: self.uids().to_disk(caller.uid),
+            gid,
+            mode,
+            record: names.filter(|_| matches!(what, NewEntry::File { .. } | NewEntry::Directory)),
+        })
+    }
+
     /// Enters a node for an entry ufs just made in the upper layer (one lookup counted).
     fn new_node(&self, parent: u64, name: &OsStr, kind: Kind, real: RealEntry) -> Result<Entry> {
         let st = real.stat()?;
         let ino = self
-            .layers
+            .layers()
             .copied_up(st.st_ino)
-            .unwrap_or_else(|| self.layers.map_ino(real.layer, st.st_ino));
+            .unwrap_or_else(|| self.layers().map_ino(real.layer, st.st_ino));
         let (node, _) = self
-            .inodes
+            .inodes()
             .lookup_or_insert(ino, kind, parent, name, || NodeState {
                 reals: Arc::new(vec![real]),
                 lower_data: None,
@@ -357,7 +351,7 @@ impl Overlay {
     /// Notes that an upper object loses a name; when it was the last, its copy-up record goes.
     fn upper_name_removed(&self, st: &libc::stat) {
         if st.st_nlink <= 1 || (st.st_mode & libc::S_IFMT) == libc::S_IFDIR {
-            self.layers.forget_copy_up(st.st_ino);
+            self.layers().forget_copy_up(st.st_ino);
         }
     }
 
@@ -407,7 +401,7 @@ impl Overlay {
         if child.kind != Kind::Directory {
             return Err(ENOTDIR);
         }
-        if !readdir::merged_listing(&self.layers, &child.reals, self.record_ns)?.is_empty() {
+        if !readdir::merged_listing(self.layers(), &child.reals, self.record_ns())?.is_empty() {
             return Err(ENOTEMPTY);
         }
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
@@ -438,7 +432,7 @@ impl Overlay {
         if is_hidden_name(newname) {
             return Err(EINVAL);
         }
-        let node = self.inodes.get(node)?;
+        let node = self.inodes().get(node)?;
         if node.kind == Kind::Directory {
             return Err(crate::error::EPERM);
         }
@@ -448,7 +442,7 @@ impl Overlay {
         let np = self.dir_node(newparent)?;
         let nreals = self.ensure_upper(&np, CopyData::All)?;
         let ndir = nreals.top()?.dir_fd()?;
-        match lookup::lookup(&self.layers, &nreals, newname) {
+        match lookup::lookup(self.layers(), &nreals, newname) {
             Ok(_) => return Err(EEXIST),
             Err(e) if e == ENOENT => {}
             Err(e) => return Err(e),
@@ -573,7 +567,7 @@ impl Overlay {
         let dst_redirect = exchange && dst.as_ref().is_some_and(has_lower);
         // Without redirect records a directory with lower parts cannot move: `EXDEV` makes
         // tools fall back to copying, as the kernel does with `redirect_dir=off`.
-        if (src_redirect || dst_redirect) && !self.redirect_dir {
+        if (src_redirect || dst_redirect) && !self.redirect_dir() {
             return Err(EXDEV);
         }
         if !exchange && let Some(d) = &dst {
@@ -581,7 +575,8 @@ impl Overlay {
                 (true, false) => return Err(ENOTDIR),
                 (false, true) => return Err(EISDIR),
                 (true, true) => {
-                    if !readdir::merged_listing(&self.layers, &d.reals, self.record_ns)?.is_empty()
+                    if !readdir::merged_listing(self.layers(), &d.reals, self.record_ns())?
+                        .is_empty()
                     {
                         return Err(ENOTEMPTY);
                     }
@@ -768,7 +763,7 @@ impl Overlay {
         let (upper, work) = self.upper_layer()?;
         let reals = node.reals();
         let top = reals.first().filter(|r| r.layer == upper).ok_or(EIO)?;
-        let existing = records::redirect(top.dir_fd()?, self.record_ns)?;
+        let existing = records::redirect(top.dir_fd()?, self.record_ns())?;
         if let Some(r) = &existing
             && (samedir || r.first() == Some(&b'/'))
         {
@@ -792,14 +787,14 @@ impl Overlay {
         let (upper, work) = self.upper_layer()?;
         let reals = node.reals();
         let top = reals.first().filter(|r| r.layer == upper).ok_or(EIO)?;
-        match top.getxattr(self.record_ns.redirect()) {
+        match top.getxattr(self.record_ns().redirect()) {
             Ok(v) if !v.is_empty() => return Ok(()),
             Ok(_) => {}
             Err(e) if records::is_no_xattr(e.errno()) => {}
             Err(e) => return Err(e),
         }
         let loc = node.location();
-        let parent = self.inodes.get(loc.parent)?;
+        let parent = self.inodes().get(loc.parent)?;
         let mut path = self.lower_path(&parent)?;
         path.push(b'/');
         path.extend_from_slice(loc.name.as_bytes());
@@ -817,8 +812,8 @@ impl Overlay {
         }
         let reals = node.reals();
         let own = match reals.first() {
-            Some(top) if Some(top.layer) == self.layers.upper() => {
-                records::redirect(top.dir_fd()?, self.record_ns)?
+            Some(top) if Some(top.layer) == self.layers().upper() => {
+                records::redirect(top.dir_fd()?, self.record_ns())?
             }
             _ => None,
         };
@@ -828,7 +823,7 @@ impl Overlay {
             return Ok(r.clone());
         }
         let loc = node.location();
-        let parent = self.inodes.get(loc.parent)?;
+        let parent = self.inodes().get(loc.parent)?;
         let mut path = self.lower_path(&parent)?;
         path.push(b'/');
         path.extend_from_slice(&own.unwrap_or_else(|| loc.name.as_bytes().to_vec()));

@@ -23,10 +23,10 @@ impl Overlay {
     /// A lower file with several names whose copy is in the index (copied up through another
     /// name): it resolves to that copy, keeping the lower entry second for its link count.
     pub(crate) fn find_in_index(&self, resolved: &mut lookup::Resolved) -> Result<()> {
-        let Some(index_dir) = self.work.as_ref().and_then(|w| w.index.as_ref()) else {
+        let Some(index_dir) = self.workdir().and_then(|w| w.index.as_ref()) else {
             return Ok(());
         };
-        let Some(upper) = self.layers.upper() else {
+        let Some(upper) = self.layers().upper() else {
             return Ok(());
         };
         if resolved.kind == Kind::Directory
@@ -43,7 +43,7 @@ impl Overlay {
                 // A metadata-only copy keeps reading its data from the lower file, or from where
                 // that file's data is when it is a metadata-only copy itself (a layer that was
                 // an upper once).
-                if records::is_metacopy(entry.fd()?.as_fd(), self.record_ns)? {
+                if records::is_metacopy(entry.fd()?.as_fd(), self.record_ns())? {
                     resolved.lower_data = Some(resolved.lower_data.take().unwrap_or(lower.clone()));
                 } else {
                     resolved.lower_data = None;
@@ -64,7 +64,7 @@ impl Overlay {
     pub(crate) fn adopt_index_entry(&self, node: &Inode, reals: Vec<RealEntry>) {
         let mut st = node.state.write();
         if st.reals.len() == 1
-            && st.reals.first().map(|r| Some(r.layer)) == Some(self.layers.upper())
+            && st.reals.first().map(|r| Some(r.layer)) == Some(self.layers().upper())
         {
             st.reals = Arc::new(reals);
         }
@@ -79,7 +79,7 @@ impl Overlay {
         lower: &libc::stat,
     ) -> Result<bool> {
         for (parent, name) in loc.aliases.iter().rev() {
-            let Ok(pnode) = self.inodes.get(*parent) else {
+            let Ok(pnode) = self.inodes().get(*parent) else {
                 continue;
             };
             let Ok(found) = self.resolve(&pnode, name) else {
@@ -112,7 +112,7 @@ impl Overlay {
         child: &Resolved,
     ) -> Result<bool> {
         let upper = self.upper_layer()?.0;
-        if !self.index
+        if !self.index()
             || child.kind == Kind::Directory
             || child.stat.st_nlink <= 1
             || child.reals.top()?.layer == upper
@@ -149,7 +149,7 @@ impl Overlay {
         if loc.parent == 0 || !self.names_lower(loc.parent, &loc.name, &lower.stat()?) {
             return Ok(());
         }
-        let pnode = self.inodes.get(loc.parent)?;
+        let pnode = self.inodes().get(loc.parent)?;
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
         if link_alias(node, preals.top()?.dir_fd()?, &sys::cstr(&loc.name)?)? {
             pnode.listing_changed();
@@ -166,7 +166,7 @@ impl Overlay {
         let reals = node.reals();
         // Only indexed copies carry a record; after a remount their node may have been reached
         // through an upper name, with no lower entry beside it.
-        if let Some(n) = records::nlink_record(reals.top()?, self.record_ns)? {
+        if let Some(n) = records::nlink_record(reals.top()?, self.record_ns())? {
             records::set_nlink_record(work.xattr_ns, reals.top()?, n - 1)?;
         }
         Ok(())
@@ -189,7 +189,7 @@ impl Overlay {
         };
         let key = crate::origin::IndexKey::of(removed.reals.top()?)?;
         let entry = RealEntry::named(upper, index_dir.clone(), &key.name);
-        match records::nlink_record(&entry, self.record_ns) {
+        match records::nlink_record(&entry, self.record_ns()) {
             Ok(Some(n)) => records::set_nlink_record(work.xattr_ns, &entry, n - 1),
             Ok(None) => Ok(()),
             Err(e) if e.errno() == libc::ENOENT => Ok(()),

@@ -29,6 +29,7 @@ pub mod overlay;
 pub mod readdir;
 pub mod records;
 pub mod redirect;
+pub mod setup;
 pub mod stat_override;
 #[allow(unsafe_code)]
 pub mod sys;

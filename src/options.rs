@@ -260,31 +260,15 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
                 "userxattr" => flag(&mut options.userxattr, true)?,
                 "static_nlink" => flag(&mut options.static_nlink, true)?,
                 "xattr_permissions" => {
-                    options.xattr_permissions = match required(key, raw)? {
-                        "0" => 0,
-                        "1" => 1,
-                        "2" => 2,
-                        value => return Err(invalid(key, value, "0, 1 or 2")),
-                    }
+                    options.xattr_permissions =
+                        one_of(key, raw, &[("0", 0), ("1", 1), ("2", 2)], "0, 1 or 2")?
                 }
-                "noxattrs" => {
-                    options.noxattrs = match required(key, raw)? {
-                        "1" => true,
-                        "0" => false,
-                        value => return Err(invalid(key, value, "0 or 1")),
-                    }
-                }
+                "noxattrs" => options.noxattrs = zero_or_one(key, raw)?,
                 // Container tools pass SELinux labels to every mount program whether or not it
                 // can use them; ufs does not label files itself, so these are consumed silently.
                 "context" | "fscontext" | "defcontext" | "rootcontext" => {}
                 "timeout" => options.timeout = parse_timeout(key, required(key, raw)?)?,
-                "fsync" => {
-                    options.fsync = match required(key, raw)? {
-                        "1" => true,
-                        "0" => false,
-                        value => return Err(invalid(key, value, "0 or 1")),
-                    }
-                }
+                "fsync" => options.fsync = zero_or_one(key, raw)?,
                 "threaded" => {
                     let value = required(key, raw)?;
                     let n: usize = value
@@ -302,18 +286,20 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
                 }
                 "redirect_dir" => {
                     redirect_on = required(key, raw)? == "on";
-                    options.redirect_dir = match required(key, raw)? {
-                        "on" => true,
-                        "off" | "follow" | "nofollow" => false,
-                        value => return Err(invalid(key, value, "on, follow, nofollow or off")),
-                    }
+                    options.redirect_dir = one_of(
+                        key,
+                        raw,
+                        &[
+                            ("on", true),
+                            ("off", false),
+                            ("follow", false),
+                            ("nofollow", false),
+                        ],
+                        "on, follow, nofollow or off",
+                    )?
                 }
                 "index" | "metacopy" => {
-                    let on = match required(key, raw)? {
-                        "on" => true,
-                        "off" => false,
-                        value => return Err(invalid(key, value, "on or off")),
-                    };
+                    let on = one_of(key, raw, &[("on", true), ("off", false)], "on or off")?;
                     if key == "index" {
                         options.index = on;
                     } else {
@@ -322,11 +308,12 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
                     }
                 }
                 "xino" => {
-                    options.xino = match required(key, raw)? {
-                        "on" | "auto" => true,
-                        "off" => false,
-                        value => return Err(invalid(key, value, "on, auto or off")),
-                    }
+                    options.xino = one_of(
+                        key,
+                        raw,
+                        &[("on", true), ("auto", true), ("off", false)],
+                        "on, auto or off",
+                    )?
                 }
                 "uidmapping" => options.uid_mappings = parse_mappings(key, required(key, raw)?)?,
                 "gidmapping" => options.gid_mappings = parse_mappings(key, required(key, raw)?)?,
@@ -520,6 +507,26 @@ fn no_value(option: &str, value: Option<&str>) -> Result<(), OptionError> {
             value: v.into(),
         }),
     }
+}
+
+/// The value of `option` among `choices` (`expected` describes them in an error).
+fn one_of<T: Copy>(
+    option: &str,
+    value: Option<&str>,
+    choices: &[(&str, T)],
+    expected: &'static str,
+) -> Result<T, OptionError> {
+    let value = required(option, value)?;
+    choices
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| invalid(option, value, expected))
+}
+
+/// `option=0` or `option=1`.
+fn zero_or_one(option: &str, value: Option<&str>) -> Result<bool, OptionError> {
+    one_of(option, value, &[("0", false), ("1", true)], "0 or 1")
 }
 
 fn invalid(option: &str, value: &str, expected: &'static str) -> OptionError {

@@ -122,26 +122,26 @@ pub struct Caller {
 }
 
 pub struct Overlay {
-    pub(crate) layers: LayerStack,
-    pub(crate) inodes: InodeTable,
+    layers: LayerStack,
+    inodes: InodeTable,
     dirs: DashMap<u64, Arc<DirHandle>>,
-    pub(crate) files: DashMap<u64, Arc<FileHandle>>,
-    pub(crate) next_fh: AtomicU64,
+    files: DashMap<u64, Arc<FileHandle>>,
+    next_fh: AtomicU64,
     read_only: bool,
     /// The work directory; present exactly when the mount is writable.
-    pub(crate) work: Option<Workdir>,
+    work: Option<Workdir>,
     /// Rename directories with lower parts by recording a redirect (`redirect_dir=on`).
-    pub(crate) redirect_dir: bool,
+    redirect_dir: bool,
     /// Keep hard links of lower files linked across copy-up (`index=on`).
-    pub(crate) index: bool,
+    index: bool,
     /// Copy only metadata for metadata changes of lower files (`metacopy=on`).
-    pub(crate) metacopy: bool,
+    metacopy: bool,
     /// Owners between disk and mount: `uidmapping=`/`gidmapping=` and the `squash_to_*`
     /// options.
-    pub(crate) uids: IdMap,
-    pub(crate) gids: IdMap,
+    uids: IdMap,
+    gids: IdMap,
     /// The xattr namespace of the records this mount reads and writes.
-    pub(crate) record_ns: XattrNamespace,
+    record_ns: XattrNamespace,
     /// `static_nlink`: directories report one link.
     static_nlink: bool,
     /// `noxattrs=1`: xattr requests answer `EOPNOTSUPP`.
@@ -153,20 +153,14 @@ pub struct Overlay {
 }
 
 impl Overlay {
-    /// Opens the layers of `opts` and builds the root node.
+    /// Sets the stack of `opts` up ([`crate::setup::prepare`]) and builds the root node.
     pub fn new(opts: &Options) -> std::io::Result<Overlay> {
-        let writable = !opts.read_only && opts.upperdir.is_some();
-        let dirs = crate::layer::open_dirs(
-            opts.upperdir.as_deref(),
-            opts.workdir.as_deref().filter(|_| writable),
-            &opts.lowerdirs,
-        )?;
-        let mut layers = LayerStack::from_dirs(
-            opts.upperdir.as_deref(),
-            dirs.upper,
-            &opts.lowerdirs,
-            dirs.lowers,
-        )?;
+        let crate::setup::Prepared {
+            layers,
+            work,
+            read_only,
+            record_ns,
+        } = crate::setup::prepare(opts)?;
         let mut reals = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter() {
             reals.push(RealEntry::new(i, layer.root.try_clone()?));
@@ -175,25 +169,6 @@ impl Overlay {
         let root_ino = layers.map_ino(0, st.st_ino);
         let inodes = InodeTable::new();
         inodes.insert_root(root_ino, reals);
-        let read_only = opts.read_only || layers.upper().is_none();
-        let work = match (dirs.work, read_only) {
-            (Some(w), false) => Some(Workdir::open(w, opts.fsync, opts.index, opts.userxattr)?),
-            _ => None,
-        };
-        let record_ns = match &work {
-            Some(w) => w.xattr_ns,
-            None if opts.userxattr => XattrNamespace::User,
-            None => XattrNamespace::for_daemon(),
-        };
-        layers.set_ns(record_ns);
-        // Records anyone who owns a file can write (`user.overlay.*`) are only followed where
-        // the mount uses the feature, as the kernel does with `userxattr`.
-        let trusted = record_ns == XattrNamespace::Trusted;
-        layers.set_follow(trusted || opts.redirect_dir, trusted || opts.metacopy);
-        if opts.xattr_permissions > 0 {
-            stat_override::set_up(&mut layers, opts.xattr_permissions, !read_only)
-                .map_err(|e| std::io::Error::from(e.context("stat records")))?;
-        }
         let squash_uid = opts.squash_to_uid.or(opts.squash_to_root.then_some(0));
         let squash_gid = opts.squash_to_gid.or(opts.squash_to_root.then_some(0));
         Ok(Overlay {
@@ -251,6 +226,53 @@ impl Overlay {
 
     pub fn layers(&self) -> &LayerStack {
         &self.layers
+    }
+
+    pub(crate) fn inodes(&self) -> &InodeTable {
+        &self.inodes
+    }
+
+    /// The work directory: present exactly when the mount is writable.
+    pub(crate) fn workdir(&self) -> Option<&Workdir> {
+        self.work.as_ref()
+    }
+
+    /// The upper layer's index and work directory, or `EROFS` for a read-only mount.
+    pub(crate) fn upper_layer(&self) -> Result<(usize, &Workdir)> {
+        match (self.layers.upper(), &self.work) {
+            (Some(u), Some(w)) if !self.is_read_only() => Ok((u, w)),
+            _ => Err(EROFS),
+        }
+    }
+
+    /// `redirect_dir=on`: directories with lower parts are renamed by recording a redirect.
+    pub(crate) fn redirect_dir(&self) -> bool {
+        self.redirect_dir
+    }
+
+    /// `index=on`: hard links of lower files stay linked across copy-up.
+    pub(crate) fn index(&self) -> bool {
+        self.index
+    }
+
+    /// `metacopy=on`: metadata changes of lower files copy only metadata.
+    pub(crate) fn metacopy(&self) -> bool {
+        self.metacopy
+    }
+
+    /// Owners between disk and mount: users.
+    pub(crate) fn uids(&self) -> &IdMap {
+        &self.uids
+    }
+
+    /// Owners between disk and mount: groups.
+    pub(crate) fn gids(&self) -> &IdMap {
+        &self.gids
+    }
+
+    /// The xattr namespace of the records this mount reads and writes.
+    pub(crate) fn record_ns(&self) -> XattrNamespace {
+        self.record_ns
     }
 
     /// Turns the owner of attributes about to be reported into the mount's ids.

@@ -28,8 +28,7 @@ pub struct Workdir {
 }
 
 impl Workdir {
-    /// Opens `workdir/work` (creating it), removes what an earlier mount left in it, and probes
-    /// whether `trusted.*` xattrs can be written.
+    /// Opens `workdir/work` (creating it) and probes whether `trusted.*` xattrs can be written.
     /// With `userxattr`, records go to `user.overlay.*` whatever the daemon may do.
     pub fn open(
         wd: OwnedFd,
@@ -43,20 +42,6 @@ impl Workdir {
             Err(e) => return Err(e.into()),
         }
         let fd = sys::open_path(wd.as_fd(), c"work")?;
-        // Only what ufs itself left there: the directory may hold anything else (a user's files,
-        // if it was a mistake), and removing it would be unrecoverable.
-        for e in sys::read_dir(fd.as_fd())? {
-            if !is_temp_name(e.name.as_bytes()) {
-                log::info!(
-                    "leaving {:?} in the work directory: not a ufs temporary",
-                    e.name
-                );
-                continue;
-            }
-            let name = sys::cstr(&e.name)?;
-            log::info!("removing leftover {:?} from the work directory", e.name);
-            remove_tree(fd.as_fd(), &name)?;
-        }
         let probe = c"trusted.overlay.ufs-probe";
         let xattr_ns = if userxattr {
             XattrNamespace::User
@@ -91,6 +76,25 @@ impl Workdir {
             fsync,
             xattr_ns,
         })
+    }
+
+    /// Removes what an earlier mount left in the work directory: only ufs's own temporaries
+    /// (the directory may hold anything else, a user's files if it was a mistake, and removing
+    /// them would be unrecoverable).
+    pub fn sweep(&self) -> Result<()> {
+        for e in sys::read_dir(self.dir())? {
+            if !is_temp_name(e.name.as_bytes()) {
+                log::info!(
+                    "leaving {:?} in the work directory: not a ufs temporary",
+                    e.name
+                );
+                continue;
+            }
+            let name = sys::cstr(&e.name)?;
+            log::info!("removing leftover {:?} from the work directory", e.name);
+            remove_tree(self.dir(), &name)?;
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> BorrowedFd<'_> {

@@ -360,3 +360,74 @@ fn created_entries_are_built_in_the_work_directory_and_published_whole() {
     );
     assert_eq!(Kind::from_mode(e.attr.st_mode), Some(Kind::Regular));
 }
+
+/// Setup's read-only step creates, removes and writes nothing: no `work/` appears and a
+/// leftover temporary of an earlier mount stays until a mount's own sweep removes it.
+#[test]
+fn inspecting_a_stack_writes_nothing_and_the_sweep_is_a_mount_s_own_step() {
+    let s = Stack::new(1, |_, d| put(d, "f", "f\n"));
+    let inspected = ufs::setup::inspect(&s.options(true)).expect("inspect");
+    assert_eq!(inspected.layers.len(), 2);
+    assert!(!inspected.read_only);
+    assert!(!s.work.join("work").exists(), "inspect made work/");
+    drop(inspected);
+    fs::create_dir_all(s.work.join("work/#ufs.1.2")).expect("mkdir");
+    fs::write(s.work.join("work/keep"), "k").expect("write");
+    drop(ufs::setup::inspect(&s.options(true)).expect("inspect"));
+    assert!(s.work.join("work/#ufs.1.2").exists(), "inspect swept");
+    let ov = s.open();
+    assert!(!s.work.join("work/#ufs.1.2").exists(), "the mount's sweep");
+    assert!(s.work.join("work/keep").exists(), "not a ufs temporary");
+    drop(ov);
+}
+
+/// `xattr_permissions=2` on the core: owners and modes come from the records, `chmod` rewrites
+/// the record and leaves the disk's forced mode.
+#[test]
+fn stat_records_give_the_mode_and_take_chmod() {
+    let record = c"user.containers.override_stat";
+    let s = Stack::new(1, |_, d| {
+        put(d, "secret", "s\n");
+        fs::set_permissions(d.join("secret"), fs::Permissions::from_mode(0o755)).expect("chmod");
+        for (p, v) in [
+            (d.to_path_buf(), "0:0:0755"),
+            (d.join("secret"), "1000:1000:0600"),
+        ] {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+            // SAFETY: both strings are NUL-terminated and the value is readable for its length.
+            let r = unsafe {
+                libc::lsetxattr(c.as_ptr(), record.as_ptr(), v.as_ptr().cast(), v.len(), 0)
+            };
+            assert_eq!(r, 0, "setxattr");
+        }
+    });
+    let mut o = s.options(true);
+    o.xattr_permissions = 2;
+    let ov = Overlay::new(&o).expect("open");
+    let n = node(&ov, "secret").expect("secret");
+    let st = ov.getattr(n, None).expect("getattr");
+    assert_eq!(
+        (st.st_uid, st.st_gid, st.st_mode & 0o7777),
+        (1000, 1000, 0o600)
+    );
+    ov.setattr(
+        n,
+        SetAttr {
+            mode: Some(0o640),
+            ..SetAttr::default()
+        },
+    )
+    .expect("chmod");
+    let st = ov.getattr(n, None).expect("getattr");
+    assert_eq!((st.st_uid, st.st_mode & 0o7777), (1000, 0o640));
+    let disk = fs::symlink_metadata(s.upper.join("secret")).expect("upper copy");
+    assert_eq!(
+        disk.mode() & 0o7777,
+        0o755,
+        "the disk keeps the forced mode"
+    );
+    assert_eq!(
+        xattr(&s.upper.join("secret"), record).as_deref(),
+        Some(&b"1000:1000:100640"[..])
+    );
+}

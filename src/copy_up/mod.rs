@@ -69,7 +69,7 @@ impl Overlay {
     ) -> Result<(Arc<Inode>, Reals)> {
         let upper = self.upper_layer()?.0;
         let data = match data {
-            CopyData::Metadata if !self.metacopy || node.kind != Kind::Regular => CopyData::All,
+            CopyData::Metadata if !self.metacopy() || node.kind != Kind::Regular => CopyData::All,
             other => other,
         };
         loop {
@@ -142,7 +142,7 @@ impl Overlay {
             Some(pick) => pick,
             None => (first.parent, first.name.clone()),
         };
-        let parent = self.inodes.get(parent_id)?;
+        let parent = self.inodes().get(parent_id)?;
         let preals = self.ensure_upper(&parent, CopyData::All)?;
         let st = node.state.write();
         let loc = node.location();
@@ -157,7 +157,7 @@ impl Overlay {
         // With `index=on`, a lower file with several names is copied once, into the index, and
         // every name finds that copy. Without it, the copy is a new object.
         let several = node.kind != Kind::Directory && src_st.st_nlink > 1;
-        let indexed = several && self.index && self.upper_layer()?.1.index.is_some();
+        let indexed = several && self.index() && self.upper_layer()?.1.index.is_some();
         if several
             && !indexed
             && let Some(copy) = loc.broken_copy(parent_id, &chosen)
@@ -196,12 +196,12 @@ impl Overlay {
         };
         // A metadata-only copy in a lower layer (an upper once) has its data further down.
         let data_src = st.lower_data.clone();
-        let stat_record = match self.layers.stat_override(upper) {
+        let stat_record = match self.layers().stat_override(upper) {
             Some(name) if stat_override::applies_to(node.kind) => {
                 let mut shown = plan.src_st;
                 stat_override::apply(
                     plan.src.fd()?.as_fd(),
-                    self.layers.stat_override(plan.src.layer),
+                    self.layers().stat_override(plan.src.layer),
                     node.kind,
                     &mut shown,
                 )?;
@@ -239,7 +239,8 @@ impl Overlay {
             log::debug!("copied up {:?} away from node {}", plan.name, node.id);
             return self.broken_away(plan.parent.id, plan.name, copy, plan.data);
         }
-        self.layers.remember_copy_up(entry.stat()?.st_ino, node.ino);
+        self.layers()
+            .remember_copy_up(entry.stat()?.st_ino, node.ino);
         let mut new_reals = vec![entry];
         if node.kind == Kind::Directory || plan.indexed {
             new_reals.extend(st.reals.iter().cloned());
@@ -294,7 +295,7 @@ impl Overlay {
         self.with_child(parent, name, |found| {
             let reals = found.reals();
             let top = reals.top()?;
-            if Some(top.layer) != self.layers.upper() || top.stat()?.st_ino != copy {
+            if Some(top.layer) != self.layers().upper() || top.stat()?.st_ino != copy {
                 // The copy was removed or replaced since.
                 return Err(crate::error::ESTALE);
             }
@@ -330,7 +331,7 @@ impl Overlay {
 
     /// Whether `name` in directory node `parent` resolves to the lower object with `stat` `lower`.
     pub(crate) fn names_lower(&self, parent: u64, name: &OsStr, lower: &libc::stat) -> bool {
-        let Ok(pnode) = self.inodes.get(parent) else {
+        let Ok(pnode) = self.inodes().get(parent) else {
             return false;
         };
         let Ok(found) = self.resolve(&pnode, name) else {
@@ -339,7 +340,7 @@ impl Overlay {
         let Ok(top) = found.reals.top() else {
             return false;
         };
-        Some(top.layer) != self.layers.upper()
+        Some(top.layer) != self.layers().upper()
             && found.stat.st_dev == lower.st_dev
             && found.stat.st_ino == lower.st_ino
     }
