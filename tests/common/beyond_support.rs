@@ -1,9 +1,11 @@
-//! Helpers for `tests/beyond.rs`: layer layouts mountable by ufs (with its own defaults) and by
+//! Helpers for `tests/beyond_*.rs`: layer layouts mountable by ufs (with its own defaults) and by
 //! kernel overlayfs (with explicit features), an inode-number walk of a mount with the checks
 //! every tree must pass (readdir `d_ino` equals `st_ino`, one `st_dev`, names sharing an `st_ino`
 //! are hard links with equal content and link count), the upper-layer views the tests count
-//! and compare (entries, redirect records), and sparse 1 GiB files whose content can be checked
-//! at sample offsets without reading a gibibyte.
+//! and compare (entries, redirect records), sparse 1 GiB files whose content can be checked
+//! at sample offsets without reading a gibibyte, and what the redirect and hard-link tests share:
+//! a step run on ufs and on the kernel and compared (`lockstep`), and the remount and
+//! cross-mount check after a sequence (`cross_check`).
 //!
 //! Everything that mounts goes through the guards of `tests/common` (`UfsMount`,
 //! `KernelOverlay`, `TmpfsMount`).
@@ -14,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirEntryExt, FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{DirEntryExt, FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::common::*;
@@ -592,4 +594,168 @@ pub fn allocated(p: &Path) -> u64 {
 pub fn has_metacopy(p: &Path) -> bool {
     get_xattr(p, "trusted.overlay.metacopy").is_ok()
         || get_xattr(p, "user.overlay.metacopy").is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steps compared with the kernel, remounts and cross-mounts
+// ---------------------------------------------------------------------------------------------
+
+pub fn chmod(p: &Path, mode: u32) -> io::Result<()> {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+}
+
+pub fn lstat_errno(p: &Path) -> Option<String> {
+    fs::symlink_metadata(p).err().map(|e| errno_str(&e))
+}
+
+pub type StepFn = fn(&Path) -> io::Result<String>;
+
+/// Kind of every path of an upper layer.
+pub fn upper_shape(upper: &Path) -> Vec<String> {
+    all_paths(upper)
+        .into_iter()
+        .map(|p| {
+            let full = upper.join(&p);
+            let kind = if is_whiteout(&full) {
+                "whiteout"
+            } else if lmeta(&full).is_dir() {
+                "dir"
+            } else {
+                "file"
+            };
+            format!("{p}:{kind}")
+        })
+        .collect()
+}
+
+/// Runs step `i` on the kernel mount of `kl` and then on the ufs mount of `ul` (identical
+/// layers) and returns every disagreement: outcomes (with each other and with `want`), merged
+/// trees (times set after `since` blurred), which names share an `st_ino`, the inode-number
+/// rules on ufs, and with `upper_too` the upper layers' shapes and redirect records.
+#[allow(clippy::too_many_arguments)]
+pub fn lockstep(
+    i: usize,
+    name: &str,
+    want: &str,
+    run: StepFn,
+    ul: &Layout,
+    kl: &Layout,
+    since: i64,
+    upper_too: bool,
+) -> Vec<String> {
+    let mut bad = Vec::new();
+    let kr = outcome(&run(&kl.mnt));
+    let ur = outcome(&run(&ul.mnt));
+    if kr != ur {
+        bad.push(format!("step {i} `{name}`: kernel {kr:?}, ufs {ur:?}"));
+    }
+    if ur != want {
+        bad.push(format!("step {i} `{name}`: ufs {ur:?}, expected {want:?}"));
+    }
+    let ks = blur_recent(&snapshot(&kl.mnt), since);
+    let us = snapshot(&ul.mnt);
+    assert_consistent(&us, &format!("ufs after step {i} `{name}`"));
+    if let Err(d) = compare("ufs", &blur_recent(&us, since), "kernel", &ks) {
+        bad.push(format!("after step {i} `{name}`: {d}"));
+    }
+    let uw = ino_walk(&ul.mnt);
+    let viol = ino_violations(&uw);
+    if !viol.is_empty() {
+        bad.push(format!(
+            "after step {i} `{name}`: ufs inode numbers: {viol:?}"
+        ));
+    }
+    let (ug, kg) = (ino_groups(&uw), ino_groups(&ino_walk(&kl.mnt)));
+    if ug != kg {
+        let only_u: Vec<_> = ug.difference(&kg).collect();
+        let only_k: Vec<_> = kg.difference(&ug).collect();
+        bad.push(format!(
+            "after step {i} `{name}`: names sharing an st_ino: only ufs {only_u:?}, only kernel \
+             {only_k:?}"
+        ));
+    }
+    if upper_too {
+        let (ur, kr) = (redirects(&ul.upper), redirects(&kl.upper));
+        if ur != kr {
+            bad.push(format!(
+                "after step {i} `{name}`: redirect records in the upper: ufs {ur:?}, kernel {kr:?}"
+            ));
+        }
+        let (us, ks) = (upper_shape(&ul.upper), upper_shape(&kl.upper));
+        if us != ks {
+            bad.push(format!(
+                "after step {i} `{name}`: upper layers differ: ufs {us:?}, kernel {ks:?}"
+            ));
+        }
+    }
+    bad
+}
+
+/// Unmounts `m`, and checks that ufs mounted again, and the kernel (`kernel_features`, with
+/// workdir `kernel_work`, or a fresh one `wk-NAME`) mounted on ufs's layers, show what `m`
+/// showed, with the same names sharing an `st_ino`. Returns a new ufs mount.
+pub fn cross_check(
+    lay: &Layout,
+    mut m: UfsMount,
+    extra: &str,
+    kernel_features: &str,
+    kernel_work: Option<&Path>,
+    name: &str,
+) -> UfsMount {
+    let shown = snapshot(&lay.mnt);
+    let walk = assert_ino_rules(&lay.mnt, &format!("ufs before unmount ({name})"));
+    unmount_and_wait(&mut m);
+    drop(m);
+    let mut again = lay.mount_ufs(extra);
+    let s = snapshot(&lay.mnt);
+    assert_consistent(&s, "ufs after remount");
+    assert_same_tree(
+        "remounted",
+        &s,
+        "before",
+        &shown,
+        &format!("{name}: ufs remounted"),
+    );
+    let w = assert_ino_rules(&lay.mnt, &format!("ufs remounted ({name})"));
+    let changed = ino_changes(&walk, &w);
+    assert!(
+        changed.is_empty(),
+        "{name}: inode numbers changed by a remount: {changed:?}"
+    );
+    unmount_and_wait(&mut again);
+    drop(again);
+    let work = match kernel_work {
+        Some(w) => w.to_path_buf(),
+        None => lay.fresh_work(name),
+    };
+    let k = lay.mount_kernel(&work, kernel_features);
+    let kv = try_snapshot(&lay.mnt).unwrap_or_else(|e| panic!("{name}: walking the kernel: {e}"));
+    let kw = ino_walk(&lay.mnt);
+    drop(k);
+    assert_eq!(
+        ino_groups(&kw),
+        ino_groups(&walk),
+        "{name}: names sharing an st_ino, kernel on ufs's layers vs ufs"
+    );
+    assert_same_tree(
+        "kernel",
+        &kv,
+        "ufs",
+        &shown,
+        &format!("{name}: kernel ({kernel_features}) on ufs's upper with a fresh workdir"),
+    );
+    lay.mount_ufs(extra)
+}
+
+pub fn assert_same_numbers(
+    before: &std::collections::BTreeMap<String, InoEntry>,
+    after: &std::collections::BTreeMap<String, InoEntry>,
+    what: &str,
+) {
+    let changed = ino_changes(before, after);
+    assert!(
+        changed.is_empty(),
+        "{what}: inode numbers changed:\n  {}",
+        changed.join("\n  ")
+    );
 }

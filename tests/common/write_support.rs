@@ -1,4 +1,4 @@
-//! Helpers for `tests/write_path.rs`: layer directories that can be mounted by ufs and by kernel
+//! Helpers for `tests/write_*.rs`: layer directories that can be mounted by ufs and by kernel
 //! overlayfs, operations whose outcome (`ok` or the errno) is compared between the two, snapshot
 //! normalization for timestamps that depend on when an operation ran, small syscall wrappers
 //! (`renameat2`, `mknod`, `utimensat` with `UTIME_OMIT`, `fallocate`, `lseek`, `truncate`), a

@@ -15,6 +15,8 @@
 //! operations meaningful; the mounts themselves are the ones compared). Most targets exist;
 //! some do not, so that error paths are compared too.
 
+#![allow(dead_code)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use rand::rngs::StdRng;

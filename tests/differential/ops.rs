@@ -11,6 +11,8 @@
 //! An operation's [`Outcome`] is its value (what a caller could observe) or its errno; the two
 //! mounts must produce equal outcomes.
 
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fmt;

@@ -7,6 +7,8 @@
 //! (the old ones are then the top lowers); `x/m` is the mount point of the cross-mount checks
 //! (the kernel over ufs's upper and workdir, and read-only over ufs's upper as the top lower).
 
+#![allow(dead_code)]
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;

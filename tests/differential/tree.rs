@@ -18,6 +18,8 @@
 //! agree with itself, while the kernel, over such a layer, lists a directory of one lower as
 //! the layer does, lying `d_ino` included.
 
+#![allow(dead_code)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
