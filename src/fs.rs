@@ -32,6 +32,17 @@ use crate::sys::process;
 /// Blocks `SIGTERM`, `SIGINT` and `SIGHUP` for the rest of the process's life (a thread of its
 /// own takes them), so call it before the process starts any other thread.
 pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std::io::Result<()> {
+    serve_dirs(opts, crate::setup::named_dirs(opts)?, mountpoint, on_ready)
+}
+
+/// [`serve`] on the directories of `opts` already opened (and checked) by the caller. They are
+/// closed once the layers are set up: from then on the daemon holds only its private clones.
+pub fn serve_dirs(
+    opts: &Options,
+    dirs: crate::layer::NamedDirs,
+    mountpoint: &Path,
+    on_ready: impl FnOnce(),
+) -> std::io::Result<()> {
     // Before fuser starts its threads, which inherit the mask.
     let signals = lifecycle::block_end_signals()?;
     match crate::sys::raise_nofile_limit() {
@@ -39,7 +50,8 @@ pub fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> std:
         Err(e) => log::warn!("cannot raise the open file limit: {e}"),
     }
     crate::sys::clear_umask();
-    let overlay = Overlay::new(opts)?;
+    let overlay = Overlay::with_dirs(opts, &dirs)?;
+    drop(dirs);
     let plan = fuse_mount::Plan::new(opts, overlay.is_read_only(), process::is_root());
     let acl = match plan.access {
         Access::Everyone => SessionACL::All,

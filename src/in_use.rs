@@ -25,6 +25,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::layer::NamedDirs;
 use crate::mount::{MountError, Role};
 use crate::options::Options;
 
@@ -72,14 +73,25 @@ struct Layer {
 /// Refuses an upper or workdir that is the upper, work or lower directory of a live kernel
 /// overlay or fuse-overlayfs mount.
 pub fn check(opts: &Options) -> Result<(), MountError> {
-    let ours: Vec<(Role, &PathBuf, Id)> =
-        [(Role::Upper, &opts.upperdir), (Role::Work, &opts.workdir)]
-            .into_iter()
-            .filter_map(|(role, path)| {
-                let path = path.as_ref()?;
-                Some((role, path, id_of(path)?))
-            })
-            .collect();
+    check_dirs(&crate::mount::open_dirs(opts)?)
+}
+
+/// [`check`] on directories already opened.
+pub fn check_dirs(dirs: &NamedDirs) -> Result<(), MountError> {
+    let ours: Vec<(Role, &PathBuf, Id)> = [(Role::Upper, &dirs.upper), (Role::Work, &dirs.work)]
+        .into_iter()
+        .filter_map(|(role, dir)| {
+            let dir = dir.as_ref()?;
+            Some((
+                role,
+                &dir.path,
+                Id {
+                    dev: dir.dev,
+                    ino: dir.ino,
+                },
+            ))
+        })
+        .collect();
     if ours.is_empty() {
         return Ok(());
     }

@@ -74,7 +74,78 @@ pub struct LayerStack {
     follow_metacopy: bool,
 }
 
-/// The directories of a mount, opened once each.
+/// A directory the user named for a mount, opened once by its path (following symlinks, as
+/// mount options do). Every check on it and every clone of it is made on `fd`, so nothing can
+/// swap another directory in between.
+#[derive(Debug)]
+pub struct NamedDir {
+    /// The path as given, for messages.
+    pub path: PathBuf,
+    /// `O_PATH` fd on the directory.
+    pub fd: OwnedFd,
+    /// Where the directory is, from the fd (`/proc/self/fd/N`): absolute, no symlinks.
+    pub canonical: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl NamedDir {
+    /// Opens `path` (which must be a directory: `ENOTDIR` otherwise).
+    pub fn open(path: &Path) -> Result<NamedDir> {
+        let fd = sys::open_dir_path(path)?;
+        let st = sys::fstat(fd.as_fd())?;
+        let canonical = sys::fd_path(fd.as_fd())?;
+        Ok(NamedDir {
+            path: path.to_path_buf(),
+            fd,
+            canonical,
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+}
+
+/// The directories a mount's options name, each opened once ([`NamedDir`]).
+#[derive(Debug, Default)]
+pub struct NamedDirs {
+    pub upper: Option<NamedDir>,
+    pub work: Option<NamedDir>,
+    /// Top first.
+    pub lowers: Vec<NamedDir>,
+}
+
+impl NamedDirs {
+    /// Opens the directories; an error names the option and the path.
+    pub fn open(
+        upper: Option<&Path>,
+        work: Option<&Path>,
+        lowers: &[PathBuf],
+    ) -> std::io::Result<NamedDirs> {
+        let named = |what: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |e: crate::error::Error| {
+                std::io::Error::new(
+                    std::io::Error::from(e.clone()).kind(),
+                    format!("{what} \"{}\": {e}", path.display()),
+                )
+            }
+        };
+        let open = |what, path: Option<&Path>| {
+            path.map(|p| NamedDir::open(p).map_err(named(what, p)))
+                .transpose()
+        };
+        Ok(NamedDirs {
+            upper: open("upperdir", upper)?,
+            work: open("workdir", work)?,
+            lowers: lowers
+                .iter()
+                .map(|l| NamedDir::open(l).map_err(named("lowerdir", l)))
+                .collect::<std::io::Result<_>>()?,
+        })
+    }
+}
+
+/// The directories of a mount, ready to serve from.
 #[derive(Debug)]
 pub struct LayerDirs {
     pub upper: Option<OwnedFd>,
@@ -83,43 +154,31 @@ pub struct LayerDirs {
     pub lowers: Vec<OwnedFd>,
 }
 
-/// Opens the directories of a mount, each on a private clone of its mount where the daemon may
-/// make one ([`sys::open_tree_clone`], as the kernel overlay clones its layers): the daemon's
-/// fds then keep no mount the user made busy, so the filesystems holding the layers can be
-/// unmounted right after the union (a FUSE unmount returns before the daemon has exited). The
-/// upper and the work directory must share one clone (copies are renamed from one to the
-/// other): it is rooted at their closest common directory, and each is opened beneath it with
-/// `openat2`. Without the privilege (an unprivileged daemon) the paths are opened as they are.
-pub fn open_dirs(
-    upper: Option<&Path>,
-    work: Option<&Path>,
-    lowers: &[PathBuf],
-) -> std::io::Result<LayerDirs> {
-    let named = |what: &str, path: &Path| {
-        let what = what.to_string();
-        let path = path.to_path_buf();
-        move |e: crate::error::Error| {
-            std::io::Error::new(
-                std::io::Error::from(e.clone()).kind(),
-                format!("{what} \"{}\": {e}", path.display()),
-            )
-        }
-    };
-    let (upper_fd, work_fd) = match (upper, work) {
+/// The directories of a mount (the work directory only with `with_work`), each on a private
+/// clone of its mount where the daemon may make one ([`sys::open_tree_clone_fd`], as the kernel
+/// overlay clones its layers): the daemon's fds then keep no mount the user made busy, so the
+/// filesystems holding the layers can be unmounted right after the union (a FUSE unmount
+/// returns before the daemon has exited). The upper and the work directory must share one
+/// clone (copies are renamed from one to the other): it is rooted at their closest common
+/// directory, and each is opened beneath it with `openat2` and checked to be the directory
+/// already opened. Without the privilege (an unprivileged daemon) the opened directories are
+/// used as they are.
+pub fn private_dirs(named: &NamedDirs, with_work: bool) -> std::io::Result<LayerDirs> {
+    let work = named.work.as_ref().filter(|_| with_work);
+    let dup = |d: &NamedDir| d.fd.try_clone();
+    let (upper_fd, work_fd) = match (&named.upper, work) {
         (Some(u), Some(w)) => match private_pair(u, w) {
             Some((a, b)) => (Some(a), Some(b)),
-            None => (
-                Some(sys::open_dir_path(u).map_err(named("upperdir", u))?),
-                Some(sys::open_dir_path(w).map_err(named("workdir", w))?),
-            ),
+            None => (Some(dup(u)?), Some(dup(w)?)),
         },
-        (Some(u), None) => (Some(private_dir(u).map_err(named("upperdir", u))?), None),
-        (None, Some(w)) => (None, Some(private_dir(w).map_err(named("workdir", w))?)),
+        (Some(u), None) => (Some(private_dir(u)?), None),
+        (None, Some(w)) => (None, Some(private_dir(w)?)),
         (None, None) => (None, None),
     };
-    let lowers = lowers
+    let lowers = named
+        .lowers
         .iter()
-        .map(|l| private_dir(l).map_err(named("lowerdir", l)))
+        .map(private_dir)
         .collect::<std::io::Result<_>>()?;
     Ok(LayerDirs {
         upper: upper_fd,
@@ -128,31 +187,42 @@ pub fn open_dirs(
     })
 }
 
-/// `path` on a private clone of its mount, else opened as it is.
-fn private_dir(path: &Path) -> Result<OwnedFd> {
-    match sys::open_tree_clone(path) {
-        Ok(fd)
-            if sys::fstat(fd.as_fd())
-                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) =>
-        {
-            Ok(fd)
-        }
-        Ok(_) => Err(crate::error::ENOTDIR),
+/// Opens the directories of a mount by their paths, then as [`private_dirs`] does.
+pub fn open_dirs(
+    upper: Option<&Path>,
+    work: Option<&Path>,
+    lowers: &[PathBuf],
+) -> std::io::Result<LayerDirs> {
+    private_dirs(&NamedDirs::open(upper, work, lowers)?, work.is_some())
+}
+
+/// `dir` on a private clone of its mount, else the directory as opened.
+fn private_dir(dir: &NamedDir) -> std::io::Result<OwnedFd> {
+    match sys::open_tree_clone_fd(dir.fd.as_fd()) {
+        Ok(fd) if same_dir(&fd, dir) => Ok(fd),
+        Ok(_) => Err(crate::error::EIO.into()),
         Err(e) if matches!(e.errno(), libc::EPERM | libc::ENOSYS | libc::EINVAL) => {
-            log::debug!("no private clone of {path:?} ({e}); using the path itself");
-            sys::open_dir_path(path)
+            log::debug!(
+                "no private clone of {:?} ({e}); using it as it is",
+                dir.path
+            );
+            Ok(dir.fd.try_clone()?)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
+/// Whether `fd` is the directory `dir`.
+fn same_dir(fd: &OwnedFd, dir: &NamedDir) -> bool {
+    sys::fstat(fd.as_fd()).is_ok_and(|st| {
+        st.st_mode & libc::S_IFMT == libc::S_IFDIR && (st.st_dev, st.st_ino) == (dir.dev, dir.ino)
+    })
+}
+
 /// The upper and work directories beneath one private clone of their closest common directory,
-/// checked to be the very directories the paths name; `None` where that cannot be done.
-fn private_pair(upper: &Path, work: &Path) -> Option<(OwnedFd, OwnedFd)> {
-    let (u, w) = (
-        std::fs::canonicalize(upper).ok()?,
-        std::fs::canonicalize(work).ok()?,
-    );
+/// checked to be the very directories already opened; `None` where that cannot be done.
+fn private_pair(upper: &NamedDir, work: &NamedDir) -> Option<(OwnedFd, OwnedFd)> {
+    let (u, w) = (&upper.canonical, &work.canonical);
     let mut common = PathBuf::new();
     for (a, b) in u.components().zip(w.components()) {
         if a != b {
@@ -162,29 +232,28 @@ fn private_pair(upper: &Path, work: &Path) -> Option<(OwnedFd, OwnedFd)> {
     }
     let attempt = || -> Result<(OwnedFd, OwnedFd)> {
         let root = sys::open_tree_clone(&common)?;
-        let open = |p: &Path| -> Result<OwnedFd> {
-            let rel = p.strip_prefix(&common).map_err(|_| crate::error::EINVAL)?;
+        let open = |dir: &NamedDir| -> Result<OwnedFd> {
+            let rel = dir
+                .canonical
+                .strip_prefix(&common)
+                .map_err(|_| crate::error::EINVAL)?;
             let fd = if rel.as_os_str().is_empty() {
                 root.try_clone()?
             } else {
                 sys::open_beneath(root.as_fd(), rel)?
             };
-            // The directory the user named, not one swapped in since it was resolved.
-            let (a, b) = (
-                sys::fstat(fd.as_fd())?,
-                sys::fstat(sys::open_dir_path(p)?.as_fd())?,
-            );
-            if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+            // The directory the user named, not one swapped in since it was opened.
+            if !same_dir(&fd, dir) {
                 return Err(crate::error::EIO);
             }
             Ok(fd)
         };
-        Ok((open(&u)?, open(&w)?))
+        Ok((open(upper)?, open(work)?))
     };
     match attempt() {
         Ok(pair) => Some(pair),
         Err(e) => {
-            log::debug!("no private clone of {common:?} ({e}); using the paths themselves");
+            log::debug!("no private clone of {common:?} ({e}); using the directories as opened");
             None
         }
     }

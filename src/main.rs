@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::error::ErrorKind;
 use clap::{Arg, ArgAction, value_parser};
 
+use ufs::layer::NamedDirs;
 use ufs::mount::{self, MountError};
 use ufs::options::{self, OptionError, Options};
 use ufs::sys::process::{self, ForkResult};
@@ -319,26 +320,28 @@ fn mount_union(args: MountArgs) -> Result<ExitCode, Failure> {
         eprintln!("ufs: warning: {warning}");
     }
 
-    // Everything that can refuse the layers comes before anything is created or removed in
-    // them (the work directory's sweep runs when serving starts).
-    mount::check(&opts)?;
+    // Each directory is opened once; everything that can refuse the layers is checked on those
+    // descriptors before anything is created or removed in them (the work directory's sweep
+    // runs when serving starts).
+    let dirs = mount::open_dirs(&opts)?;
+    mount::check_dirs(&dirs)?;
     // Held until this function returns, which in the daemon is after the unmount; a forked
     // child shares the locked descriptors, so the parent exiting does not release them.
-    let layer_locks = mount::lock_layers(&opts)?;
+    let layer_locks = mount::lock_dirs(&dirs)?;
     for warning in &layer_locks.warnings {
         eprintln!("ufs: warning: {warning}");
     }
-    ufs::in_use::check(&opts)?;
+    ufs::in_use::check_dirs(&dirs)?;
     let mountpoint = mount::check_mountpoint(&args.mountpoint, &cwd)?;
 
     init_logging(opts.debug);
     if args.foreground || opts.debug {
-        serve(&opts, &mountpoint, || {
+        serve(&opts, dirs, &mountpoint, || {
             log::info!("{} is mounted", mountpoint.display());
         })?;
         Ok(ExitCode::SUCCESS)
     } else {
-        daemonize(&opts, &mountpoint)
+        daemonize(&opts, dirs, &mountpoint)
     }
 }
 
@@ -355,9 +358,14 @@ fn init_logging(debug: bool) {
 
 /// Runs the filesystem until it is unmounted. A return before the mount went live is an error
 /// even if the core reports none, so that a daemon's parent never reports success for it.
-fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> Result<(), Failure> {
+fn serve(
+    opts: &Options,
+    dirs: NamedDirs,
+    mountpoint: &Path,
+    on_ready: impl FnOnce(),
+) -> Result<(), Failure> {
     let ready = AtomicBool::new(false);
-    let result = ufs::serve(opts, mountpoint, || {
+    let result = ufs::fs::serve_dirs(opts, dirs, mountpoint, || {
         ready.store(true, Ordering::Release);
         on_ready();
     });
@@ -374,7 +382,7 @@ fn serve(opts: &Options, mountpoint: &Path, on_ready: impl FnOnce()) -> Result<(
 
 /// Forks; the parent exits with 0 once the child reports the mount live, or with 1 when the
 /// child exits first (after printing its error on the shared stderr).
-fn daemonize(opts: &Options, mountpoint: &Path) -> Result<ExitCode, Failure> {
+fn daemonize(opts: &Options, dirs: NamedDirs, mountpoint: &Path) -> Result<ExitCode, Failure> {
     // Opened before forking so that failures are still reported by the parent's exit status.
     let dev_null = OpenOptions::new()
         .read(true)
@@ -407,7 +415,7 @@ fn daemonize(opts: &Options, mountpoint: &Path) -> Result<ExitCode, Failure> {
             process::setsid().map_err(Failure::io("cannot start a new session"))?;
             // Do not keep the caller's working directory busy; every path is absolute by now.
             std::env::set_current_dir("/").map_err(Failure::io("cannot change directory to /"))?;
-            serve(opts, mountpoint, move || {
+            serve(opts, dirs, mountpoint, move || {
                 // Detach from the terminal before reporting success, so that nothing the
                 // daemon prints later lands in the caller's terminal or a closed pipe.
                 if let Err(err) = process::redirect_stdio(dev_null.as_fd()) {

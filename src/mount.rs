@@ -3,7 +3,9 @@
 //!
 //! Everything here runs in the command-line process before the filesystem is served, so a bad
 //! option string fails with one line naming the path and the reason instead of a mount that
-//! misbehaves later, and before anything is created or removed in a layer. The kernel
+//! misbehaves later, and before anything is created or removed in a layer. Each directory is
+//! opened once ([`open_dirs`]) and every check and lock is made on that descriptor; the daemon
+//! then serves the same directories ([`crate::setup::prepare_dirs`]). The kernel
 //! counterpart is the layer setup in `fs/overlayfs/super.c` (`ovl_get_upper`,
 //! `ovl_get_workdir`, `ovl_check_layer`) and the "in use" marks on the upper and work
 //! directories, which ufs implements with `flock` on them so that a lock dies with its process
@@ -15,12 +17,13 @@
 //! are read-only, so nesting them is merely odd.
 
 use std::fmt;
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::layer::{NamedDir, NamedDirs};
 use crate::options::Options;
 
 /// Which option a checked directory came from; printed as the option's name.
@@ -140,18 +143,58 @@ pub fn describe(err: &io::Error) -> String {
 /// Symlinks are followed (containers/storage passes its lowers as `l/SHORTID` symlinks), and the
 /// overlap rules compare canonical paths, so no spelling of a path hides an overlap.
 pub fn check(opts: &Options) -> Result<(), MountError> {
+    check_dirs(&open_dirs(opts)?)
+}
+
+/// Opens every directory `opts` names, once (see [`NamedDir`]); the checks, the locks and the
+/// mount itself then work on these descriptors, never on the paths again.
+pub fn open_dirs(opts: &Options) -> Result<NamedDirs, MountError> {
+    let open = |role: Role, path: &Path| {
+        NamedDir::open(path).map_err(|e| match e.errno() {
+            libc::ENOTDIR => MountError::NotADirectory {
+                role,
+                path: path.to_path_buf(),
+            },
+            _ => MountError::Io {
+                role,
+                path: path.to_path_buf(),
+                source: e.into(),
+            },
+        })
+    };
     let mut lowers = Vec::with_capacity(opts.lowerdirs.len());
     for path in &opts.lowerdirs {
-        lowers.push(check_dir(Role::Lower, path)?);
+        lowers.push(open(Role::Lower, path)?);
     }
-    let (Some(upper), Some(work)) = (&opts.upperdir, &opts.workdir) else {
+    Ok(NamedDirs {
+        upper: opts
+            .upperdir
+            .as_deref()
+            .map(|p| open(Role::Upper, p))
+            .transpose()?,
+        work: opts
+            .workdir
+            .as_deref()
+            .map(|p| open(Role::Work, p))
+            .transpose()?,
+        lowers,
+    })
+}
+
+/// [`check`] on directories already opened.
+pub fn check_dirs(dirs: &NamedDirs) -> Result<(), MountError> {
+    let lowers: Vec<Checked<'_>> = dirs
+        .lowers
+        .iter()
+        .map(|d| Checked::of(Role::Lower, d))
+        .collect();
+    let (Some(upper), Some(work)) = (&dirs.upper, &dirs.work) else {
         // `options::parse` guarantees both or neither; read-only unions have nothing more to
         // check.
         return Ok(());
     };
-    let upper = check_dir(Role::Upper, upper)?;
-    let work = check_dir(Role::Work, work)?;
-
+    let upper = Checked::of(Role::Upper, upper);
+    let work = Checked::of(Role::Work, work);
     if upper.dev != work.dev {
         return Err(MountError::DifferentFilesystems {
             upper: upper.path.to_path_buf(),
@@ -178,11 +221,22 @@ pub fn check_mountpoint(path: &Path, cwd: &Path) -> Result<PathBuf, MountError> 
 struct Checked<'a> {
     role: Role,
     path: &'a Path,
-    canonical: PathBuf,
+    canonical: &'a Path,
     dev: u64,
 }
 
-fn check_dir(role: Role, path: &Path) -> Result<Checked<'_>, MountError> {
+impl<'a> Checked<'a> {
+    fn of(role: Role, dir: &'a NamedDir) -> Checked<'a> {
+        Checked {
+            role,
+            path: &dir.path,
+            canonical: &dir.canonical,
+            dev: dir.dev,
+        }
+    }
+}
+
+fn check_dir(role: Role, path: &Path) -> Result<(), MountError> {
     let io_error = |source| MountError::Io {
         role,
         path: path.to_path_buf(),
@@ -195,12 +249,7 @@ fn check_dir(role: Role, path: &Path) -> Result<Checked<'_>, MountError> {
             path: path.to_path_buf(),
         });
     }
-    Ok(Checked {
-        role,
-        path,
-        canonical: std::fs::canonicalize(path).map_err(io_error)?,
-        dev: meta.dev(),
-    })
+    Ok(())
 }
 
 /// Refuses `a` and `b` when one equals or contains the other.
@@ -213,9 +262,9 @@ fn check_overlap(a: &Checked<'_>, b: &Checked<'_>) -> Result<(), MountError> {
         same: inner.canonical == outer.canonical,
     };
     // `Path::starts_with` compares whole components, so `/up` is not inside `/u`.
-    if a.canonical.starts_with(&b.canonical) {
+    if a.canonical.starts_with(b.canonical) {
         Err(overlap(a, b))
-    } else if b.canonical.starts_with(&a.canonical) {
+    } else if b.canonical.starts_with(a.canonical) {
         Err(overlap(b, a))
     } else {
         Ok(())
@@ -252,62 +301,71 @@ pub const LOCK_GRACE: Duration = Duration::from_secs(2);
 /// Takes the locks for the layers of `opts`, waiting up to [`LOCK_GRACE`] for another process to
 /// release the upper's or the workdir's.
 pub fn lock_layers(opts: &Options) -> Result<LayerLocks, MountError> {
-    lock_layers_within(opts, LOCK_GRACE)
+    lock_dirs(&open_dirs(opts)?)
 }
 
+/// [`lock_layers`] on directories already opened.
+pub fn lock_dirs(dirs: &NamedDirs) -> Result<LayerLocks, MountError> {
+    lock_dirs_within(dirs, LOCK_GRACE)
+}
+
+#[cfg(test)]
 fn lock_layers_within(opts: &Options, grace: Duration) -> Result<LayerLocks, MountError> {
+    lock_dirs_within(&open_dirs(opts)?, grace)
+}
+
+fn lock_dirs_within(dirs: &NamedDirs, grace: Duration) -> Result<LayerLocks, MountError> {
     let mut locks = LayerLocks {
         _dirs: Vec::new(),
         warnings: Vec::new(),
     };
-    for (role, dir) in [(Role::Upper, &opts.upperdir), (Role::Work, &opts.workdir)] {
+    for (role, dir) in [(Role::Upper, &dirs.upper), (Role::Work, &dirs.work)] {
         if let Some(dir) = dir {
             locks._dirs.push(lock_exclusive(role, dir, grace)?);
         }
     }
-    for lower in &opts.lowerdirs {
+    for lower in &dirs.lowers {
+        let lower_path = &lower.path;
         match lock_shared(lower) {
             Ok(Some(dir)) => locks._dirs.push(dir),
             Ok(None) => locks.warnings.push(format!(
-                "lowerdir {lower:?} is in use as the upperdir or workdir of another ufs mount; \
-                 changes made there are undefined here"
+                "lowerdir {lower_path:?} is in use as the upperdir or workdir of another ufs \
+                 mount; changes made there are undefined here"
             )),
             // The lock is a courtesy to other mounts; a lower ufs may read but not open for
             // reading as a directory, or a filesystem without flock, does not stop the mount.
-            Err(e) => log::debug!("no shared lock on lowerdir {lower:?}: {e}"),
+            Err(e) => log::debug!("no shared lock on lowerdir {lower_path:?}: {e}"),
         }
     }
     Ok(locks)
 }
 
-/// The directory at `path`, opened for `flock`: through a private clone of its mount where the
-/// daemon may make one (see [`crate::layer::open_dirs`]), so that holding the lock for the
+/// The directory `dir`, opened for `flock`: through a private clone of its mount where the
+/// daemon may make one (see [`crate::layer::private_dirs`]), so that holding the lock for the
 /// mount's life keeps no mount the user made busy.
-fn open_for_lock(path: &Path) -> io::Result<File> {
-    let cloned = crate::sys::open_tree_clone(path).and_then(|clone| {
-        crate::sys::reopen(
-            std::os::fd::AsFd::as_fd(&clone),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-        )
-    });
+fn open_for_lock(dir: &NamedDir) -> io::Result<File> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let cloned = crate::sys::open_tree_clone_fd(dir.fd.as_fd())
+        .and_then(|clone| crate::sys::reopen(clone.as_fd(), flags));
     match cloned {
         Ok(fd) => return Ok(File::from(fd)),
-        Err(e) => log::debug!("no private clone of {path:?} to lock ({e}); locking the path"),
+        Err(e) => log::debug!(
+            "no private clone of {:?} to lock ({e}); locking it as opened",
+            dir.path
+        ),
     }
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(path)
+    Ok(File::from(crate::sys::reopen(dir.fd.as_fd(), flags)?))
 }
 
-fn lock_exclusive(role: Role, path: &Path, grace: Duration) -> Result<File, MountError> {
+fn lock_exclusive(role: Role, named: &NamedDir, grace: Duration) -> Result<File, MountError> {
     const POLL: Duration = Duration::from_millis(10);
+    let path = named.path.as_path();
     let io_error = |source| MountError::Io {
         role,
         path: path.to_path_buf(),
         source,
     };
-    let dir = open_for_lock(path).map_err(io_error)?;
+    let dir = open_for_lock(named).map_err(io_error)?;
     let deadline = Instant::now() + grace;
     loop {
         // std implements `try_lock` with `flock(LOCK_EX | LOCK_NB)` on Linux.
@@ -328,9 +386,9 @@ fn lock_exclusive(role: Role, path: &Path, grace: Duration) -> Result<File, Moun
     }
 }
 
-/// A shared lock on `path`, or `None` when another process holds it exclusively.
-fn lock_shared(path: &Path) -> io::Result<Option<File>> {
-    let dir = open_for_lock(path)?;
+/// A shared lock on `named`, or `None` when another process holds it exclusively.
+fn lock_shared(named: &NamedDir) -> io::Result<Option<File>> {
+    let dir = open_for_lock(named)?;
     // std implements `try_lock_shared` with `flock(LOCK_SH | LOCK_NB)` on Linux.
     match dir.try_lock_shared() {
         Ok(()) => Ok(Some(dir)),
@@ -343,6 +401,7 @@ fn lock_shared(path: &Path) -> io::Result<Option<File>> {
 mod tests {
     use super::*;
     use std::fs;
+    use std::os::unix::fs::MetadataExt;
 
     /// A scratch tree with `lower/`, `lower2/`, `upper/`, `work/`, `merged/` and a regular file
     /// `file`.
@@ -609,8 +668,9 @@ mod tests {
         );
         let err =
             lock_layers(&options(root, &["lower"], Some(("file", "work")))).expect_err("file");
+        // Opened once for every check, a file is refused as the checks refuse it.
         assert!(
-            err.to_string().ends_with("/file\": Not a directory"),
+            err.to_string().ends_with("/file\" is not a directory"),
             "{err}"
         );
     }

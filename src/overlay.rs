@@ -155,12 +155,17 @@ pub struct Overlay {
 impl Overlay {
     /// Sets the stack of `opts` up ([`crate::setup::prepare`]) and builds the root node.
     pub fn new(opts: &Options) -> std::io::Result<Overlay> {
+        Self::with_dirs(opts, &crate::setup::named_dirs(opts)?)
+    }
+
+    /// [`Overlay::new`] on the directories of `opts` already opened (and checked).
+    pub fn with_dirs(opts: &Options, dirs: &crate::layer::NamedDirs) -> std::io::Result<Overlay> {
         let crate::setup::Prepared {
             layers,
             work,
             read_only,
             record_ns,
-        } = crate::setup::prepare(opts)?;
+        } = crate::setup::prepare_dirs(opts, dirs)?;
         let mut reals = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter() {
             reals.push(RealEntry::new(i, layer.root.try_clone()?));

@@ -16,7 +16,7 @@
 
 use std::os::fd::OwnedFd;
 
-use crate::layer::LayerStack;
+use crate::layer::{LayerStack, NamedDirs};
 use crate::options::Options;
 use crate::records::XattrNamespace;
 use crate::stat_override;
@@ -35,12 +35,23 @@ pub struct Inspected {
 /// namespace the options and the daemon's privilege imply (a writable mount probes instead, see
 /// [`prepare`]).
 pub fn inspect(opts: &Options) -> std::io::Result<Inspected> {
-    let writable = !opts.read_only && opts.upperdir.is_some();
-    let dirs = crate::layer::open_dirs(
+    inspect_dirs(opts, &named_dirs(opts)?)
+}
+
+/// The directories `opts` names, each opened once.
+pub fn named_dirs(opts: &Options) -> std::io::Result<NamedDirs> {
+    NamedDirs::open(
         opts.upperdir.as_deref(),
-        opts.workdir.as_deref().filter(|_| writable),
+        opts.workdir.as_deref(),
         &opts.lowerdirs,
-    )?;
+    )
+}
+
+/// [`inspect`] of directories already opened (and checked, by `mount`): nothing is resolved by
+/// path again.
+pub fn inspect_dirs(opts: &Options, named: &NamedDirs) -> std::io::Result<Inspected> {
+    let writable = !opts.read_only && opts.upperdir.is_some();
+    let dirs = crate::layer::private_dirs(named, writable)?;
     let mut layers = LayerStack::from_dirs(
         opts.upperdir.as_deref(),
         dirs.upper,
@@ -73,11 +84,16 @@ pub struct Prepared {
 
 /// [`inspect`], then everything a mount needs before it serves (see the module's steps).
 pub fn prepare(opts: &Options) -> std::io::Result<Prepared> {
+    prepare_dirs(opts, &named_dirs(opts)?)
+}
+
+/// [`prepare`] of directories already opened.
+pub fn prepare_dirs(opts: &Options, named: &NamedDirs) -> std::io::Result<Prepared> {
     let Inspected {
         mut layers,
         work_dir,
         read_only,
-    } = inspect(opts)?;
+    } = inspect_dirs(opts, named)?;
     let work = match work_dir {
         Some(w) => Some(Workdir::open(w, opts.fsync, opts.index, opts.userxattr)?),
         None => None,

@@ -431,3 +431,21 @@ fn stat_records_give_the_mode_and_take_chmod() {
         Some(&b"1000:1000:100640"[..])
     );
 }
+
+/// Setup opens each directory once: the stack is the directories that were checked, even when
+/// another one is put at a path between the checks and the mount (before, every path was
+/// resolved again when the daemon opened the layers).
+#[test]
+fn the_stack_is_the_directories_opened_for_the_checks() {
+    let s = Stack::new(1, |_, d| put(d, "checked", "c\n"));
+    let opts = s.options(true);
+    let dirs = ufs::mount::open_dirs(&opts).expect("open the directories");
+    ufs::mount::check_dirs(&dirs).expect("checks");
+    // Swapped in after the checks: the lower's path now names another directory.
+    fs::rename(&s.lowers[0], s.lowers[0].with_extension("away")).expect("rename");
+    fs::create_dir(&s.lowers[0]).expect("mkdir");
+    put(&s.lowers[0], "swapped", "s\n");
+    let ov = Overlay::with_dirs(&opts, &dirs).expect("open the overlay");
+    drop(dirs);
+    assert_eq!(names(&ov, ""), ["checked"]);
+}

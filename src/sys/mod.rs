@@ -123,6 +123,34 @@ pub fn open_tree_clone(path: &std::path::Path) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Like [`open_tree_clone`], for the directory `fd` already holds (no path is resolved again).
+pub fn open_tree_clone_fd(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    // SAFETY: the empty path is NUL-terminated; `AT_EMPTY_PATH` makes open_tree act on `fd`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            OPEN_TREE_CLONE | libc::AT_EMPTY_PATH as libc::c_uint | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    let ret = cvt(ret as libc::c_int)?;
+    // SAFETY: `ret` was just returned by a successful open_tree and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}
+
+/// The path the magic link of `fd` shows (`/proc/self/fd/N`): where the object it holds is,
+/// seen from this process's root.
+pub fn fd_path(fd: BorrowedFd<'_>) -> Result<std::path::PathBuf> {
+    let link = proc_path(fd);
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `link` is NUL-terminated and `buf` is writable for its length.
+    let n = cvt_size(unsafe { libc::readlink(link.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
+    buf.truncate(n);
+    Ok(std::path::PathBuf::from(OsString::from_vec(buf)))
+}
+
 /// Opens the directory `rel` (a relative path of several names) beneath `dir` as an `O_PATH`
 /// fd, with `openat2`'s `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`: the
 /// kernel proves the result lies beneath `dir` and that no symlink was followed on the way.
