@@ -5,6 +5,7 @@
 //! own cloned `/dev/fuse` fd (fuser's `n_threads` + `clone_fd`).
 
 use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,6 +25,7 @@ use crate::kind::Kind;
 use crate::lifecycle::{self, OwnMount};
 use crate::options::Options;
 use crate::overlay::{Caller, Entry, NewEntry, Overlay, SetAttr, SetTime};
+use crate::passthrough::{Mode, Passthrough, Want};
 use crate::sys::process;
 
 /// Mounts `opts` at `mountpoint`, calls `on_ready` once the mount is live, and serves requests
@@ -71,6 +73,8 @@ pub fn serve_dirs(
     let fs = UfsFs {
         ov: Arc::new(overlay),
         ttl: opts.timeout,
+        want_passthrough: opts.passthrough,
+        passthrough: Passthrough::default(),
     };
     let ov = fs.ov.clone();
     // ufs mounts by itself (fuser's mount would add `nosuid,nodev` and drop the subtype) and
@@ -134,6 +138,9 @@ pub fn serve_dirs(
 struct UfsFs {
     ov: Arc<Overlay>,
     ttl: Duration,
+    /// `passthrough=on`: ask the kernel for FUSE passthrough.
+    want_passthrough: bool,
+    passthrough: Passthrough,
 }
 
 /// The one reply sink for errors: the errno for the kernel, and a log line. Ordinary answers
@@ -146,6 +153,13 @@ fn errno(e: Error) -> Errno {
         log::warn!("request failed: {e}");
     }
     Errno::from_i32(e.errno())
+}
+
+/// `st_dev`, `st_ino` of a handle's real file.
+fn real_identity(h: &crate::overlay::FileHandle) -> Option<(u64, u64)> {
+    crate::sys::fstat(h.file.as_fd())
+        .ok()
+        .map(|st| (st.st_dev, st.st_ino))
 }
 
 fn file_type(kind: Kind) -> FileType {
@@ -279,12 +293,24 @@ impl Filesystem for UfsFs {
             // No file handles, as the kernel overlay without `nfs_export`: `name_to_handle_at`
             // answers EOPNOTSUPP instead of giving a handle `open_by_handle_at` cannot open
             // once the kernel has forgotten the inode (ufs cannot find a node by number alone).
-            | InitFlags::FUSE_NO_EXPORT_SUPPORT;
+            | InitFlags::FUSE_NO_EXPORT_SUPPORT
+            // Handles answered with `FOPEN_DIRECT_IO` (`O_DIRECT`, and the passthrough
+            // fallback) can still be mapped.
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         if let Err(missing) = config.add_capabilities(wanted) {
             debug!("kernel lacks capabilities {missing:?}");
             // Ask for the ones the kernel has; these cannot be refused.
             if let Err(e) = config.add_capabilities(wanted & !missing) {
                 log::warn!("kernel refused capabilities {e:?}");
+            }
+        }
+        // Passthrough needs a stacking depth of at least 1 (the real files' filesystems are
+        // below this one); the writeback cache, which it excludes, is not used.
+        if self.want_passthrough {
+            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                Ok(()) if config.set_max_stack_depth(1).is_ok() => self.passthrough.offered(),
+                Ok(()) => debug!("kernel refused a stacking depth of 1: no passthrough"),
+                Err(_) => debug!("kernel lacks FUSE passthrough"),
             }
         }
         Ok(())
@@ -328,19 +354,35 @@ impl Filesystem for UfsFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!("open(ino={ino}, flags={:#o})", flags.0);
-        match self.ov.open(ino.0, flags.0) {
-            Ok(o) => {
-                let mut f = if o.keep_cache {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                if o.direct_io {
-                    f |= FopenFlags::FOPEN_DIRECT_IO;
-                }
-                reply.opened(FileHandle(o.fh), f)
+        let o = match self.ov.open(ino.0, flags.0) {
+            Ok(o) => o,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let handle = || self.ov.file(o.fh).map_err(std::io::Error::from);
+        let want = Want {
+            allowed: o.passthrough,
+            direct: o.direct_io,
+        };
+        let mode = self.passthrough.choose(
+            ino.0,
+            o.fh,
+            want,
+            || real_identity(&*handle().ok()?),
+            || reply.open_backing(handle()?.file.as_fd()),
+        );
+        match mode {
+            Mode::Passthrough(id) => {
+                reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id)
             }
-            Err(e) => reply.error(errno(e)),
+            Mode::Direct => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO),
+            Mode::Refused => {
+                self.ov.release(o.fh);
+                reply.error(Errno::EBUSY)
+            }
+            Mode::Cached if o.keep_cache => {
+                reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Mode::Cached => reply.opened(FileHandle(o.fh), FopenFlags::empty()),
         }
     }
 
@@ -373,6 +415,7 @@ impl Filesystem for UfsFs {
         reply: ReplyEmpty,
     ) {
         debug!("release(ino={ino}, fh={fh})");
+        self.passthrough.release(fh.0);
         self.ov.release(fh.0);
         reply.ok();
     }
@@ -658,19 +701,51 @@ impl Filesystem for UfsFs {
         reply: ReplyCreate,
     ) {
         debug!("create(parent={parent}, name={name:?}, mode={mode:#o}, flags={flags:#o})");
-        match self.ov.create(parent.0, name, mode, flags, caller(req)) {
-            Ok((e, fh)) => reply.created(
+        let (e, fh) = match self.ov.create(parent.0, name, mode, flags, caller(req)) {
+            Ok(created) => created,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let attr = to_attr(&e.attr);
+        // A new file is in the upper layer: its handle may use passthrough.
+        let handle = || self.ov.file(fh).map_err(std::io::Error::from);
+        let want = Want {
+            allowed: true,
+            direct: flags & libc::O_DIRECT != 0,
+        };
+        let mode = self.passthrough.choose(
+            e.node,
+            fh,
+            want,
+            || real_identity(&*handle().ok()?),
+            || reply.open_backing(handle()?.file.as_fd()),
+        );
+        match mode {
+            Mode::Passthrough(id) => reply.created_passthrough(
                 &self.ttl,
-                &to_attr(&e.attr),
+                &attr,
                 Generation(0),
                 FileHandle(fh),
-                if flags & libc::O_DIRECT != 0 {
-                    FopenFlags::FOPEN_DIRECT_IO
-                } else {
-                    FopenFlags::empty()
-                },
+                FopenFlags::empty(),
+                &id,
             ),
-            Err(e) => reply.error(errno(e)),
+            Mode::Direct => reply.created(
+                &self.ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
+            Mode::Cached => reply.created(
+                &self.ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Mode::Refused => {
+                self.ov.release(fh);
+                reply.error(Errno::EBUSY)
+            }
         }
     }
 

@@ -26,6 +26,7 @@ pub mod mount;
 pub mod options;
 pub mod origin;
 pub mod overlay;
+pub mod passthrough;
 pub mod readdir;
 pub mod records;
 pub mod redirect;

@@ -283,90 +283,123 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
         let Some(kind) = Kind::from_mode(st.st_mode) else {
             return Err(crate::error::EIO);
         };
-        let is_last_layer = layers.is_last(layer);
-        if kind == Kind::Directory {
-            let entry = RealEntry::new(layer, fd);
-            let opaque = !is_last_layer && is_opaque(entry.dir_fd()?, ns)?;
-            let redirect = if is_last_layer || opaque {
-                None
-            } else {
-                redirect(entry.dir_fd()?, ns)?
-            };
-            match &mut found {
-                None => {
-                    found = Some(Resolved {
-                        kind,
-                        stat: st,
-                        reals: vec![entry],
-                        lower_data: None,
-                    })
-                }
-                Some(merged) => merged.reals.push(entry),
-            }
-            if opaque || stop_below {
+        if kind != Kind::Directory {
+            if found.is_some() {
+                // A non-directory below a directory ends the merge.
                 break;
             }
-            if let Some(r) = redirect {
-                follow(
-                    layers,
-                    layer,
-                    &r,
-                    name,
-                    &mut target,
-                    &mut candidates,
-                    &mut i,
-                )?;
-            }
-            continue;
+            let hit = FileHit {
+                layer,
+                fd,
+                entry: RealEntry::named(layer, in_dir, &real_name),
+                stat: st,
+                kind,
+                stop_below,
+            };
+            return resolve_file(layers, hit, name, target, &candidates[i..]);
         }
-        if found.is_some() {
-            // A non-directory below a directory ends the merge.
+        let entry = RealEntry::new(layer, fd);
+        let is_last_layer = layers.is_last(layer);
+        let opaque = !is_last_layer && is_opaque(entry.dir_fd()?, ns)?;
+        let redirect = if is_last_layer || opaque {
+            None
+        } else {
+            redirect(entry.dir_fd()?, ns)?
+        };
+        match &mut found {
+            None => {
+                found = Some(Resolved {
+                    kind,
+                    stat: st,
+                    reals: vec![entry],
+                    lower_data: None,
+                })
+            }
+            Some(merged) => merged.reals.push(entry),
+        }
+        if opaque || stop_below {
             break;
         }
-        let metacopy = kind == Kind::Regular && metacopy_in(layers, layer, fd.as_fd())?;
-        let data_redirect = if metacopy {
-            redirect(fd.as_fd(), ns)?
-        } else {
-            None
-        };
-        let entry = RealEntry::named(layer, in_dir, &real_name);
-        if !metacopy {
-            return Ok(Resolved {
-                kind,
-                stat: st,
-                reals: vec![entry],
-                lower_data: None,
-            });
+        if let Some(r) = redirect {
+            follow(
+                layers,
+                layer,
+                &r,
+                name,
+                &mut target,
+                &mut candidates,
+                &mut i,
+            )?;
         }
-        // A metadata-only copy: its data is the same name's in the layers below, or where its
-        // redirect record says (the kernel records one when it renames such a file).
-        let lower_data = match data_redirect {
-            Some(r) => {
-                let absolute = r.first() == Some(&b'/');
-                let t = redirect_target(layers, layer, &r, name, &target)?;
-                let below = if absolute {
-                    roots_below(layers, layer)
-                } else {
-                    candidates[i..].to_vec()
-                };
-                find_lower_data(layers, below, t, name)?
-            }
-            None if stop_below => None,
-            None => find_lower_data(layers, candidates[i..].to_vec(), target, name)?,
-        };
-        let Some(data) = lower_data else {
-            log::error!(
-                "layer {}: metadata-only copy {name:?} has no lower data",
-                layers.get(layer).path.display()
-            );
-            return Err(crate::error::EIO);
-        };
-        return Ok(Resolved {
-            kind,
-            stat: st,
-            reals: vec![entry],
-            lower_data: Some(data),
-        });
     }
     found.ok_or(ENOENT)
+}
+
+/// The top-most real entry of a name that is not a directory.
+struct FileHit {
+    layer: usize,
+    /// `O_PATH` fd on it.
+    fd: OwnedFd,
+    entry: RealEntry,
+    stat: libc::stat,
+    kind: Kind,
+    /// No layer below may be searched (an opaque directory on the redirect path).
+    stop_below: bool,
+}
+
+/// The object a non-directory `hit` of `name` (looked up as `target`) is: itself, or for a
+/// metadata-only copy, itself with its data found in the layers below (`below`, the candidate
+/// directories still to search) or where its redirect record says (the kernel records one when
+/// it renames such a file).
+fn resolve_file(
+    layers: &LayerStack,
+    hit: FileHit,
+    name: &OsStr,
+    target: Target,
+    below: &[(usize, Arc<OwnedFd>)],
+) -> Result<Resolved> {
+    let FileHit {
+        layer,
+        fd,
+        entry,
+        stat,
+        kind,
+        stop_below,
+    } = hit;
+    let metacopy = kind == Kind::Regular && metacopy_in(layers, layer, fd.as_fd())?;
+    if !metacopy {
+        return Ok(Resolved {
+            kind,
+            stat,
+            reals: vec![entry],
+            lower_data: None,
+        });
+    }
+    let lower_data = match redirect(fd.as_fd(), layers.ns())? {
+        Some(r) => {
+            let absolute = r.first() == Some(&b'/');
+            let t = redirect_target(layers, layer, &r, name, &target)?;
+            let below = if absolute {
+                roots_below(layers, layer)
+            } else {
+                below.to_vec()
+            };
+            find_lower_data(layers, below, t, name)?
+        }
+        None if stop_below => None,
+        None => find_lower_data(layers, below.to_vec(), target, name)?,
+    };
+    let Some(data) = lower_data else {
+        log::error!(
+            "layer {}: metadata-only copy {name:?} has no lower data",
+            layers.get(layer).path.display()
+        );
+        return Err(crate::error::EIO);
+    };
+    Ok(Resolved {
+        kind,
+        stat,
+        reals: vec![entry],
+        lower_data: Some(data),
+    })
 }

@@ -54,6 +54,8 @@ const OPTIONS_HELP: &str = r#"Options for -o (comma-separated; -o may be repeate
   timeout=SECS           how long the kernel caches names and attributes (default 86400)
   fsync=0, volatile      do not make copied-up data durable (faster, unsafe on crash)
   threaded=N             number of request threads
+  passthrough=on|off     let the kernel read and write regular files on the real files
+                         (FUSE passthrough; default on where the kernel and privileges allow)
   redirect_dir=on|off|follow|nofollow, index=on|off, metacopy=on|off, xino=on|auto|off
                          the kernel overlay's features (defaults: redirect_dir=on, index=on,
                          metacopy=on, xino=on); userxattr keeps records in user.overlay.*

@@ -83,6 +83,9 @@ pub struct Options {
     pub static_nlink: bool,
     /// `noxattrs=1` (fuse-overlayfs): extended attributes are not supported through the mount.
     pub noxattrs: bool,
+    /// `passthrough=on|off`: let the kernel do the I/O of regular files on the real files (FUSE
+    /// passthrough) where it and the daemon's privileges allow it. On by default.
+    pub passthrough: bool,
     /// `xattr_permissions=1|2` (fuse-overlayfs): owners and modes of files and directories live
     /// in an xattr record ([`crate::stat_override`]); 0 turns them off.
     pub xattr_permissions: u8,
@@ -130,6 +133,7 @@ impl Default for Options {
             static_nlink: false,
             noxattrs: false,
             xattr_permissions: 0,
+            passthrough: true,
             xino: true,
             warnings: Vec::new(),
         }
@@ -264,6 +268,10 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
                         one_of(key, raw, &[("0", 0), ("1", 1), ("2", 2)], "0, 1 or 2")?
                 }
                 "noxattrs" => options.noxattrs = zero_or_one(key, raw)?,
+                "passthrough" => {
+                    options.passthrough =
+                        one_of(key, raw, &[("on", true), ("off", false)], "on or off")?
+                }
                 // Container tools pass SELinux labels to every mount program whether or not it
                 // can use them; ufs does not label files itself, so these are consumed silently.
                 "context" | "fscontext" | "defcontext" | "rootcontext" => {}

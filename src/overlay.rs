@@ -111,6 +111,11 @@ pub struct Opened {
     /// (FUSE's `FOPEN_DIRECT_IO`), and the real file is opened without `O_DIRECT`, since the
     /// buffers FUSE hands ufs need not meet the real file's alignment rules.
     pub direct_io: bool,
+    /// The kernel may do this handle's I/O on the real file itself (FUSE passthrough): the real
+    /// file is the node's object for as long as the handle lives, since it is in the upper layer
+    /// or the mount never copies anything up. A lower file of a writable mount is not: after a
+    /// copy-up its handles read the copy (see [`FileHandle::upper_file`]), which only ufs can do.
+    pub passthrough: bool,
 }
 
 /// The caller of a request, for permission checks.
@@ -300,12 +305,10 @@ impl Overlay {
         };
         let top = reals.top()?;
         let mut st = top.stat()?;
-        stat_override::apply(
-            top.fd()?.as_fd(),
-            self.layers.stat_override(top.layer),
-            node.kind,
-            &mut st,
-        )?;
+        if let Some(name) = self.layers.stat_override(top.layer) {
+            // Reaching a named entry's fd costs an open: only where records are kept.
+            stat_override::apply(top.fd()?.as_fd(), Some(name), node.kind, &mut st)?;
+        }
         st.st_ino = node.ino;
         if let Some(data) = &lower_data {
             // A metadata-only copy: the blocks are the lower file's.
@@ -671,6 +674,9 @@ impl Overlay {
             fh: self.add_file(node.id, ino, (file, top.layer), writes, from_lower),
             keep_cache,
             direct_io: flags & libc::O_DIRECT != 0,
+            // Not for a copy that broke away from a lower file's other names (`ino` is then
+            // the copy's): the node's other names still reach the lower file.
+            passthrough: (!from_lower || self.read_only) && ino == node.ino,
         })
     }
 
@@ -1007,7 +1013,8 @@ impl Overlay {
         self.attr_as_reached(&node)
     }
 
-    /// `create(2)` with `O_CREAT`: makes and opens a regular file.
+    /// `create(2)` with `O_CREAT`: makes and opens a regular file (in the upper layer, so its
+    /// handle may always use passthrough; see [`Opened::passthrough`]).
     pub fn create(
         &self,
         parent: u64,
