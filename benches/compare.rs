@@ -1230,6 +1230,42 @@ fn workloads() -> Vec<Workload> {
             throughput: false,
         },
         Workload {
+            name: "ls-l",
+            about: "recursive walk as `ls -lR` does it: lstat, and the SELinux label and access ACL of every entry",
+            mutates: false,
+            setup_per_mount: no_setup,
+            run: ls_l,
+            expected: |ds| Some(ds.entries),
+            throughput: false,
+        },
+        Workload {
+            name: "read-random",
+            about: "random 4 KiB reads of the large lower file, from the first read on a fresh mount",
+            mutates: false,
+            setup_per_mount: no_setup,
+            run: read_random,
+            expected: |ds| Some(ds.opens as u64),
+            throughput: false,
+        },
+        Workload {
+            name: "write-fsync",
+            about: "sequential write of a new file as large as the large file, then fsync",
+            mutates: true,
+            setup_per_mount: no_setup,
+            run: write_fsync,
+            expected: |ds| Some(ds.large_size),
+            throughput: true,
+        },
+        Workload {
+            name: "rm-rf",
+            about: "`rm -rf` of a lower subtree (whiteouts for files and directories)",
+            mutates: true,
+            setup_per_mount: no_setup,
+            run: rm_rf_lower,
+            expected: |_| None,
+            throughput: false,
+        },
+        Workload {
             name: "unlink",
             about: "delete every file of that directory (whiteouts)",
             mutates: true,
@@ -1264,6 +1300,90 @@ fn walk_stat(_ds: &Dataset, merged: &Path) -> Result<u64, Failure> {
         }
     }
     Ok(seen)
+}
+
+/// What `ls -l` asks of each entry besides `lstat`: the SELinux label (`lgetxattr`) and the
+/// access ACL (`getxattr` through the path, which for a symlink is its target's).
+fn ls_l(_ds: &Dataset, merged: &Path) -> Result<u64, Failure> {
+    let mut seen = 0;
+    let mut stack = vec![merged.to_path_buf()];
+    let mut buf = [0u8; 256];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).at("opendir", &dir)? {
+            let path = entry.at("readdir", &dir)?.path();
+            let meta = fs::symlink_metadata(&path).at("lstat", &path)?;
+            let c = CString::new(path.as_os_str().as_bytes())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+                .at("path", &path)?;
+            // SAFETY: `c` and the names are NUL-terminated; `buf` is writable for its length.
+            // The answers (mostly ENODATA) do not matter, only their cost.
+            unsafe {
+                libc::lgetxattr(
+                    c.as_ptr(),
+                    c"security.selinux".as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                );
+                if !meta.file_type().is_symlink() {
+                    libc::getxattr(
+                        c.as_ptr(),
+                        c"system.posix_acl_access".as_ptr(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    );
+                }
+            }
+            seen += 1;
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(seen)
+}
+
+fn read_random(ds: &Dataset, merged: &Path) -> Result<u64, Failure> {
+    let path = merged.join(&ds.large);
+    let file = File::open(&path).at("open", &path)?;
+    let pages = (ds.large_size / 4096).max(1);
+    let mut rng = Rng(7);
+    let mut buf = [0u8; 4096];
+    for _ in 0..ds.opens {
+        let page = rng.below(pages as usize) as u64;
+        file.read_exact_at(&mut buf, page * 4096)
+            .at("pread", &path)?;
+    }
+    Ok(ds.opens as u64)
+}
+
+fn write_fsync(ds: &Dataset, merged: &Path) -> Result<u64, Failure> {
+    let path = merged.join("written.dat");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .at("create", &path)?;
+    let mut left = ds.large_size;
+    while left > 0 {
+        let n = left.min(ds.pool.len() as u64) as usize;
+        file.write_all(&ds.pool[..n]).at("write", &path)?;
+        left -= n as u64;
+    }
+    file.sync_all().at("fsync", &path)?;
+    Ok(ds.large_size)
+}
+
+/// Removes the first top-level directory of the tree (as `rm -rf` does: depth first).
+fn rm_rf_lower(ds: &Dataset, merged: &Path) -> Result<u64, Failure> {
+    let top = ds
+        .dirs
+        .iter()
+        .find(|d| d.components().count() == 1)
+        .ok_or_else(|| io::Error::other("no top-level directory"))
+        .at("find", merged)?;
+    let path = merged.join(top);
+    fs::remove_dir_all(&path).at("rm -rf", &path)?;
+    Ok(1)
 }
 
 fn readdir_all(ds: &Dataset, merged: &Path) -> Result<u64, Failure> {

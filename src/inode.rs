@@ -14,7 +14,7 @@
 use std::ffi::{CStr, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
@@ -216,6 +216,14 @@ impl Location {
     }
 }
 
+/// The bit of `name` among [`ASKED_XATTRS`].
+fn asked_bit(name: &std::ffi::OsStr) -> Option<u8> {
+    ASKED_XATTRS
+        .iter()
+        .position(|n| name.as_encoded_bytes() == n.as_bytes())
+        .map(|i| 1u8 << i)
+}
+
 /// How many other names of a hard-linked file a node remembers.
 const MAX_ALIASES: usize = 8;
 
@@ -234,7 +242,19 @@ pub struct Inode {
     listing_gen: AtomicU64,
     /// For a directory: lookups in it answered without a cached listing since it last changed.
     walks: AtomicU64,
+    /// Which of [`ASKED_XATTRS`] the object is known not to have (bit `i` for name `i`): asked
+    /// of every file by `ls -l` and the like, answered from here after the first time. Set only
+    /// from a real answer, and cleared by every change of the node's xattrs or mode.
+    absent_xattrs: AtomicU8,
 }
+
+/// The xattrs tools ask of every file they list (`ls -l`: the SELinux label and the access
+/// ACL), whose absence a node remembers.
+pub const ASKED_XATTRS: [&str; 3] = [
+    "security.selinux",
+    "system.posix_acl_access",
+    "system.posix_acl_default",
+];
 
 impl Inode {
     /// Where the data of a regular file is read from: the lower entry of a metadata-only copy,
@@ -242,6 +262,23 @@ impl Inode {
     pub fn data_source(&self) -> Option<RealEntry> {
         let st = self.state.read();
         st.lower_data.clone().or_else(|| st.reals.first().cloned())
+    }
+
+    /// Whether the object is known not to have xattr `name` (see `absent_xattrs`).
+    pub fn known_absent(&self, name: &std::ffi::OsStr) -> bool {
+        asked_bit(name).is_some_and(|b| self.absent_xattrs.load(Ordering::Acquire) & b != 0)
+    }
+
+    /// Remembers that the object has no xattr `name`, if it is one of [`ASKED_XATTRS`].
+    pub fn remember_absent(&self, name: &std::ffi::OsStr) {
+        if let Some(b) = asked_bit(name) {
+            self.absent_xattrs.fetch_or(b, Ordering::AcqRel);
+        }
+    }
+
+    /// Forgets every remembered absence: the node's xattrs or mode changed.
+    pub fn forget_absent(&self) {
+        self.absent_xattrs.store(0, Ordering::Release);
     }
 
     /// A snapshot of the real entries, usable without holding the node lock.
@@ -360,6 +397,7 @@ impl InodeTable {
             listing: Mutex::new(None),
             listing_gen: AtomicU64::new(0),
             walks: AtomicU64::new(0),
+            absent_xattrs: AtomicU8::new(0),
         });
         self.nodes.insert(ROOT_ID, node);
     }
@@ -408,6 +446,7 @@ impl InodeTable {
             listing: Mutex::new(None),
             listing_gen: AtomicU64::new(0),
             walks: AtomicU64::new(0),
+            absent_xattrs: AtomicU8::new(0),
         });
         slot.insert(node.clone());
         Ok((node, true))

@@ -842,9 +842,16 @@ impl Overlay {
             return Err(ENODATA);
         }
         let node = self.inodes.get(node)?;
+        if node.known_absent(name) {
+            return Err(ENODATA);
+        }
         let reals = node.reals();
         let top = reals.first().ok_or(crate::error::EIO)?;
-        top.getxattr(&sys::cstr(name)?)
+        let value = top.getxattr(&sys::cstr(name)?);
+        if matches!(&value, Err(e) if e.errno() == libc::ENODATA) {
+            node.remember_absent(name);
+        }
+        value
     }
 
     /// The NUL-separated list of visible xattr names.
@@ -950,6 +957,9 @@ impl Overlay {
         };
         let reals = self.ensure_upper(&node, data)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
+        // A mode change rewrites an access ACL; a remembered absence stays true, but nothing
+        // is lost by asking again.
+        node.forget_absent();
         let record = self
             .layers
             .stat_override(top.layer)
@@ -1109,6 +1119,7 @@ impl Overlay {
         let node = self.inodes.get(node)?;
         let reals = self.ensure_upper_for_xattr(&node)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
+        node.forget_absent();
         sys::setxattr(top.fd()?.as_fd(), &sys::cstr(name)?, value, flags)
     }
 
@@ -1133,6 +1144,7 @@ impl Overlay {
         )?;
         let reals = self.ensure_upper_for_xattr(&node)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
+        node.forget_absent();
         sys::removexattr(top.fd()?.as_fd(), &sys::cstr(name)?)
     }
 }

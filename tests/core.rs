@@ -449,3 +449,45 @@ fn the_stack_is_the_directories_opened_for_the_checks() {
     drop(dirs);
     assert_eq!(names(&ov, ""), ["checked"]);
 }
+
+/// The absence of the xattrs `ls -l` asks of every file is remembered per node, and forgotten
+/// when the node's xattrs change: a `setfacl` through the mount is seen at once.
+#[test]
+fn a_remembered_missing_acl_is_forgotten_when_one_is_set() {
+    let s = Stack::new(1, |_, d| put(d, "f", "f\n"));
+    let ov = s.open();
+    let n = node(&ov, "f").expect("f");
+    let acl = OsStr::new("system.posix_acl_access");
+    for _ in 0..2 {
+        assert_eq!(
+            ov.getxattr(n, acl).map_err(|e| e.errno()),
+            Err(libc::ENODATA)
+        );
+    }
+    // user::rw-, user:1000:r--, group::r--, mask::r--, other::r-- in the kernel's xattr form
+    // (one the mode cannot express, so the filesystem keeps it).
+    let mut value = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 4, 1000),
+        (0x04, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ] {
+        value.extend_from_slice(&tag.to_le_bytes());
+        value.extend_from_slice(&perm.to_le_bytes());
+        value.extend_from_slice(&id.to_le_bytes());
+    }
+    match ov.setxattr(n, acl, &value, 0) {
+        Ok(()) => {}
+        Err(e) if e.errno() == libc::EOPNOTSUPP => {
+            eprintln!("SKIP a_remembered_missing_acl_is_forgotten_when_one_is_set: no ACLs here");
+            return;
+        }
+        Err(e) => panic!("setxattr: {e}"),
+    }
+    assert!(
+        ov.getxattr(n, acl).is_ok(),
+        "the ACL set through the core is seen"
+    );
+}
