@@ -13,6 +13,7 @@ pub mod dir;
 pub mod error;
 pub mod fs;
 pub mod fuse_mount;
+pub mod handles;
 pub mod idmap;
 pub mod in_use;
 pub mod index;

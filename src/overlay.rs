@@ -7,12 +7,11 @@
 use std::ffi::{CStr, OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use dashmap::DashMap;
 
 use crate::copy_up::build::CopyData;
 use crate::error::{EBADF, EISDIR, ENODATA, ENOTDIR, EROFS, Result};
+use crate::handles::Handles;
+pub use crate::handles::{DirHandle, FileHandle};
 use crate::idmap::IdMap;
 use crate::inode::{Inode, InodeTable, NodeState, ROOT_ID, RealEntry, Top};
 use crate::kind::Kind;
@@ -51,51 +50,6 @@ pub struct Entry {
     pub attr: libc::stat,
 }
 
-/// An open directory: its listing, fixed when it was opened. Entry `i` is `.` and `..` for 0
-/// and 1, then the merged entries; offsets are these indexes.
-#[derive(Debug)]
-pub struct DirHandle {
-    pub node: u64,
-    dots: [DirEntry; 2],
-    merged: Arc<Listing>,
-}
-
-impl DirHandle {
-    pub fn len(&self) -> usize {
-        self.merged.entries.len() + 2
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    pub fn get(&self, i: usize) -> Option<&DirEntry> {
-        match i {
-            0 | 1 => Some(&self.dots[i]),
-            _ => self.merged.entries.get(i - 2),
-        }
-    }
-}
-
-/// An open file.
-#[derive(Debug)]
-pub struct FileHandle {
-    pub node: u64,
-    /// The number reported when the kernel asks for attributes through this file: the
-    /// node's, or for a file whose open broke its name away from a lower file's other names
-    /// (see `Overlay::writable`), the copy's.
-    pub ino: u64,
-    pub file: OwnedFd,
-    /// The layer of `file`.
-    pub layer: usize,
-    /// Opened for writing (so on the upper copy).
-    pub writable: bool,
-    /// Opened for reading on a lower layer: once the file is copied up, reads go to the copy
-    /// (as the kernel re-resolves the real file on every read), through `upper_file`.
-    pub from_lower: bool,
-    pub upper_file: parking_lot::Mutex<Option<Arc<OwnedFd>>>,
-}
-
 /// How the core asks the kernel to drop what it cached of a node (see
 /// [`Overlay::set_invalidator`]).
 pub type Invalidator = Box<dyn Fn(u64, bool) + Send + Sync>;
@@ -129,9 +83,8 @@ pub struct Caller {
 pub struct Overlay {
     layers: LayerStack,
     inodes: InodeTable,
-    dirs: DashMap<u64, Arc<DirHandle>>,
-    files: DashMap<u64, Arc<FileHandle>>,
-    next_fh: AtomicU64,
+    /// The open files and directories.
+    handles: Handles,
     read_only: bool,
     /// The work directory; present exactly when the mount is writable.
     work: Option<Workdir>,
@@ -194,9 +147,7 @@ impl Overlay {
             read_only,
             layers,
             inodes,
-            dirs: DashMap::new(),
-            files: DashMap::new(),
-            next_fh: AtomicU64::new(1),
+            handles: Handles::default(),
             invalidator: std::sync::OnceLock::new(),
         })
     }
@@ -545,7 +496,7 @@ impl Overlay {
     /// or when the node's object cannot be reached (unlinked while open).
     pub fn getattr(&self, node: u64, fh: Option<u64>) -> Result<libc::stat> {
         let node = self.inodes.get(node)?;
-        let handle = fh.and_then(|fh| self.files.get(&fh).map(|h| h.clone()));
+        let handle = fh.and_then(|fh| self.handles.file(fh).ok());
         let through_file = |h: &FileHandle| -> Result<libc::stat> {
             let mut st = sys::fstat(h.file.as_fd())?;
             stat_override::apply(
@@ -688,24 +639,19 @@ impl Overlay {
         writable: bool,
         from_lower: bool,
     ) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.insert(
-            fh,
-            Arc::new(FileHandle {
-                node,
-                ino,
-                file,
-                layer,
-                writable,
-                from_lower,
-                upper_file: parking_lot::Mutex::new(None),
-            }),
-        );
-        fh
+        self.handles.add_file(FileHandle {
+            node,
+            ino,
+            file,
+            layer,
+            writable,
+            from_lower,
+            upper_file: parking_lot::Mutex::new(None),
+        })
     }
 
     pub(crate) fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {
-        self.files.get(&fh).map(|h| h.clone()).ok_or(EBADF)
+        self.handles.file(fh)
     }
 
     /// The fd a read through handle `h` uses: its own, or the upper copy made since it opened.
@@ -743,7 +689,7 @@ impl Overlay {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files.remove(&fh);
+        self.handles.release_file(fh);
     }
 
     /// The merged listing of directory `dir`: the cached one, or a new one, kept unless the
@@ -797,25 +743,16 @@ impl Overlay {
                 real_ino: 0,
             },
         ];
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.insert(
-            fh,
-            Arc::new(DirHandle {
-                node: dir.id,
-                dots,
-                merged,
-            }),
-        );
-        Ok(fh)
+        Ok(self.handles.add_dir(DirHandle::new(dir.id, dots, merged)))
     }
 
     /// The listing of an open directory handle.
     pub fn dir_handle(&self, fh: u64) -> Result<Arc<DirHandle>> {
-        self.dirs.get(&fh).map(|h| h.clone()).ok_or(EBADF)
+        self.handles.dir(fh)
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.remove(&fh);
+        self.handles.release_dir(fh);
     }
 
     pub fn statfs(&self) -> Result<libc::statvfs> {

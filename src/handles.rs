@@ -1,0 +1,117 @@
+//! Open handles: directories (a listing fixed when it was opened) and files (the real file,
+//! its layer, and the upper copy that reads through a lower file's handle move to). Kernel
+//! counterpart: `struct ovl_file` and `ovl_real_fdget()` (`fs/overlayfs/file.c`), which re-open
+//! the real file after a copy-up, and `ovl_dir_open()`'s cached listing (`readdir.c`).
+//!
+//! Invariants: a handle number is never reused for the life of the mount; a handle holds its
+//! own fd on the real file, so it keeps working after its name is unlinked or renamed; the
+//! table holds one reference, and a request in flight may hold another past `release`.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+use crate::error::{EBADF, Result};
+use crate::listing::{DirEntry, Listing};
+
+/// An open directory: its listing, fixed when it was opened. Entry `i` is `.` and `..` for 0
+/// and 1, then the merged entries; offsets are these indexes.
+#[derive(Debug)]
+pub struct DirHandle {
+    pub node: u64,
+    dots: [DirEntry; 2],
+    merged: Arc<Listing>,
+}
+
+impl DirHandle {
+    pub fn new(node: u64, dots: [DirEntry; 2], merged: Arc<Listing>) -> DirHandle {
+        DirHandle { node, dots, merged }
+    }
+
+    pub fn len(&self) -> usize {
+        self.merged.entries.len() + 2
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn get(&self, i: usize) -> Option<&DirEntry> {
+        match i {
+            0 | 1 => Some(&self.dots[i]),
+            _ => self.merged.entries.get(i - 2),
+        }
+    }
+}
+
+/// An open file.
+#[derive(Debug)]
+pub struct FileHandle {
+    pub node: u64,
+    /// The number reported when the kernel asks for attributes through this file: the
+    /// node's, or for a file whose open broke its name away from a lower file's other names
+    /// (see `Overlay::writable`), the copy's.
+    pub ino: u64,
+    pub file: OwnedFd,
+    /// The layer of `file`.
+    pub layer: usize,
+    /// Opened for writing (so on the upper copy).
+    pub writable: bool,
+    /// Opened for reading on a lower layer: once the file is copied up, reads go to the copy
+    /// (as the kernel re-resolves the real file on every read), through `upper_file`.
+    pub from_lower: bool,
+    pub upper_file: parking_lot::Mutex<Option<Arc<OwnedFd>>>,
+}
+
+/// The open handles of a mount, by number.
+pub struct Handles {
+    dirs: DashMap<u64, Arc<DirHandle>>,
+    files: DashMap<u64, Arc<FileHandle>>,
+    next: AtomicU64,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles {
+            dirs: DashMap::new(),
+            files: DashMap::new(),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Handles {
+    fn number(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn add_file(&self, h: FileHandle) -> u64 {
+        let fh = self.number();
+        self.files.insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {
+        self.files.get(&fh).map(|h| h.clone()).ok_or(EBADF)
+    }
+
+    pub fn release_file(&self, fh: u64) {
+        self.files.remove(&fh);
+    }
+
+    pub fn add_dir(&self, h: DirHandle) -> u64 {
+        let fh = self.number();
+        self.dirs.insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub fn dir(&self, fh: u64) -> Result<Arc<DirHandle>> {
+        self.dirs.get(&fh).map(|h| h.clone()).ok_or(EBADF)
+    }
+
+    pub fn release_dir(&self, fh: u64) {
+        self.dirs.remove(&fh);
+    }
+}
