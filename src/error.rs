@@ -46,9 +46,11 @@ impl Error {
         self
     }
 
-    /// Names the entry the failing request was about, unless an inner step already did.
+    /// Names the entry the failing request was about, unless an inner step already did. Not
+    /// for an ordinary answer (a missing name on every `create` and negative lookup): the request
+    /// line logged at debug level names it already, and the copy would cost every such answer.
     pub fn named(mut self, name: &std::ffi::OsStr) -> Self {
-        if self.name.is_none() {
+        if self.name.is_none() && !self.is_ordinary() {
             self.name = Some(std::sync::Arc::from(name));
         }
         self
