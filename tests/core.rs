@@ -3,7 +3,7 @@
 //! and whiteouts made through the core fall back to `.wh.` files where `mknod` is refused).
 //! Each test opens an `Overlay` the way `ufs mount` does, runs operations through its methods,
 //! and checks both what the merged view answers and what lands on disk. The mount tests
-//! (`read_path`, `write_*`, `beyond_*`, `differential`, ...) are the second tier.
+//! (`read_*`, `write_*`, `beyond_*`, `differential`, ...) are the second tier.
 
 use std::ffi::OsStr;
 use std::fs;
