@@ -14,7 +14,7 @@
 use std::ffi::{CStr, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
@@ -242,6 +242,8 @@ pub struct Inode {
     listing_gen: AtomicU64,
     /// For a directory: lookups in it answered without a cached listing since it last changed.
     walks: AtomicU64,
+    /// For a directory: how many entries its last listing had.
+    listed_len: AtomicU32,
     /// Which of [`ASKED_XATTRS`] the object is known not to have (bit `i` for name `i`): asked
     /// of every file by `ls -l` and the like, answered from here after the first time. Set only
     /// from a real answer, and cleared by every change of the node's xattrs or mode.
@@ -302,6 +304,10 @@ impl Inode {
 
     /// Keeps `listing`, built when the change count was `gen`, unless something changed since.
     pub fn keep_listing(&self, generation: u64, listing: Arc<Listing>) {
+        self.listed_len.store(
+            listing.entries.len().min(u32::MAX as usize) as u32,
+            Ordering::Relaxed,
+        );
         let mut slot = self.listing.lock();
         if self.listing_gen.load(Ordering::Acquire) == generation {
             *slot = Some((generation, listing));
@@ -311,10 +317,13 @@ impl Inode {
     /// Counts a lookup in this directory that had no cached listing to answer from; returns
     /// whether there have been enough of them that building the listing will pay off (a few
     /// names of one directory are usually looked up together, and one listing answers all of
-    /// them, present or absent).
+    /// them, present or absent). A listing costs about one call per 64 entries plus a record
+    /// read per entry with one, so a large directory needs more lookups between two changes to
+    /// earn it: else a loop of renames, each with its two lookups, lists it again every time.
     pub fn walked(&self) -> bool {
         const WORTH_A_LISTING: u64 = 3;
-        self.walks.fetch_add(1, Ordering::Relaxed) + 1 >= WORTH_A_LISTING
+        let threshold = WORTH_A_LISTING + u64::from(self.listed_len.load(Ordering::Relaxed)) / 64;
+        self.walks.fetch_add(1, Ordering::Relaxed) + 1 >= threshold
     }
 
     /// Something changed in this directory: its listing must be built again.
@@ -397,6 +406,7 @@ impl InodeTable {
             listing: Mutex::new(None),
             listing_gen: AtomicU64::new(0),
             walks: AtomicU64::new(0),
+            listed_len: AtomicU32::new(0),
             absent_xattrs: AtomicU8::new(0),
         });
         self.nodes.insert(ROOT_ID, node);
@@ -446,6 +456,7 @@ impl InodeTable {
             listing: Mutex::new(None),
             listing_gen: AtomicU64::new(0),
             walks: AtomicU64::new(0),
+            listed_len: AtomicU32::new(0),
             absent_xattrs: AtomicU8::new(0),
         });
         slot.insert(node.clone());
