@@ -518,6 +518,29 @@ fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
     Ok(st)
 }
 
+/// `ENXIO` for a fifo, what a non-blocking open for writing answers when it has no reader.
+/// Asked before opening, because whether it has one is not decided by the sequence: the
+/// harness runs sequences on two threads, and a process forked by one (a mount helper) holds
+/// copies of the other's fds until it execs, so a fifo a read op just closed may still have a
+/// reader for a moment (the open then succeeds and the write fails with `ESPIPE`).
+fn fifo_has_no_reader(p: &Parent) -> io::Result<()> {
+    // SAFETY: all-zero bytes are a valid `libc::stat`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: the name is NUL-terminated and `st` is writable.
+    let r = unsafe {
+        libc::fstatat(
+            p.fd.as_raw_fd(),
+            p.name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO {
+        return Err(io::Error::from_raw_os_error(libc::ENXIO));
+    }
+    Ok(())
+}
+
 fn open_at(p: &Parent, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     // SAFETY: the name is NUL-terminated.
     let fd = cvt(unsafe {
@@ -665,6 +688,7 @@ fn run_inner(root: &Path, op: &Op, ino_problems: &mut Vec<String>) -> io::Result
             fill,
         } => {
             let p = parent_of(root, path)?;
+            fifo_has_no_reader(&p)?;
             let fd = open_at(&p, libc::O_WRONLY, 0)?;
             let data = pattern(*len, *fill, *offset);
             // SAFETY: `data` is valid for its length; the fd is open.
@@ -680,6 +704,7 @@ fn run_inner(root: &Path, op: &Op, ino_problems: &mut Vec<String>) -> io::Result
         }
         Op::Append { path, len, fill } => {
             let p = parent_of(root, path)?;
+            fifo_has_no_reader(&p)?;
             let fd = open_at(&p, libc::O_WRONLY | libc::O_APPEND, 0)?;
             let data = pattern(*len, *fill, 0);
             // SAFETY: `data` is valid for its length; the fd is open.
