@@ -40,7 +40,11 @@ const READY: u8 = 1;
 const USAGE: &str = "ufs mount -o OPTIONS MERGED
        ufs -o OPTIONS MERGED
        ufs SOURCE MERGED -o OPTIONS
-       ufs umount MERGED";
+       ufs umount MERGED
+       ufs help | ufs man | ufs completions bash|zsh|fish";
+
+/// The words that name a command rather than a SOURCE or MERGED when no `-o` is given.
+const COMMANDS: &[&str] = &["mount", "umount", "help", "man", "completions"];
 
 const OPTIONS_HELP: &str = r#"Options for -o (comma-separated; -o may be repeated):
   lowerdir=DIR[:DIR...]  read-only layers, top-most first (required)
@@ -121,7 +125,15 @@ fn cli() -> clap::Command {
 #[derive(Debug, PartialEq)]
 enum Invocation {
     Mount(MountArgs),
-    Umount { mountpoint: PathBuf },
+    Umount {
+        mountpoint: PathBuf,
+    },
+    /// `ufs help`, and `ufs` with no arguments at all.
+    Help,
+    /// `ufs man`: the manual page, in roff.
+    Man,
+    /// `ufs completions SHELL`.
+    Completions(clap_complete::Shell),
 }
 
 /// The raw mount request, before the option string is parsed.
@@ -167,6 +179,41 @@ where
         .unwrap_or_default();
 
     let first = args.first().and_then(|a| a.to_str());
+    if options.is_empty() && !foreground && !debug {
+        // Without `-o` nothing can be mounted (`lowerdir=` is required): the first word is a
+        // command, and a word that is none is a typo rather than a SOURCE.
+        match (first, args.len()) {
+            (None, _) | (Some("help"), 1) => return Ok(Invocation::Help),
+            (Some("man"), 1) => return Ok(Invocation::Man),
+            (Some("completions"), 2) => {
+                let shell = args[1].to_str().and_then(|s| s.parse().ok());
+                return match shell {
+                    Some(shell) => Ok(Invocation::Completions(shell)),
+                    None => Err(cmd.error(
+                        ErrorKind::InvalidValue,
+                        "completions takes one of: bash, zsh, fish, elvish, powershell",
+                    )),
+                };
+            }
+            (Some("mount"), 1) => {
+                return Err(cmd.error(
+                    ErrorKind::MissingRequiredArgument,
+                    "mount needs -o OPTIONS (at least lowerdir=) and MERGED",
+                ));
+            }
+            // A path is a MERGED without options, which the options check refuses by name.
+            (Some(word), _) if !COMMANDS.contains(&word) && !word.contains('/') => {
+                return Err(cmd.error(
+                    ErrorKind::InvalidSubcommand,
+                    format!(
+                        "unknown command {word:?}; the commands are {} (mounting needs -o)",
+                        COMMANDS.join(", ")
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
     if first == Some("umount") && options.is_empty() {
         return match <[OsString; 2]>::try_from(args) {
             Ok([_, mountpoint]) => Ok(Invocation::Umount {
@@ -306,6 +353,30 @@ fn run(argv: impl IntoIterator<Item = OsString>) -> Result<ExitCode, Failure> {
     match invocation {
         Invocation::Mount(args) => mount_union(args),
         Invocation::Umount { mountpoint } => umount(&mountpoint),
+        Invocation::Help => {
+            cli()
+                .print_long_help()
+                .map_err(Failure::io("cannot print the help text"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Invocation::Man => {
+            let mut out = io::stdout().lock();
+            clap_mangen::Man::new(cli())
+                .section("8")
+                .render(&mut out)
+                .map_err(Failure::io("cannot write the manual page"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Invocation::Completions(shell) => {
+            // Into a buffer first: the generator panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli(), "ufs", &mut script);
+            io::stdout()
+                .lock()
+                .write_all(&script)
+                .map_err(Failure::io("cannot write the completions"))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -592,12 +663,43 @@ mod tests {
         }
     }
 
+    /// Regression: `ufs` alone printed only `option "lowerdir=" is required`, and a mistyped
+    /// command (`ufs unmount X`, `ufs stats`) was taken as a SOURCE.
+    #[test]
+    fn commands_without_options() {
+        use clap_complete::Shell;
+        let cases = [
+            ("", Invocation::Help),
+            ("help", Invocation::Help),
+            ("man", Invocation::Man),
+            ("completions bash", Invocation::Completions(Shell::Bash)),
+            ("completions zsh", Invocation::Completions(Shell::Zsh)),
+            ("completions fish", Invocation::Completions(Shell::Fish)),
+        ];
+        for (line, want) in cases {
+            match classify_words(line) {
+                Ok(got) => assert_eq!(got, want, "{line:?}"),
+                Err(err) => panic!("{line:?}: {err}"),
+            }
+        }
+        let err = classify_words("unmount /m").expect_err("a typo");
+        let text = Failure::Usage(err).to_string();
+        assert!(
+            text.starts_with("unknown command \"unmount\"; the commands are mount, umount"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn usage_errors() {
         let cases = [
-            ("", ErrorKind::MissingRequiredArgument),
             ("-o a", ErrorKind::MissingRequiredArgument),
-            ("a b c", ErrorKind::TooManyValues),
+            ("mount", ErrorKind::MissingRequiredArgument),
+            ("/a b c", ErrorKind::TooManyValues),
+            ("a b c", ErrorKind::InvalidSubcommand),
+            ("stats", ErrorKind::InvalidSubcommand),
+            ("unmount /m", ErrorKind::InvalidSubcommand),
+            ("completions tcsh", ErrorKind::InvalidValue),
             ("mount a b c", ErrorKind::TooManyValues),
             ("umount", ErrorKind::WrongNumberOfValues),
             ("umount a b", ErrorKind::WrongNumberOfValues),
@@ -618,7 +720,7 @@ mod tests {
 
     #[test]
     fn usage_failures_print_after_the_program_name() {
-        let err = classify_words("a b c").expect_err("too many");
+        let err = classify_words("/a b c").expect_err("too many");
         let text = Failure::Usage(err).to_string();
         assert!(
             text.starts_with("too many arguments: expected [SOURCE] MERGED, got 3"),

@@ -778,3 +778,68 @@ if grep ' {m} ' /proc/self/mountinfo; then echo still mounted; fi",
     assert_eq!(lines.next(), Some("a"), "reads through the mount:\n{run}");
     assert_eq!(lines.next(), None, "unmounted:\n{run}");
 }
+
+/// The README's option table, `ufs --help` and the manual page (`ufs man`) name the same
+/// options: every option of the table is in both, and every `-o` option `--help` lists is in
+/// the manual page.
+#[test]
+fn readme_help_and_man_page_agree() {
+    if is_stand_in() {
+        say("SKIP readme_help_and_man_page_agree: the binary under test is a stand-in");
+        return;
+    }
+    let run = |args: &[&str]| {
+        let r = run_bounded(ufs_cmd().args(args), CMD_TIMEOUT);
+        assert!(r.success(), "ufs {args:?}:\n{r}");
+        r.stdout
+    };
+    let help = run(&["--help"]);
+    let man = run(&["man"]);
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let table = readme
+        .split("Main options:")
+        .nth(1)
+        .expect("the README's option table");
+    let mut keys = Vec::new();
+    for line in table.lines().skip_while(|l| !l.starts_with('|')) {
+        if !line.starts_with('|') {
+            break;
+        }
+        let first = line.split('|').nth(1).unwrap_or_default();
+        for quoted in first.split('`').skip(1).step_by(2) {
+            for name in quoted.split('/') {
+                let key = name.split('=').next().unwrap_or_default().trim();
+                if !key.is_empty() && key != "option" {
+                    keys.push(key.to_string());
+                }
+            }
+        }
+    }
+    assert!(keys.len() > 20, "parsed the README's table: {keys:?}");
+    for key in &keys {
+        assert!(
+            help.contains(key.as_str()),
+            "--help lacks {key:?} (in the README)"
+        );
+        assert!(
+            man.contains(key.as_str()),
+            "the manual page lacks {key:?} (in the README)"
+        );
+    }
+    let listed = help
+        .split("Options for -o")
+        .nth(1)
+        .expect("--help lists the -o options");
+    for line in listed
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+    {
+        let word = line.split_whitespace().next().unwrap_or_default();
+        let key = word.split(['=', ',']).next().unwrap_or_default();
+        assert!(
+            man.contains(key),
+            "the manual page lacks {key:?} (in --help)"
+        );
+    }
+}
