@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod copy_up;
+pub mod diff;
 pub mod dir;
 pub mod error;
 pub mod fs;

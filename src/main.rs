@@ -41,10 +41,11 @@ const USAGE: &str = "ufs mount -o OPTIONS MERGED
        ufs -o OPTIONS MERGED
        ufs SOURCE MERGED -o OPTIONS
        ufs umount MERGED
+       ufs diff [--json] -o lowerdir=...,upperdir=...
        ufs help | ufs man | ufs completions bash|zsh|fish";
 
 /// The words that name a command rather than a SOURCE or MERGED when no `-o` is given.
-const COMMANDS: &[&str] = &["mount", "umount", "help", "man", "completions"];
+const COMMANDS: &[&str] = &["mount", "umount", "diff", "help", "man", "completions"];
 
 const OPTIONS_HELP: &str = r#"Options for -o (comma-separated; -o may be repeated):
   lowerdir=DIR[:DIR...]  read-only layers, top-most first (required)
@@ -112,6 +113,12 @@ fn cli() -> clap::Command {
                 .help("Log every request to stderr; implies -f"),
         )
         .arg(
+            Arg::new("json")
+                .long("json")
+                .action(ArgAction::SetTrue)
+                .help("ufs diff: print the changes as JSON"),
+        )
+        .arg(
             Arg::new("args")
                 .value_name("ARGS")
                 .num_args(1..)
@@ -134,6 +141,11 @@ enum Invocation {
     Man,
     /// `ufs completions SHELL`.
     Completions(clap_complete::Shell),
+    /// `ufs diff [--json] -o OPTIONS`: the changes an upper makes to its lowers.
+    Diff {
+        options: Vec<String>,
+        json: bool,
+    },
 }
 
 /// The raw mount request, before the option string is parsed.
@@ -179,6 +191,13 @@ where
         .unwrap_or_default();
 
     let first = args.first().and_then(|a| a.to_str());
+    let json = matches.get_flag("json");
+    if first == Some("diff") && args.len() == 1 {
+        return Ok(Invocation::Diff { options, json });
+    }
+    if json {
+        return Err(cmd.error(ErrorKind::ArgumentConflict, "--json is for ufs diff"));
+    }
     if options.is_empty() && !foreground && !debug {
         // Without `-o` nothing can be mounted (`lowerdir=` is required): the first word is a
         // command, and a word that is none is a typo rather than a SOURCE.
@@ -365,6 +384,23 @@ fn run(argv: impl IntoIterator<Item = OsString>) -> Result<ExitCode, Failure> {
                 .section("8")
                 .render(&mut out)
                 .map_err(Failure::io("cannot write the manual page"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Invocation::Diff { options, json } => {
+            let cwd = std::env::current_dir()
+                .map_err(Failure::io("cannot read the current directory"))?;
+            let option_args: Vec<&str> = options.iter().map(String::as_str).collect();
+            let opts = options::parse_for_reading(&option_args, &cwd)?;
+            let changes = ufs::diff::diff(&opts).map_err(Failure::io("cannot read the layers"))?;
+            let text = if json {
+                ufs::diff::to_json(&changes) + "\n"
+            } else {
+                ufs::diff::to_text(&changes)
+            };
+            io::stdout()
+                .lock()
+                .write_all(text.as_bytes())
+                .map_err(Failure::io("cannot write the changes"))?;
             Ok(ExitCode::SUCCESS)
         }
         Invocation::Completions(shell) => {

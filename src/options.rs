@@ -216,6 +216,15 @@ const NO_EFFECT: &[&str] = &[
 /// symlinks such as `l/SHORTID` keep pointing where the caller meant); `.` components are
 /// dropped, `..` components are kept for the kernel to resolve.
 pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
+    parse_with(opts, cwd, true)
+}
+
+/// [`parse`] for a tool that only reads a stack (`ufs diff`): an upper needs no work directory.
+pub fn parse_for_reading(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
+    parse_with(opts, cwd, false)
+}
+
+fn parse_with(opts: &[&str], cwd: &Path, mounting: bool) -> Result<Options, OptionError> {
     let mut options = Options::default();
     let mut lowerdirs: Option<Vec<PathBuf>> = None;
     // Asked for explicitly (they conflict with `userxattr`, as in the kernel).
@@ -359,7 +368,7 @@ pub fn parse(opts: &[&str], cwd: &Path) -> Result<Options, OptionError> {
         options.metacopy = false;
     }
     match (&options.upperdir, &options.workdir) {
-        (Some(_), None) => return Err(OptionError::MissingWorkdir),
+        (Some(_), None) if mounting => return Err(OptionError::MissingWorkdir),
         (None, Some(_)) => return Err(OptionError::MissingUpperdir),
         _ => {}
     }
