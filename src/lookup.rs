@@ -288,15 +288,24 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
                 // A non-directory below a directory ends the merge.
                 break;
             }
+            let entry = RealEntry::named(layer, in_dir, &real_name);
+            if !(kind == Kind::Regular && metacopy_in(layers, layer, fd.as_fd())?) {
+                return Ok(Resolved {
+                    kind,
+                    stat: st,
+                    reals: vec![entry],
+                    lower_data: None,
+                });
+            }
             let hit = FileHit {
                 layer,
                 fd,
-                entry: RealEntry::named(layer, in_dir, &real_name),
+                entry,
                 stat: st,
                 kind,
                 stop_below,
             };
-            return resolve_file(layers, hit, name, target, &candidates[i..]);
+            return metadata_only_copy(layers, hit, name, target, &candidates[i..]);
         }
         let entry = RealEntry::new(layer, fd);
         let is_last_layer = layers.is_last(layer);
@@ -335,7 +344,7 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
     found.ok_or(ENOENT)
 }
 
-/// The top-most real entry of a name that is not a directory.
+/// The top-most real entry of a name: a metadata-only copy.
 struct FileHit {
     layer: usize,
     /// `O_PATH` fd on it.
@@ -347,11 +356,10 @@ struct FileHit {
     stop_below: bool,
 }
 
-/// The object a non-directory `hit` of `name` (looked up as `target`) is: itself, or for a
-/// metadata-only copy, itself with its data found in the layers below (`below`, the candidate
-/// directories still to search) or where its redirect record says (the kernel records one when
-/// it renames such a file).
-fn resolve_file(
+/// The object a metadata-only copy `hit` of `name` (looked up as `target`) is: itself, with its
+/// data found in the layers below (`below`, the candidate directories still to search) or where
+/// its redirect record says (the kernel records one when it renames such a file).
+fn metadata_only_copy(
     layers: &LayerStack,
     hit: FileHit,
     name: &OsStr,
@@ -366,15 +374,6 @@ fn resolve_file(
         kind,
         stop_below,
     } = hit;
-    let metacopy = kind == Kind::Regular && metacopy_in(layers, layer, fd.as_fd())?;
-    if !metacopy {
-        return Ok(Resolved {
-            kind,
-            stat,
-            reals: vec![entry],
-            lower_data: None,
-        });
-    }
     let lower_data = match redirect(fd.as_fd(), layers.ns())? {
         Some(r) => {
             let absolute = r.first() == Some(&b'/');
