@@ -250,12 +250,14 @@ pub struct Inode {
     absent_xattrs: AtomicU8,
 }
 
-/// The xattrs tools ask of every file they list (`ls -l`: the SELinux label and the access
-/// ACL), whose absence a node remembers.
-pub const ASKED_XATTRS: [&str; 3] = [
+/// The xattrs asked of every file (`ls -l`: the SELinux label and the access ACL; the kernel,
+/// before every write: the file capability it would have to drop), whose absence a node
+/// remembers.
+pub const ASKED_XATTRS: [&str; 4] = [
     "security.selinux",
     "system.posix_acl_access",
     "system.posix_acl_default",
+    "security.capability",
 ];
 
 impl Inode {

@@ -104,6 +104,8 @@ pub struct Overlay {
     static_nlink: bool,
     /// `noxattrs=1`: xattr requests answer `EOPNOTSUPP`.
     noxattrs: bool,
+    /// Some layer keeps stat records (`xattr_permissions=`).
+    stat_records: bool,
     /// Tells the kernel to drop what it cached of a node: its attributes, and with `true` its
     /// cached contents too (a directory's listing). Set by the FUSE glue; used where something
     /// the kernel cached changes without a request that would tell it so.
@@ -132,6 +134,7 @@ impl Overlay {
         let root_ino = layers.map_ino(0, st.st_ino);
         let inodes = InodeTable::new();
         inodes.insert_root(root_ino, reals);
+        let stat_records = layers.iter().any(|(_, l)| l.stat_override.is_some());
         let squash_uid = opts.squash_to_uid.or(opts.squash_to_root.then_some(0));
         let squash_gid = opts.squash_to_gid.or(opts.squash_to_root.then_some(0));
         Ok(Overlay {
@@ -140,6 +143,7 @@ impl Overlay {
             record_ns,
             static_nlink: opts.static_nlink,
             noxattrs: opts.noxattrs,
+            stat_records,
             redirect_dir: opts.redirect_dir,
             index: opts.index,
             metacopy: opts.metacopy,
@@ -768,7 +772,7 @@ impl Overlay {
 
     /// Whether the mount keeps owners and modes in stat records (`xattr_permissions=`).
     pub(crate) fn stat_records(&self) -> bool {
-        self.layers.iter().any(|(_, l)| l.stat_override.is_some())
+        self.stat_records
     }
 
     pub fn getxattr(&self, node: u64, name: &OsStr) -> Result<Vec<u8>> {
