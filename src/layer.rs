@@ -121,26 +121,31 @@ impl NamedDirs {
         work: Option<&Path>,
         lowers: &[PathBuf],
     ) -> std::io::Result<NamedDirs> {
-        let named = |what: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |e: crate::error::Error| {
-                std::io::Error::new(
-                    std::io::Error::from(e.clone()).kind(),
-                    format!("{what} \"{}\": {e}", path.display()),
-                )
-            }
-        };
-        let open = |what, path: Option<&Path>| {
-            path.map(|p| NamedDir::open(p).map_err(named(what, p)))
-                .transpose()
-        };
+        Self::open_with(upper, work, lowers, |option, path, e| {
+            std::io::Error::new(
+                std::io::Error::from(e.clone()).kind(),
+                format!("{option} \"{}\": {e}", path.display()),
+            )
+        })
+    }
+
+    /// Opens the directories, lowers first; a failure is turned into `E` by `failed`, given the
+    /// option that named the directory (`"lowerdir"`, `"upperdir"`, `"workdir"`) and its path.
+    pub fn open_with<E>(
+        upper: Option<&Path>,
+        work: Option<&Path>,
+        lowers: &[PathBuf],
+        failed: impl Fn(&'static str, &Path, crate::error::Error) -> E,
+    ) -> std::result::Result<NamedDirs, E> {
+        let open = |option, path: &Path| NamedDir::open(path).map_err(|e| failed(option, path, e));
+        let lowers = lowers
+            .iter()
+            .map(|l| open("lowerdir", l))
+            .collect::<std::result::Result<_, E>>()?;
         Ok(NamedDirs {
-            upper: open("upperdir", upper)?,
-            work: open("workdir", work)?,
-            lowers: lowers
-                .iter()
-                .map(|l| NamedDir::open(l).map_err(named("lowerdir", l)))
-                .collect::<std::io::Result<_>>()?,
+            upper: upper.map(|p| open("upperdir", p)).transpose()?,
+            work: work.map(|p| open("workdir", p)).transpose()?,
+            lowers,
         })
     }
 }

@@ -149,36 +149,27 @@ pub fn check(opts: &Options) -> Result<(), MountError> {
 /// Opens every directory `opts` names, once (see [`NamedDir`]); the checks, the locks and the
 /// mount itself then work on these descriptors, never on the paths again.
 pub fn open_dirs(opts: &Options) -> Result<NamedDirs, MountError> {
-    let open = |role: Role, path: &Path| {
-        NamedDir::open(path).map_err(|e| match e.errno() {
-            libc::ENOTDIR => MountError::NotADirectory {
-                role,
-                path: path.to_path_buf(),
-            },
-            _ => MountError::Io {
-                role,
-                path: path.to_path_buf(),
-                source: e.into(),
-            },
-        })
-    };
-    let mut lowers = Vec::with_capacity(opts.lowerdirs.len());
-    for path in &opts.lowerdirs {
-        lowers.push(open(Role::Lower, path)?);
-    }
-    Ok(NamedDirs {
-        upper: opts
-            .upperdir
-            .as_deref()
-            .map(|p| open(Role::Upper, p))
-            .transpose()?,
-        work: opts
-            .workdir
-            .as_deref()
-            .map(|p| open(Role::Work, p))
-            .transpose()?,
-        lowers,
-    })
+    NamedDirs::open_with(
+        opts.upperdir.as_deref(),
+        opts.workdir.as_deref(),
+        &opts.lowerdirs,
+        |option, path, e| {
+            let role = match option {
+                "upperdir" => Role::Upper,
+                "workdir" => Role::Work,
+                _ => Role::Lower,
+            };
+            let path = path.to_path_buf();
+            match e.errno() {
+                libc::ENOTDIR => MountError::NotADirectory { role, path },
+                _ => MountError::Io {
+                    role,
+                    path,
+                    source: e.into(),
+                },
+            }
+        },
+    )
 }
 
 /// [`check`] on directories already opened.

@@ -32,7 +32,7 @@ fn change(m: &Path) {
     fs::create_dir(m.join("d")).expect("mkdir");
     fs::write(m.join("d/new"), "new\n").expect("write");
     fs::rename(m.join("old"), m.join("new")).expect("mv");
-    std::os::unix::fs::chown(m.join("etc/mode"), Some(5), None).expect("chown");
+    std::os::unix::fs::lchown(m.join("etc/mode"), Some(5), None).expect("chown");
     fs::OpenOptions::new()
         .append(true)
         .open(m.join("etc/conf"))
