@@ -42,10 +42,19 @@ const USAGE: &str = "ufs mount -o OPTIONS MERGED
        ufs SOURCE MERGED -o OPTIONS
        ufs umount MERGED
        ufs diff [--json] -o lowerdir=...,upperdir=...
+       ufs check [--repair] -o lowerdir=...[,upperdir=...,workdir=...]
        ufs help | ufs man | ufs completions bash|zsh|fish";
 
 /// The words that name a command rather than a SOURCE or MERGED when no `-o` is given.
-const COMMANDS: &[&str] = &["mount", "umount", "diff", "help", "man", "completions"];
+const COMMANDS: &[&str] = &[
+    "mount",
+    "umount",
+    "diff",
+    "check",
+    "help",
+    "man",
+    "completions",
+];
 
 const OPTIONS_HELP: &str = r#"Options for -o (comma-separated; -o may be repeated):
   lowerdir=DIR[:DIR...]  read-only layers, top-most first (required)
@@ -79,6 +88,10 @@ Without upperdir and workdir the union is read-only. In paths "\," is a comma, "
 colon inside lowerdir, and "\\" a backslash; relative paths are taken from the current
 directory. Unknown options are ignored with a warning. Unmount with `ufs umount MERGED`,
 `fusermount3 -u MERGED` or `umount MERGED`.
+
+`ufs check` reads a stack offline and prints one line per problem; --repair fixes what keeps
+the union's view; -n, -p, -y (or running as fsck.overlay) take fsck.overlay's command line and
+exit codes. `ufs diff` lists what an upper changes in its lowers.
 
 Exit status: 0 once the mount is live (or unmounted, for umount), 1 if mounting or
 unmounting failed, 2 if the command line or an option is wrong."#;
@@ -119,6 +132,37 @@ fn cli() -> clap::Command {
                 .help("ufs diff: print the changes as JSON"),
         )
         .arg(
+            Arg::new("repair")
+                .long("repair")
+                .action(ArgAction::SetTrue)
+                .help("ufs check: repair what can be repaired without changing the union's view"),
+        )
+        .arg(
+            Arg::new("no_changes")
+                .short('n')
+                .action(ArgAction::SetTrue)
+                .help("ufs check, as fsck.overlay -n: change nothing; fsck exit codes"),
+        )
+        .arg(
+            Arg::new("preen")
+                .short('p')
+                .short_alias('a')
+                .action(ArgAction::SetTrue)
+                .help("ufs check, as fsck.overlay -p: repair what is safe; fsck exit codes"),
+        )
+        .arg(
+            Arg::new("yes").short('y').action(ArgAction::SetTrue).help(
+                "ufs check, as fsck.overlay -y: also drop duplicate redirects; fsck exit codes",
+            ),
+        )
+        .arg(
+            Arg::new("verbose")
+                .short('v')
+                .long("verbose")
+                .action(ArgAction::SetTrue)
+                .help("ufs check: also say what was checked"),
+        )
+        .arg(
             Arg::new("args")
                 .value_name("ARGS")
                 .num_args(1..)
@@ -146,6 +190,18 @@ enum Invocation {
         options: Vec<String>,
         json: bool,
     },
+    /// `ufs check [--repair|-n|-p|-y] -o OPTIONS`, also run as `fsck.overlay`.
+    Check(CheckArgs),
+}
+
+/// What `ufs check` is asked to do.
+#[derive(Debug, PartialEq)]
+struct CheckArgs {
+    options: Vec<String>,
+    repair: ufs::check::Repair,
+    /// The `fsck.overlay` command line (`-n`/`-p`/`-y`, or run by that name): fsck's exit codes.
+    fsck: bool,
+    verbose: bool,
 }
 
 /// The raw mount request, before the option string is parsed.
@@ -177,6 +233,15 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let mut argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    // Run as `fsck.overlay` (a link to ufs), it is `ufs check` with fsck's command line.
+    let fsck_name = argv
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n == "fsck.overlay");
+    if fsck_name {
+        argv.insert(1, "check".into());
+    }
     let mut cmd = cli();
     let mut matches = cmd.try_get_matches_from_mut(argv)?;
     let options: Vec<String> = matches
@@ -192,6 +257,46 @@ where
 
     let first = args.first().and_then(|a| a.to_str());
     let json = matches.get_flag("json");
+    let check_flags = [
+        matches.get_flag("repair"),
+        matches.get_flag("no_changes"),
+        matches.get_flag("preen"),
+        matches.get_flag("yes"),
+    ];
+    if first == Some("check") && args.len() == 1 && !json {
+        use ufs::check::Repair;
+        let [repair, no_changes, preen, yes] = check_flags;
+        if check_flags.iter().filter(|f| **f).count() > 1 {
+            return Err(cmd.error(
+                ErrorKind::ArgumentConflict,
+                "ufs check takes one of --repair, -n, -p and -y",
+            ));
+        }
+        if options.is_empty() {
+            return Err(cmd.error(
+                ErrorKind::MissingRequiredArgument,
+                "check needs -o lowerdir=... (and upperdir=, workdir= to check those too)",
+            ));
+        }
+        return Ok(Invocation::Check(CheckArgs {
+            options,
+            repair: if yes {
+                Repair::All
+            } else if repair || preen {
+                Repair::Safe
+            } else {
+                Repair::Nothing
+            },
+            fsck: no_changes || preen || yes || fsck_name,
+            verbose: matches.get_flag("verbose"),
+        }));
+    }
+    if check_flags.iter().any(|f| *f) || matches.get_flag("verbose") {
+        return Err(cmd.error(
+            ErrorKind::ArgumentConflict,
+            "--repair, -n, -p, -y and -v are for ufs check",
+        ));
+    }
     if first == Some("diff") && args.len() == 1 {
         return Ok(Invocation::Diff { options, json });
     }
@@ -403,6 +508,7 @@ fn run(argv: impl IntoIterator<Item = OsString>) -> Result<ExitCode, Failure> {
                 .map_err(Failure::io("cannot write the changes"))?;
             Ok(ExitCode::SUCCESS)
         }
+        Invocation::Check(args) => check(args),
         Invocation::Completions(shell) => {
             // Into a buffer first: the generator panics on a write error (a closed pipe).
             let mut script = Vec::new();
@@ -414,6 +520,51 @@ fn run(argv: impl IntoIterator<Item = OsString>) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `ufs check`: one line per problem on stdout. Exit 0 when none was found, 1 when some were
+/// (repaired or not), 2 when the stack cannot be checked; as `fsck.overlay`, fsck's codes (0
+/// none, 1 all repaired, 4 some left, 8 cannot check, 16 usage).
+fn check(args: CheckArgs) -> Result<ExitCode, Failure> {
+    let cwd = std::env::current_dir().map_err(Failure::io("cannot read the current directory"))?;
+    let option_args: Vec<&str> = args.options.iter().map(String::as_str).collect();
+    let opts = match options::parse_for_reading(&option_args, &cwd) {
+        Ok(opts) => opts,
+        Err(e) if args.fsck => {
+            eprintln!("ufs: {e}");
+            return Ok(ExitCode::from(16));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let problems = match ufs::check::check(&opts, args.repair) {
+        Ok(problems) => problems,
+        Err(e) => {
+            eprintln!("ufs check: {e}");
+            return Ok(ExitCode::from(if args.fsck { 8 } else { 2 }));
+        }
+    };
+    let mut out = io::stdout().lock();
+    let mut text = String::new();
+    for p in &problems {
+        text.push_str(&p.line());
+        text.push('\n');
+    }
+    if args.verbose || problems.is_empty() {
+        let layers = opts.lowerdirs.len() + usize::from(opts.upperdir.is_some());
+        let left = problems.iter().filter(|p| p.remains()).count();
+        text.push_str(&format!(
+            "{layers} layer(s) checked: {} problem(s), {} repaired, {left} left\n",
+            problems.len(),
+            problems.len() - left,
+        ));
+    }
+    out.write_all(text.as_bytes())
+        .map_err(Failure::io("cannot write the report"))?;
+    Ok(ExitCode::from(if args.fsck {
+        ufs::check::fsck_status(&problems)
+    } else {
+        u8::from(!problems.is_empty())
+    }))
 }
 
 /// Validates everything, then serves the union in the foreground or from a detached child.

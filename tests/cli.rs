@@ -843,3 +843,54 @@ fn readme_help_and_man_page_agree() {
         );
     }
 }
+
+/// `make install` puts the binary, the manual page and the three shells' completions where the
+/// README says, generated from the binary being installed; `make uninstall` removes them.
+#[test]
+fn make_install_installs_binary_man_page_and_completions() {
+    if is_stand_in() {
+        say("SKIP make_install_installs_binary_man_page_and_completions: stand-in binary");
+        return;
+    }
+    if which("make").is_none() {
+        say("SKIP make_install_installs_binary_man_page_and_completions: no make in PATH");
+        return;
+    }
+    let t = tempdir();
+    let dest = t.path().join("pkg");
+    let make = |target: &str| {
+        let r = run_bounded(
+            std::process::Command::new("make")
+                .arg("-C")
+                .arg(env!("CARGO_MANIFEST_DIR"))
+                .arg(target)
+                .arg("NO_BUILD=1")
+                .arg(format!("UFS={}", ufs_bin().display()))
+                .arg(format!("DESTDIR={}", dest.display()))
+                .arg("PREFIX=/usr"),
+            CMD_TIMEOUT,
+        );
+        assert!(r.success(), "make {target}:\n{r}");
+    };
+    make("install-fsck");
+    let read = |rel: &str| {
+        std::fs::read_to_string(dest.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    let bin = dest.join("usr/bin/ufs");
+    let meta = std::fs::metadata(&bin).expect("installed binary");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o755
+    );
+    assert!(read("usr/share/man/man8/ufs.8").starts_with(".ie \\n(.g .ds Aq"));
+    assert!(read("usr/share/man/man8/ufs.8").contains(".TH ufs 8"));
+    assert!(read("usr/share/bash-completion/completions/ufs").contains("complete"));
+    assert!(read("usr/share/zsh/site-functions/_ufs").starts_with("#compdef ufs"));
+    assert!(read("usr/share/fish/vendor_completions.d/ufs.fish").contains("complete -c ufs"));
+    assert_eq!(
+        std::fs::read_link(dest.join("usr/sbin/fsck.overlay")).expect("fsck.overlay link"),
+        std::path::Path::new("/usr/bin/ufs")
+    );
+    make("uninstall");
+    assert!(!bin.exists() && !dest.join("usr/share/man/man8/ufs.8").exists());
+}
