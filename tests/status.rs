@@ -1,0 +1,283 @@
+//! `ufs status MERGED` and `SIGUSR1`: the report of a live mount, through a real mount.
+//!
+//! Known work is done through the mount (files created and read, a full copy-up of a lower file
+//! of known size, a metadata-only copy-up by `chmod`, a failing lookup) and the report must
+//! account for it; the socket answers only root and the owner, is found from MERGED alone, and
+//! is gone once the daemon exits; `SIGUSR1` writes the same report to the daemon's log.
+
+mod common;
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Files created through the mount.
+const CREATED: usize = 5;
+/// Size of the lower file whose data is copied up.
+const DATA_SIZE: usize = 12_345;
+
+struct Layers {
+    l: PathBuf,
+    u: PathBuf,
+    w: PathBuf,
+    m: PathBuf,
+}
+
+impl Layers {
+    fn new(base: &Path) -> Layers {
+        let layers = Layers {
+            l: mkdirs(&base.join("l")),
+            u: mkdirs(&base.join("u")),
+            w: mkdirs(&base.join("w")),
+            m: mkdirs(&base.join("m")),
+        };
+        fs::write(layers.l.join("data"), vec![7u8; DATA_SIZE]).unwrap();
+        fs::write(layers.l.join("meta"), "metadata only").unwrap();
+        layers
+    }
+
+    /// Mounts in the foreground (`metacopy=on`), the daemon's log going to `base/err`.
+    fn mount(&self, base: &Path) -> UfsMount {
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},metacopy=on",
+            self.l.display(),
+            self.u.display(),
+            self.w.display()
+        );
+        let args: Vec<OsString> =
+            vec!["-f".into(), "-o".into(), opts.into(), self.m.clone().into()];
+        UfsMount::spawn_foreground(&args, &self.m, &base.join("err"))
+    }
+}
+
+fn status(args: &[&str], mnt: &Path) -> Run {
+    run_bounded(ufs_cmd().args(args).arg(mnt), CMD_TIMEOUT)
+}
+
+/// `ufs status --json MERGED`, parsed.
+fn report(mnt: &Path) -> serde_json::Value {
+    let run = status(&["status", "--json"], mnt);
+    assert!(run.success(), "ufs status --json:\n{run}");
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{run}"))
+}
+
+fn num(v: &serde_json::Value, path: &[&str]) -> u64 {
+    let mut v = v;
+    for key in path {
+        v = &v[*key];
+    }
+    v.as_u64()
+        .unwrap_or_else(|| panic!("no number at {path:?} in {v}"))
+}
+
+fn requests(r: &serde_json::Value, op: &str) -> u64 {
+    r["requests"][op]["count"].as_u64().unwrap_or(0)
+}
+
+/// The work the report must account for; returns nothing, panics on a failed step.
+fn do_known_work(m: &Path) {
+    for i in 0..CREATED {
+        fs::write(m.join(format!("new{i}")), format!("file {i}")).unwrap();
+    }
+    for i in 0..CREATED {
+        assert_eq!(
+            fs::read_to_string(m.join(format!("new{i}"))).unwrap(),
+            format!("file {i}")
+        );
+    }
+    // A full copy-up: opening the lower file for writing copies its data.
+    let mut data = fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("data"))
+        .unwrap();
+    std::io::Write::write_all(&mut data, b"+").unwrap();
+    drop(data);
+    // A metadata-only copy-up.
+    fs::set_permissions(m.join("meta"), fs::Permissions::from_mode(0o600)).unwrap();
+    // A failing lookup.
+    assert!(fs::symlink_metadata(m.join("missing")).is_err());
+}
+
+#[test]
+fn status_accounts_for_the_work_done() {
+    if skip("status_accounts_for_the_work_done") {
+        return;
+    }
+    let t = tempdir();
+    let layers = Layers::new(t.path());
+    let mnt = layers.mount(t.path());
+    do_known_work(&layers.m);
+    let held = fs::File::open(layers.m.join("new0")).unwrap();
+
+    let r = report(&layers.m);
+    let text = r.to_string();
+    assert_eq!(
+        r["mountpoint"],
+        layers.m.to_string_lossy().as_ref(),
+        "{text}"
+    );
+    assert_eq!(r["layers"]["upper"], layers.u.to_string_lossy().as_ref());
+    assert_eq!(r["layers"]["work"], layers.w.to_string_lossy().as_ref());
+    assert_eq!(r["layers"]["lower"][0], layers.l.to_string_lossy().as_ref());
+    let options: Vec<&str> = r["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.as_str())
+        .collect();
+    assert!(options.contains(&"metacopy=on"), "{text}");
+    assert!(requests(&r, "CREATE") >= CREATED as u64, "{text}");
+    assert!(requests(&r, "LOOKUP") >= 1, "{text}");
+    // Reads reach ufs unless the kernel did them on the real file (passthrough).
+    assert!(
+        requests(&r, "READ") >= 1 || r["passthrough"]["state"] == "in use",
+        "{text}"
+    );
+    assert!(requests(&r, "SETATTR") >= 1, "{text}");
+    for (op, v) in r["requests"].as_object().unwrap() {
+        assert!(
+            num(v, &["count"]) > 0,
+            "{op} listed with no request: {text}"
+        );
+    }
+    assert_eq!(num(&r, &["copy_ups", "full"]), 1, "{text}");
+    assert_eq!(num(&r, &["copy_ups", "metadata_only"]), 1, "{text}");
+    assert_eq!(
+        num(&r, &["copy_ups", "bytes_copied"]),
+        DATA_SIZE as u64,
+        "{text}"
+    );
+    assert!(num(&r, &["errors", "ENOENT"]) >= 1, "{text}");
+    let cache = &r["cache"];
+    assert!(
+        num(cache, &["lookups_from_listing"]) + num(cache, &["lookups_walked"]) >= 1,
+        "{text}"
+    );
+    assert!(num(&r, &["open", "files"]) >= 1, "a file is open: {text}");
+    let cached = num(&r, &["cached_inodes"]);
+    assert!(cached > CREATED as u64, "{text}");
+    assert!(r["passthrough"]["state"].is_string(), "{text}");
+    drop(held);
+
+    // Unlinked files the kernel no longer uses are forgotten: the table shrinks.
+    for i in 0..CREATED {
+        fs::remove_file(layers.m.join(format!("new{i}"))).unwrap();
+    }
+    let mut last = serde_json::Value::Null;
+    let shrank = wait_until(MOUNT_TIMEOUT, || {
+        last = report(&layers.m);
+        num(&last, &["cached_inodes"]) <= cached - CREATED as u64
+    });
+    assert!(shrank, "cached inodes stayed at {cached}: {last}");
+    assert!(requests(&last, "FORGET") >= CREATED as u64, "{last}");
+
+    // The text form carries the same numbers.
+    let run = status(&["status"], &layers.m);
+    assert!(run.success(), "{run}");
+    for needle in [
+        format!("ufs mount {}", layers.m.display()),
+        format!("  lower  {}", layers.l.display()),
+        "  CREATE ".to_string(),
+        format!("metadata-only (0 completed later), {DATA_SIZE} bytes copied"),
+        "ENOENT".to_string(),
+        "cached inodes: ".to_string(),
+        "passthrough: ".to_string(),
+    ] {
+        assert!(run.stdout.contains(&needle), "{needle:?} missing:\n{run}");
+    }
+    drop(mnt);
+}
+
+#[test]
+fn status_refuses_other_users_and_non_ufs_mounts() {
+    if skip("status_refuses_other_users_and_non_ufs_mounts") {
+        return;
+    }
+    let t = tempdir();
+    let layers = Layers::new(t.path());
+    let _mnt = layers.mount(t.path());
+
+    match which("setpriv") {
+        None => say("SKIP status_refuses_other_users (part): no setpriv"),
+        Some(setpriv) => {
+            let run = run_bounded(
+                Command::new(setpriv)
+                    .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                    .arg(ufs_bin())
+                    .arg("status")
+                    .arg(&layers.m),
+                CMD_TIMEOUT,
+            );
+            assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{run}");
+            assert!(run.stdout.is_empty(), "{run}");
+            assert!(run.stderr.contains("permission denied"), "{run}");
+        }
+    }
+
+    let run = status(&["status"], t.path());
+    assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{run}");
+    assert!(run.stderr.contains("is not a ufs mount"), "{run}");
+
+    let run = status(&["status"], &t.path().join("nonexistent"));
+    assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{run}");
+
+    // The socket is found from MERGED alone: without it, the command says so.
+    let device = report(&layers.m)["device"].as_str().unwrap().to_string();
+    let socket = PathBuf::from("/run/ufs").join(&device);
+    assert!(socket.exists(), "{} missing", socket.display());
+    fs::remove_file(&socket).unwrap();
+    let run = status(&["status"], &layers.m);
+    assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{run}");
+    assert!(run.stderr.contains("no status socket"), "{run}");
+}
+
+#[test]
+fn sigusr1_logs_the_report_and_the_socket_goes_with_the_daemon() {
+    if skip("sigusr1_logs_the_report_and_the_socket_goes_with_the_daemon") {
+        return;
+    }
+    let t = tempdir();
+    let layers = Layers::new(t.path());
+    let mut mnt = layers.mount(t.path());
+    do_known_work(&layers.m);
+    let device = report(&layers.m)["device"].as_str().unwrap().to_string();
+    let socket = PathBuf::from("/run/ufs").join(&device);
+
+    let pid = mnt.pid.expect("foreground pid");
+    let run = run_bounded(
+        Command::new("kill").args(["-s", "USR1", &pid.to_string()]),
+        CMD_TIMEOUT,
+    );
+    assert!(run.success(), "{run}");
+    let logged = wait_until(Duration::from_secs(5), || {
+        let log = mnt.stderr_text();
+        log.contains("status report") && log.contains("bytes copied")
+    });
+    let log = mnt.stderr_text();
+    assert!(logged, "no report in the daemon's log:\n{log}");
+    assert!(
+        log.contains(&format!("ufs mount {}", layers.m.display())),
+        "{log}"
+    );
+    assert!(log.contains(&format!("{DATA_SIZE} bytes copied")), "{log}");
+    // The report ended nothing.
+    assert!(pid_alive(pid), "the daemon died of SIGUSR1:\n{log}");
+    assert!(is_mounted(&layers.m));
+    assert!(report(&layers.m)["requests"]["CREATE"]["count"].as_u64() >= Some(CREATED as u64));
+
+    mnt.unmount();
+    assert!(
+        mnt.wait_daemon_exit(Duration::from_secs(5)),
+        "daemon still running"
+    );
+    assert!(
+        !socket.exists(),
+        "{} left behind by the daemon",
+        socket.display()
+    );
+}
