@@ -115,7 +115,21 @@ pub fn serve_dirs(
             Ok(server) => Some(Arc::new(server)),
             Err(e) => {
                 // The mount works without it; only `ufs status` cannot reach it (SIGUSR1 can).
-                log::warn!("no status socket for {}: {e}", mountpoint.display());
+                // A directory the daemon may not create (root of a user namespace, which does
+                // not own `/run`) is ordinary; one that exists with the wrong owner or mode is
+                // worth a warning.
+                let ordinary = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::ReadOnlyFilesystem
+                );
+                let level = if ordinary {
+                    log::Level::Info
+                } else {
+                    log::Level::Warn
+                };
+                log::log!(level, "no status socket for {}: {e}", mountpoint.display());
                 None
             }
         });

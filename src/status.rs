@@ -604,6 +604,28 @@ mod tests {
     }
 
     #[test]
+    fn the_socket_directory_must_be_private() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let uid = sys::euid_egid().0;
+        let fresh = t.path().join("fresh");
+        private_dir(&fresh, uid).expect("a new directory");
+        let mode = std::fs::metadata(&fresh).expect("stat").mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        private_dir(&fresh, uid).expect("again");
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert!(private_dir(&open, uid).is_err(), "mode 0755 accepted");
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).expect("symlink");
+        assert!(private_dir(&link, uid).is_err(), "a symlink accepted");
+        assert!(
+            private_dir(&fresh, uid + 1).is_err(),
+            "another owner accepted"
+        );
+    }
+
+    #[test]
     fn socket_dirs() {
         assert_eq!(socket_dir(0), PathBuf::from("/run/ufs"));
         let d = socket_dir(4_000_000_000);
