@@ -281,3 +281,67 @@ fn sigusr1_logs_the_report_and_the_socket_goes_with_the_daemon() {
         socket.display()
     );
 }
+
+/// A daemon run by a user other than root: its socket is in that user's directory, found from
+/// MERGED alone by root (through the mount's `user_id=`) and by the owner, and refused to a third
+/// user. Needs a `/dev/fuse` the user may open: a private node in a private mount namespace.
+#[test]
+fn a_users_daemon_answers_root_and_the_user_only() {
+    if skip("a_users_daemon_answers_root_and_the_user_only") {
+        return;
+    }
+    for tool in ["unshare", "setpriv", "mknod"] {
+        if which(tool).is_none() {
+            say(&format!(
+                "SKIP a_users_daemon_answers_root_and_the_user_only: no {tool}"
+            ));
+            return;
+        }
+    }
+    let t = tempdir();
+    let l = mkdirs(&t.path().join("l"));
+    fs::write(l.join("f"), "f").unwrap();
+    let m = mkdirs(&t.path().join("m"));
+    std::os::unix::fs::chown(&m, Some(65534), Some(65534)).unwrap();
+    fs::set_permissions(&l, fs::Permissions::from_mode(0o755)).unwrap();
+    let node = t.path().join("fuse-node");
+    let (ufs, m, l) = (ufs_bin(), m.display(), l.display());
+    let ufs = ufs.display();
+    let script = format!(
+        "set -e
+mknod -m 666 {node} c 10 229
+mount --bind {node} /dev/fuse
+trap 'umount -l {m} 2>/dev/null || true' EXIT
+as_nobody() {{ setpriv --reuid=65534 --regid=65534 --clear-groups \"$@\"; }}
+as_nobody {ufs} -o lowerdir={l} {m}
+as_nobody cat {m}/f > /dev/null
+{ufs} status --json {m}
+echo ---
+as_nobody {ufs} status --json {m}
+echo ---
+if setpriv --reuid=65533 --regid=65533 --clear-groups {ufs} status {m} 2>&1; then echo ALLOWED; fi
+echo ---
+as_nobody {ufs} umount {m}",
+        node = node.display()
+    );
+    let run = run_bounded(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(script),
+        CMD_TIMEOUT,
+    );
+    assert!(run.success(), "{run}");
+    let parts: Vec<&str> = run.stdout.split("---\n").collect();
+    assert_eq!(parts.len(), 4, "{run}");
+    for (who, part) in ["root", "the owner"].iter().zip(&parts) {
+        let r: serde_json::Value =
+            serde_json::from_str(part).unwrap_or_else(|e| panic!("{who}: not JSON ({e}):\n{run}"));
+        assert_eq!(num(&r, &["uid"]), 65534, "{who}:\n{run}");
+        assert!(requests(&r, "LOOKUP") >= 1, "{who}:\n{run}");
+    }
+    assert!(parts[2].contains("permission denied"), "{run}");
+    assert!(
+        !parts[2].contains("ALLOWED"),
+        "a third user was answered:\n{run}"
+    );
+}
