@@ -5,7 +5,7 @@
 //! Finding the socket from MERGED alone: the daemon names its socket after its mount's device
 //! number `MAJOR:MINOR` (unique among live mounts), which it reads from `/proc/self/mountinfo`
 //! by the mount id it recorded when mounting (no request to itself), and puts it in the socket
-//! directory of its effective uid ([`socket_dir`]). The client opens MERGED with `O_PATH` (no
+//! directory of its effective uid ([`socket_dir`]), with its pid after a dot (`0:55.1234`). The client opens MERGED with `O_PATH` (no
 //! request to the filesystem either), reads the mount id from `/proc/self/fdinfo`, finds the
 //! line in mountinfo, checks the type is `fuse.ufs`, and takes the owner from the line's
 //! `user_id=`, which gives the directory.
@@ -16,10 +16,11 @@
 //! 0 or its own. The protocol is one answer per connection: the daemon writes the report as one
 //! JSON document and closes; a refused peer gets `{"error": "..."}`.
 //!
-//! Invariants: the socket exists only while the daemon serves (removed when it exits, and only
-//! if the path still holds the socket this daemon made: a stale daemon never removes a newer
-//! mount's socket of the same device number); reports are built on the status thread, never on
-//! a request thread.
+//! Invariants: the socket exists only while the daemon serves (removed when it exits; a new
+//! mount's daemon removes the sockets of earlier daemons of its device number, whose mounts are
+//! gone). A daemon removes only the name with its own pid, so a daemon still exiting after its
+//! mount ended never removes the socket of a newer mount that got the same device number.
+//! Reports are built on the status thread, never on a request thread.
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
@@ -232,6 +233,7 @@ pub fn report(src: &Source) -> Value {
         "pid": std::process::id(),
         "uid": sys::euid_egid().0,
         "device": src.mount.device,
+        "mnt_id": src.mount.mnt_id,
         "uptime_ms": u64::try_from(src.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "layers": {
             "lower": src.lowerdirs.iter().map(|p| path_text(p)).collect::<Vec<_>>(),
@@ -396,8 +398,16 @@ pub fn may_ask(peer: u32, daemon: u32) -> bool {
 /// The daemon's status socket: served by its own thread, removed on drop.
 pub struct Server {
     path: PathBuf,
-    /// `st_dev`, `st_ino` of the socket this daemon made.
-    made: (u64, u64),
+}
+
+/// The name of the socket of the daemon `pid` serving the mount of device `device`.
+fn socket_name(device: &str, pid: u32) -> String {
+    format!("{device}.{pid}")
+}
+
+/// The pid in a socket name of the mount of device `device`, if `name` is one.
+fn socket_pid(name: &str, device: &str) -> Option<u32> {
+    name.strip_prefix(device)?.strip_prefix('.')?.parse().ok()
 }
 
 impl Server {
@@ -406,20 +416,23 @@ impl Server {
         let uid = sys::euid_egid().0;
         let dir = socket_dir(uid);
         private_dir(&dir, uid)?;
-        let path = dir.join(&src.mount.device);
-        // A socket of this name is a dead daemon's: device numbers are unique among live
-        // mounts, and this one is ours.
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        let device = &src.mount.device;
+        // Any other socket for this device is an earlier daemon's, whose mount is gone (device
+        // numbers are unique among live mounts, and this one is ours): one killed, or one
+        // still exiting, which then finds its socket gone.
+        for entry in std::fs::read_dir(&dir)? {
+            let name = entry?.file_name();
+            if name.to_str().and_then(|n| socket_pid(n, device)).is_some() {
+                let stale = dir.join(&name);
+                if let Err(e) = std::fs::remove_file(&stale) {
+                    log::warn!("cannot remove the stale socket {}: {e}", stale.display());
+                }
+            }
         }
+        let path = dir.join(socket_name(device, std::process::id()));
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        let m = std::fs::symlink_metadata(&path)?;
-        let server = Server {
-            path,
-            made: (m.dev(), m.ino()),
-        };
+        let server = Server { path };
         std::thread::Builder::new()
             .name("ufs-status".into())
             .spawn(move || serve(&listener, &src, uid))?;
@@ -430,16 +443,13 @@ impl Server {
         &self.path
     }
 
-    /// Removes the socket if the path still holds the one this daemon made.
+    /// Removes the socket. Its name has this daemon's pid, so it is no other daemon's.
     pub fn remove(&self) {
-        match std::fs::symlink_metadata(&self.path) {
-            Ok(m) if (m.dev(), m.ino()) == self.made => {
-                if let Err(e) = std::fs::remove_file(&self.path) {
-                    log::warn!("cannot remove {}: {e}", self.path.display());
-                }
-            }
-            // Gone already, or another daemon's now.
-            _ => {}
+        match std::fs::remove_file(&self.path) {
+            // Removed already, or by a newer mount's daemon that got this device number.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot remove {}: {e}", self.path.display()),
+            Ok(()) => {}
         }
     }
 }
@@ -521,17 +531,50 @@ pub fn query(mountpoint: &Path) -> Result<Value, String> {
     if !dirs.contains(&socket_dir(me)) {
         dirs.push(socket_dir(me));
     }
-    let paths: Vec<PathBuf> = dirs.iter().map(|d| d.join(&line.device)).collect();
-    let mut last = None;
-    for path in &paths {
-        match UnixStream::connect(path) {
-            Ok(conn) => return read_answer(conn, path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+    let paths: Vec<String> = dirs
+        .iter()
+        .map(|d| d.join(format!("{}.PID", line.device)).display().to_string())
+        .collect();
+    let mut last: Option<(PathBuf, io::Error)> = None;
+    let mut answer = None;
+    'dirs: for dir in &dirs {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => {
-                last = Some((path, e));
+                last = Some((dir.clone(), e));
                 break;
             }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name
+                .to_str()
+                .and_then(|n| socket_pid(n, &line.device))
+                .is_none()
+            {
+                continue;
+            }
+            let path = dir.join(&name);
+            match UnixStream::connect(&path) {
+                Ok(conn) => {
+                    let doc = read_answer(conn, &path)?;
+                    // Beside a daemon still exiting after its mount ended (whose socket the
+                    // new mount's daemon removes when it starts), the one of this mount.
+                    if doc["mnt_id"].as_u64() == Some(mnt_id) {
+                        return Ok(doc);
+                    }
+                    answer.get_or_insert(doc);
+                }
+                Err(e) => last = Some((path, e)),
+            }
+            if matches!(&last, Some((_, e)) if e.kind() == io::ErrorKind::PermissionDenied) {
+                break 'dirs;
+            }
         }
+    }
+    if let Some(doc) = answer {
+        return Ok(doc);
     }
     let owner = line
         .owner()
@@ -553,11 +596,7 @@ pub fn query(mountpoint: &Path) -> Result<Value, String> {
         None => format!(
             "no status socket for {shown} (looked for {}); is its daemon a ufs without \
              `ufs status`?",
-            paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            paths.join(", ")
         ),
     })
 }
@@ -593,6 +632,15 @@ mod tests {
         assert_eq!(m.source, "ufs");
         assert_eq!(m.owner(), Some(1000));
         assert_eq!(MountLine::parse("62 28 0:55"), None);
+    }
+
+    #[test]
+    fn socket_names() {
+        assert_eq!(socket_name("0:55", 1234), "0:55.1234");
+        assert_eq!(socket_pid("0:55.1234", "0:55"), Some(1234));
+        assert_eq!(socket_pid("0:555.1234", "0:55"), None);
+        assert_eq!(socket_pid("0:55", "0:55"), None);
+        assert_eq!(socket_pid("0:55.x", "0:55"), None);
     }
 
     #[test]

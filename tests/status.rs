@@ -75,6 +75,12 @@ fn num(v: &serde_json::Value, path: &[&str]) -> u64 {
         .unwrap_or_else(|| panic!("no number at {path:?} in {v}"))
 }
 
+fn text(v: &serde_json::Value) -> String {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a string: {v}"))
+        .to_string()
+}
+
 fn requests(r: &serde_json::Value, op: &str) -> u64 {
     r["requests"][op]["count"].as_u64().unwrap_or(0)
 }
@@ -227,8 +233,8 @@ fn status_refuses_other_users_and_non_ufs_mounts() {
     assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{run}");
 
     // The socket is found from MERGED alone: without it, the command says so.
-    let device = report(&layers.m)["device"].as_str().unwrap().to_string();
-    let socket = PathBuf::from("/run/ufs").join(&device);
+    let r = report(&layers.m);
+    let socket = PathBuf::from(format!("/run/ufs/{}.{}", text(&r["device"]), r["pid"]));
     assert!(socket.exists(), "{} missing", socket.display());
     fs::remove_file(&socket).unwrap();
     let run = status(&["status"], &layers.m);
@@ -245,8 +251,9 @@ fn sigusr1_logs_the_report_and_the_socket_goes_with_the_daemon() {
     let layers = Layers::new(t.path());
     let mut mnt = layers.mount(t.path());
     do_known_work(&layers.m);
-    let device = report(&layers.m)["device"].as_str().unwrap().to_string();
-    let socket = PathBuf::from("/run/ufs").join(&device);
+    let r = report(&layers.m);
+    let socket = PathBuf::from(format!("/run/ufs/{}.{}", text(&r["device"]), r["pid"]));
+    assert!(socket.exists(), "{} missing", socket.display());
 
     let pid = mnt.pid.expect("foreground pid");
     let run = run_bounded(
@@ -277,8 +284,9 @@ fn sigusr1_logs_the_report_and_the_socket_goes_with_the_daemon() {
     );
     assert!(
         !socket.exists(),
-        "{} left behind by the daemon",
-        socket.display()
+        "{} left behind by the daemon:\n{}",
+        socket.display(),
+        mnt.stderr_text()
     );
 }
 
