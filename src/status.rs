@@ -301,7 +301,6 @@ fn duration(nanos: u64) -> String {
 pub fn to_text(r: &Value) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    // `write!` to a String cannot fail.
     let mut line = |s: String| {
         out.push_str(&s);
         out.push('\n');
@@ -368,6 +367,7 @@ pub fn to_text(r: &Value) -> String {
     let mut errors = String::new();
     for (name, count) in r["errors"].as_object().into_iter().flatten() {
         let sep = if errors.is_empty() { "" } else { ", " };
+        // `write!` to a String cannot fail.
         let _ = write!(errors, "{sep}{name} {}", count.as_u64().unwrap_or(0));
     }
     if errors.is_empty() {
