@@ -20,6 +20,10 @@ use common::*;
 const CREATED: usize = 5;
 /// Size of the lower file whose data is copied up.
 const DATA_SIZE: usize = 12_345;
+/// The lower file copied up metadata-only, and later completed.
+const META: &str = "metadata only";
+/// Bytes of data the work copies: the whole of `data`, then `meta`'s on completion.
+const COPIED: usize = DATA_SIZE + META.len();
 
 struct Layers {
     l: PathBuf,
@@ -37,7 +41,7 @@ impl Layers {
             m: mkdirs(&base.join("m")),
         };
         fs::write(layers.l.join("data"), vec![7u8; DATA_SIZE]).unwrap();
-        fs::write(layers.l.join("meta"), "metadata only").unwrap();
+        fs::write(layers.l.join("meta"), META).unwrap();
         layers
     }
 
@@ -103,8 +107,14 @@ fn do_known_work(m: &Path) {
         .unwrap();
     std::io::Write::write_all(&mut data, b"+").unwrap();
     drop(data);
-    // A metadata-only copy-up.
+    // A metadata-only copy-up, completed by an open for writing.
     fs::set_permissions(m.join("meta"), fs::Permissions::from_mode(0o600)).unwrap();
+    drop(
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("meta"))
+            .unwrap(),
+    );
     // A failing lookup.
     assert!(fs::symlink_metadata(m.join("missing")).is_err());
 }
@@ -153,9 +163,10 @@ fn status_accounts_for_the_work_done() {
     }
     assert_eq!(num(&r, &["copy_ups", "full"]), 1, "{text}");
     assert_eq!(num(&r, &["copy_ups", "metadata_only"]), 1, "{text}");
+    assert_eq!(num(&r, &["copy_ups", "metacopy_completed"]), 1, "{text}");
     assert_eq!(
         num(&r, &["copy_ups", "bytes_copied"]),
-        DATA_SIZE as u64,
+        COPIED as u64,
         "{text}"
     );
     assert!(num(&r, &["errors", "ENOENT"]) >= 1, "{text}");
@@ -189,7 +200,7 @@ fn status_accounts_for_the_work_done() {
         format!("ufs mount {}", layers.m.display()),
         format!("  lower  {}", layers.l.display()),
         "  CREATE ".to_string(),
-        format!("metadata-only (0 completed later), {DATA_SIZE} bytes copied"),
+        format!("1 full, 1 metadata-only (1 completed later), {COPIED} bytes copied"),
         "ENOENT".to_string(),
         "cached inodes: ".to_string(),
         "passthrough: ".to_string(),
@@ -271,7 +282,7 @@ fn sigusr1_logs_the_report_and_the_socket_goes_with_the_daemon() {
         log.contains(&format!("ufs mount {}", layers.m.display())),
         "{log}"
     );
-    assert!(log.contains(&format!("{DATA_SIZE} bytes copied")), "{log}");
+    assert!(log.contains(&format!("{COPIED} bytes copied")), "{log}");
     // The report ended nothing.
     assert!(pid_alive(pid), "the daemon died of SIGUSR1:\n{log}");
     assert!(is_mounted(&layers.m));
