@@ -26,6 +26,8 @@ use crate::lifecycle::{self, OwnMount};
 use crate::options::Options;
 use crate::overlay::{Caller, Entry, NewEntry, Overlay, SetAttr, SetTime};
 use crate::passthrough::{Mode, Passthrough, Want};
+use crate::stats::{Op, Stats};
+use crate::status;
 use crate::sys::process;
 
 /// Mounts `opts` at `mountpoint`, calls `on_ready` once the mount is live, and serves requests
@@ -74,9 +76,10 @@ pub fn serve_dirs(
         ov: Arc::new(overlay),
         ttl: opts.timeout,
         want_passthrough: opts.passthrough,
-        passthrough: Passthrough::default(),
+        passthrough: Arc::new(Passthrough::default()),
     };
     let ov = fs.ov.clone();
+    let passthrough = fs.passthrough.clone();
     // ufs mounts by itself (fuser's mount would add `nosuid,nodev` and drop the subtype) and
     // gives fuser the descriptor. fuser then holds no `Mount`, so nothing in it ever unmounts
     // MERGED by path: after an external `umount` that path may name another mount.
@@ -105,10 +108,52 @@ pub fn serve_dirs(
         }
     }));
     let background = session.spawn()?;
+    let source = status_source(opts, &ov, passthrough, mountpoint, &own, threads);
+    let server = source
+        .as_ref()
+        .and_then(|src| match status::Server::start(src.clone()) {
+            Ok(server) => Some(Arc::new(server)),
+            Err(e) => {
+                // The mount works without it; only `ufs status` cannot reach it (SIGUSR1 can).
+                // A directory the daemon may not create (root of a user namespace, which does
+                // not own `/run`) is ordinary; one that exists with the wrong owner or mode is
+                // worth a warning.
+                let ordinary = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::ReadOnlyFilesystem
+                );
+                let level = if ordinary {
+                    log::Level::Info
+                } else {
+                    log::Level::Warn
+                };
+                log::log!(level, "no status socket for {}: {e}", mountpoint.display());
+                None
+            }
+        });
     let for_signals = own.clone();
+    let actions = lifecycle::SignalActions {
+        report: {
+            let source = source.clone();
+            Box::new(move || match &source {
+                Some(src) => status::log_report(src),
+                None => log::warn!("no status report: the mount's device is unknown"),
+            })
+        },
+        before_exit: {
+            let server = server.clone();
+            Box::new(move || {
+                if let Some(server) = &server {
+                    server.remove();
+                }
+            })
+        },
+    };
     let spawned = std::thread::Builder::new()
         .name("ufs-signals".into())
-        .spawn(move || lifecycle::end_on_signals(signals, &for_signals));
+        .spawn(move || lifecycle::end_on_signals(signals, &for_signals, &actions));
     if let Err(e) = spawned {
         // Nothing would end the mount on a signal; do not leave it behind unserved.
         if let Err(e) = own.release() {
@@ -132,7 +177,40 @@ pub fn serve_dirs(
     if let Err(e) = own.release() {
         log::warn!("cannot unmount {}: {e}", mountpoint.display());
     }
+    if let Some(server) = &server {
+        server.remove();
+    }
     result
+}
+
+/// What the status report and socket need, once the mount is live: `None` (with a warning)
+/// when the mount's line cannot be read from mountinfo.
+fn status_source(
+    opts: &Options,
+    ov: &Arc<Overlay>,
+    passthrough: Arc<Passthrough>,
+    mountpoint: &Path,
+    own: &OwnMount,
+    threads: usize,
+) -> Option<Arc<status::Source>> {
+    let mount = match status::mount_line(own.mnt_id()) {
+        Ok(line) => line,
+        Err(e) => {
+            log::warn!("no status report for {}: {e}", mountpoint.display());
+            return None;
+        }
+    };
+    Some(Arc::new(status::Source {
+        overlay: ov.clone(),
+        passthrough,
+        mountpoint: mountpoint.to_path_buf(),
+        mount,
+        lowerdirs: opts.lowerdirs.clone(),
+        upperdir: opts.upperdir.clone(),
+        workdir: opts.workdir.clone(),
+        options: status::option_words(opts, ov.is_read_only(), threads),
+        started: std::time::Instant::now(),
+    }))
 }
 
 struct UfsFs {
@@ -140,13 +218,15 @@ struct UfsFs {
     ttl: Duration,
     /// `passthrough=on`: ask the kernel for FUSE passthrough.
     want_passthrough: bool,
-    passthrough: Passthrough,
+    /// Shared with the status socket, which reports its use.
+    passthrough: Arc<Passthrough>,
 }
 
 /// The one reply sink for errors: the errno for the kernel, and a log line. Ordinary answers
 /// (`ENOENT`, `EEXIST`, `ENOTEMPTY`, ...) are logged at debug level (`-d`), every other error at
 /// warn level, with what failed and in which layer where the core said so.
-fn errno(e: Error) -> Errno {
+fn errno(stats: &Stats, e: Error) -> Errno {
+    stats.error(e.errno());
     if e.is_ordinary() {
         debug!("answering: {e}");
     } else {
@@ -232,6 +312,30 @@ fn caller(req: &Request) -> Caller {
 }
 
 impl UfsFs {
+    /// The one reply sink for errors, with the error counted (see [`errno`]).
+    fn errno(&self, e: Error) -> Errno {
+        errno(self.ov.stats(), e)
+    }
+
+    fn reply_empty(&self, res: crate::error::Result<()>, reply: ReplyEmpty) {
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.errno(e)),
+        }
+    }
+
+    /// Answers an xattr request: the size when `size` is 0, the data when it fits, else `ERANGE`.
+    fn reply_xattr(&self, value: crate::error::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
+        match value {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => {
+                self.ov.stats().error(libc::ERANGE);
+                reply.error(Errno::ERANGE)
+            }
+            Err(e) => reply.error(self.errno(e)),
+        }
+    }
     /// How long the kernel may keep a node's attributes (`attr`, about to be sent) and the
     /// names that lead to it.
     fn ttls(&self, node: u64, attr: &libc::stat) -> (Duration, Duration) {
@@ -252,7 +356,7 @@ impl UfsFs {
     fn reply_entry(&self, res: crate::error::Result<Entry>, reply: ReplyEntry) {
         match res {
             Ok(e) => self.entry(&e, reply),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.errno(e)),
         }
     }
 
@@ -273,15 +377,9 @@ impl UfsFs {
     }
 }
 
-fn reply_empty(res: crate::error::Result<()>, reply: ReplyEmpty) {
-    match res {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(e)),
-    }
-}
-
 impl Filesystem for UfsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _timed = self.ov.stats().timed(Op::Init);
         // ATOMIC_O_TRUNC: `open(O_TRUNC)` reaches ufs with the flag, so a lower file about to
         // be emptied is copied up without its data (else the kernel opens it for writing, which
         // copies the data, and truncates it afterwards).
@@ -317,46 +415,52 @@ impl Filesystem for UfsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _timed = self.ov.stats().timed(Op::Lookup);
         debug!("lookup(parent={parent}, name={name:?})");
         match self.ov.lookup(parent.0, name) {
             Ok(e) => self.entry(&e, reply),
             // A negative entry (node id 0) lets the kernel cache the absence too; it drops it
             // when the name is created through the mount.
             Err(e) if e.errno() == libc::ENOENT => {
+                self.ov.stats().error(libc::ENOENT);
                 let mut attr = to_attr(&crate::sys::zeroed_stat());
                 attr.ino = INodeNo(0);
                 reply.entry(&self.ttl, &attr, Generation(0))
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.errno(e)),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _timed = self.ov.stats().timed(Op::Forget);
         debug!("forget(ino={ino}, nlookup={nlookup})");
         self.ov.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _timed = self.ov.stats().timed(Op::Getattr);
         debug!("getattr(ino={ino}, fh={fh:?})");
         match self.ov.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(st) => reply.attr(&self.attr_ttl(ino.0, &st), &to_attr(&st)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.errno(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _timed = self.ov.stats().timed(Op::Readlink);
         debug!("readlink(ino={ino})");
         match self.ov.readlink(ino.0) {
             Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.errno(e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _timed = self.ov.stats().timed(Op::Open);
         debug!("open(ino={ino}, flags={:#o})", flags.0);
         let o = match self.ov.open(ino.0, flags.0) {
             Ok(o) => o,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return reply.error(self.errno(e)),
         };
         let handle = || self.ov.file(o.fh).map_err(std::io::Error::from);
         let want = Want {
@@ -377,6 +481,7 @@ impl Filesystem for UfsFs {
             Mode::Direct => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO),
             Mode::Refused => {
                 self.ov.release(o.fh);
+                self.ov.stats().error(libc::EBUSY);
                 reply.error(Errno::EBUSY)
             }
             Mode::Cached if o.keep_cache => {
@@ -397,10 +502,11 @@ impl Filesystem for UfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _timed = self.ov.stats().timed(Op::Read);
         debug!("read(ino={ino}, fh={fh}, offset={offset}, size={size})");
         match self.ov.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.errno(e)),
         }
     }
 
@@ -414,6 +520,7 @@ impl Filesystem for UfsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _timed = self.ov.stats().timed(Op::Release);
         debug!("release(ino={ino}, fh={fh})");
         self.passthrough.release(fh.0);
         self.ov.release(fh.0);
@@ -421,6 +528,7 @@ impl Filesystem for UfsFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _timed = self.ov.stats().timed(Op::Opendir);
         debug!("opendir(ino={ino})");
         match self.ov.opendir(ino.0) {
             // The kernel may keep listings in its cache: every change to a directory goes
@@ -429,7 +537,7 @@ impl Filesystem for UfsFs {
                 FileHandle(fh),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.errno(e)),
         }
     }
 
@@ -441,10 +549,11 @@ impl Filesystem for UfsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _timed = self.ov.stats().timed(Op::Readdir);
         debug!("readdir(ino={ino}, fh={fh}, offset={offset})");
         let h = match self.ov.dir_handle(fh.0) {
             Ok(h) => h,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return reply.error(self.errno(e)),
         };
         for i in offset as usize..h.len() {
             let Some(e) = h.get(i) else { break };
@@ -463,10 +572,11 @@ impl Filesystem for UfsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _timed = self.ov.stats().timed(Op::Readdirplus);
         debug!("readdirplus(ino={ino}, fh={fh}, offset={offset})");
         let h = match self.ov.dir_handle(fh.0) {
             Ok(h) => h,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return reply.error(self.errno(e)),
         };
         for i in offset as usize..h.len() {
             let Some(e) = h.get(i) else { break };
@@ -475,7 +585,7 @@ impl Filesystem for UfsFs {
                 // `.` and `..` are not looked up by the kernel: no node id, no lookup count.
                 let attr = match self.ov.getattr(h.node, None) {
                     Ok(st) => to_attr(&st),
-                    Err(err) => return reply.error(errno(err)),
+                    Err(err) => return reply.error(self.errno(err)),
                 };
                 let mut attr = attr;
                 attr.ino = INodeNo(e.ino);
@@ -525,12 +635,14 @@ impl Filesystem for UfsFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _timed = self.ov.stats().timed(Op::Releasedir);
         debug!("releasedir(ino={ino}, fh={fh})");
         self.ov.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let _timed = self.ov.stats().timed(Op::Statfs);
         debug!("statfs(ino={ino})");
         match self.ov.statfs() {
             Ok(s) => reply.statfs(
@@ -543,18 +655,20 @@ impl Filesystem for UfsFs {
                 s.f_namemax as u32,
                 s.f_frsize as u32,
             ),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.errno(e)),
         }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _timed = self.ov.stats().timed(Op::Getxattr);
         debug!("getxattr(ino={ino}, name={name:?}, size={size})");
-        reply_xattr(self.ov.getxattr(ino.0, name), size, reply);
+        self.reply_xattr(self.ov.getxattr(ino.0, name), size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _timed = self.ov.stats().timed(Op::Listxattr);
         debug!("listxattr(ino={ino}, size={size})");
-        reply_xattr(self.ov.listxattr(ino.0), size, reply);
+        self.reply_xattr(self.ov.listxattr(ino.0), size, reply);
     }
 
     fn setattr(
@@ -575,6 +689,7 @@ impl Filesystem for UfsFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _timed = self.ov.stats().timed(Op::Setattr);
         debug!(
             "setattr(ino={ino}, mode={mode:?}, uid={uid:?}, gid={gid:?}, size={size:?}, \
              atime={atime:?}, mtime={mtime:?}, fh={fh:?})"
@@ -590,7 +705,7 @@ impl Filesystem for UfsFs {
         };
         match self.ov.setattr(ino.0, change) {
             Ok(st) => reply.attr(&self.attr_ttl(ino.0, &st), &to_attr(&st)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.errno(e)),
         }
     }
 
@@ -604,6 +719,7 @@ impl Filesystem for UfsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _timed = self.ov.stats().timed(Op::Mknod);
         debug!("mknod(parent={parent}, name={name:?}, mode={mode:#o}, rdev={rdev})");
         let what = if mode & libc::S_IFMT == libc::S_IFREG {
             NewEntry::File {
@@ -627,18 +743,21 @@ impl Filesystem for UfsFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _timed = self.ov.stats().timed(Op::Mkdir);
         debug!("mkdir(parent={parent}, name={name:?}, mode={mode:#o})");
         self.new_entry(req, parent, name, mode, NewEntry::Directory, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timed = self.ov.stats().timed(Op::Unlink);
         debug!("unlink(parent={parent}, name={name:?})");
-        reply_empty(self.ov.unlink(parent.0, name), reply);
+        self.reply_empty(self.ov.unlink(parent.0, name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timed = self.ov.stats().timed(Op::Rmdir);
         debug!("rmdir(parent={parent}, name={name:?})");
-        reply_empty(self.ov.rmdir(parent.0, name), reply);
+        self.reply_empty(self.ov.rmdir(parent.0, name), reply);
     }
 
     fn symlink(
@@ -649,10 +768,11 @@ impl Filesystem for UfsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _timed = self.ov.stats().timed(Op::Symlink);
         debug!("symlink(parent={parent}, name={link_name:?}, target={target:?})");
         let target = match crate::sys::cstr(target.as_os_str()) {
             Ok(t) => t,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return reply.error(self.errno(e)),
         };
         let what = NewEntry::Symlink { target: &target };
         self.new_entry(req, parent, link_name, 0o777, what, reply);
@@ -668,10 +788,11 @@ impl Filesystem for UfsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _timed = self.ov.stats().timed(Op::Rename);
         debug!(
             "rename(parent={parent}, name={name:?}, newparent={newparent}, newname={newname:?}, flags={flags:?})"
         );
-        reply_empty(
+        self.reply_empty(
             self.ov
                 .rename(parent.0, name, newparent.0, newname, flags.bits()),
             reply,
@@ -686,6 +807,7 @@ impl Filesystem for UfsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _timed = self.ov.stats().timed(Op::Link);
         debug!("link(ino={ino}, newparent={newparent}, newname={newname:?})");
         self.reply_entry(self.ov.link(ino.0, newparent.0, newname), reply);
     }
@@ -700,10 +822,11 @@ impl Filesystem for UfsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _timed = self.ov.stats().timed(Op::Create);
         debug!("create(parent={parent}, name={name:?}, mode={mode:#o}, flags={flags:#o})");
         let (e, fh) = match self.ov.create(parent.0, name, mode, flags, caller(req)) {
             Ok(created) => created,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return reply.error(self.errno(e)),
         };
         let attr = to_attr(&e.attr);
         // A new file is in the upper layer: its handle may use passthrough.
@@ -744,6 +867,7 @@ impl Filesystem for UfsFs {
             ),
             Mode::Refused => {
                 self.ov.release(fh);
+                self.ov.stats().error(libc::EBUSY);
                 reply.error(Errno::EBUSY)
             }
         }
@@ -761,13 +885,14 @@ impl Filesystem for UfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _timed = self.ov.stats().timed(Op::Write);
         debug!(
             "write(ino={ino}, fh={fh}, offset={offset}, len={})",
             data.len()
         );
         match self.ov.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.errno(e)),
         }
     }
 
@@ -779,6 +904,7 @@ impl Filesystem for UfsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _timed = self.ov.stats().timed(Op::Flush);
         // close(2) on an overlay file does not sync either, so there is nothing to do; ENOSYS
         // tells the kernel not to send FLUSH again (one request less per close).
         debug!("flush(ino={ino}, fh={fh})");
@@ -793,8 +919,9 @@ impl Filesystem for UfsFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _timed = self.ov.stats().timed(Op::Fsync);
         debug!("fsync(ino={ino}, fh={fh}, datasync={datasync})");
-        reply_empty(self.ov.fsync(fh.0, datasync), reply);
+        self.reply_empty(self.ov.fsync(fh.0, datasync), reply);
     }
 
     fn fsyncdir(
@@ -805,8 +932,9 @@ impl Filesystem for UfsFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _timed = self.ov.stats().timed(Op::Fsyncdir);
         debug!("fsyncdir(ino={ino}, fh={fh}, datasync={datasync})");
-        reply_empty(self.ov.fsyncdir(ino.0), reply);
+        self.reply_empty(self.ov.fsyncdir(ino.0), reply);
     }
 
     fn setxattr(
@@ -819,16 +947,18 @@ impl Filesystem for UfsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _timed = self.ov.stats().timed(Op::Setxattr);
         debug!(
             "setxattr(ino={ino}, name={name:?}, len={}, flags={flags})",
             value.len()
         );
-        reply_empty(self.ov.setxattr(ino.0, name, value, flags), reply);
+        self.reply_empty(self.ov.setxattr(ino.0, name, value, flags), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timed = self.ov.stats().timed(Op::Removexattr);
         debug!("removexattr(ino={ino}, name={name:?})");
-        reply_empty(self.ov.removexattr(ino.0, name), reply);
+        self.reply_empty(self.ov.removexattr(ino.0, name), reply);
     }
 
     fn fallocate(
@@ -841,8 +971,9 @@ impl Filesystem for UfsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _timed = self.ov.stats().timed(Op::Fallocate);
         debug!("fallocate(ino={ino}, fh={fh}, offset={offset}, length={length}, mode={mode})");
-        reply_empty(self.ov.fallocate(fh.0, offset, length, mode), reply);
+        self.reply_empty(self.ov.fallocate(fh.0, offset, length, mode), reply);
     }
 
     fn lseek(
@@ -854,10 +985,11 @@ impl Filesystem for UfsFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _timed = self.ov.stats().timed(Op::Lseek);
         debug!("lseek(ino={ino}, fh={fh}, offset={offset}, whence={whence})");
         match self.ov.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.errno(e)),
         }
     }
 
@@ -874,6 +1006,7 @@ impl Filesystem for UfsFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _timed = self.ov.stats().timed(Op::CopyFileRange);
         debug!(
             "copy_file_range(ino_in={ino_in}, fh_in={fh_in}, off_in={offset_in}, \
              ino_out={ino_out}, fh_out={fh_out}, off_out={offset_out}, len={len})"
@@ -883,25 +1016,16 @@ impl Filesystem for UfsFs {
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
         {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.errno(e)),
         }
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _timed = self.ov.stats().timed(Op::Access);
         debug!("access(ino={ino}, mask={mask:?})");
         match self.ov.access(ino.0, mask.bits(), caller(req)) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.errno(e)),
         }
-    }
-}
-
-/// Answers an xattr request: the size when `size` is 0, the data when it fits, else `ERANGE`.
-fn reply_xattr(value: crate::error::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
-    match value {
-        Ok(v) if size == 0 => reply.size(v.len() as u32),
-        Ok(v) if v.len() <= size as usize => reply.data(&v),
-        Ok(_) => reply.error(Errno::ERANGE),
-        Err(e) => reply.error(errno(e)),
     }
 }

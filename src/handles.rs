@@ -114,4 +114,9 @@ impl Handles {
     pub fn release_dir(&self, fh: u64) {
         self.dirs.remove(&fh);
     }
+
+    /// How many handles are open: (files, directories).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.files.len(), self.dirs.len())
+    }
 }

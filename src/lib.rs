@@ -35,6 +35,8 @@ pub mod records;
 pub mod redirect;
 pub mod setup;
 pub mod stat_override;
+pub mod stats;
+pub mod status;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod whiteout;

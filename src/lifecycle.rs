@@ -1,5 +1,5 @@
 //! The life of one mount: which mount at MERGED is this daemon's, unmounting only that one, and
-//! the signals that end it.
+//! the signals that end it (and the one that asks for its status report, `SIGUSR1`).
 //!
 //! A mount ends in one of three ways. Someone unmounts it (`umount`, `fusermount3 -u`): the
 //! kernel ends the FUSE connection and the daemon just exits. A signal (`SIGTERM`, `SIGINT`,
@@ -28,6 +28,17 @@ use crate::sys::process::{self as sysproc, Signals};
 
 /// The signals that end a mount cleanly.
 pub const END_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// The signal that asks for the mount's status report in the log (`crate::status`).
+pub const REPORT_SIGNAL: libc::c_int = libc::SIGUSR1;
+
+/// What the signal thread does besides ending the mount.
+pub struct SignalActions {
+    /// On [`REPORT_SIGNAL`]: log the status report.
+    pub report: Box<dyn Fn() + Send>,
+    /// Right before the process exits on a second end signal (no destructor runs then).
+    pub before_exit: Box<dyn Fn() + Send>,
+}
 
 /// The mount this daemon made, by mount id.
 #[derive(Debug)]
@@ -60,6 +71,11 @@ impl OwnMount {
 
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// The id of this daemon's mount (as in `/proc/self/mountinfo`).
+    pub fn mnt_id(&self) -> u64 {
+        self.mnt_id
     }
 
     /// Detaches this daemon's mount if it is the mount at the mount point; leaves anything else
@@ -115,7 +131,7 @@ fn fusermount_detach(mountpoint: &Path) -> io::Result<()> {
 
 /// The id of the mount `fd` lies on, from `/proc/self/fdinfo` (the kernel's own record: no
 /// request reaches the filesystem).
-fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
     let text = std::fs::read_to_string(&path)?;
     parse_mnt_id(&text).ok_or_else(|| io::Error::other(format!("{path} has no mnt_id line")))
@@ -128,17 +144,20 @@ fn parse_mnt_id(fdinfo: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Blocks [`END_SIGNALS`] for this thread and every thread started after it (see
-/// [`sysproc::block_signals`]: call before starting any).
+/// Blocks [`END_SIGNALS`] and [`REPORT_SIGNAL`] for this thread and every thread started
+/// after it (see [`sysproc::block_signals`]: call before starting any).
 pub fn block_end_signals() -> io::Result<Signals> {
-    sysproc::block_signals(&END_SIGNALS)
+    let mut signals = END_SIGNALS.to_vec();
+    signals.push(REPORT_SIGNAL);
+    sysproc::block_signals(&signals)
 }
 
-/// Waits for the end signals, forever: the first one detaches the mount (the daemon then exits
+/// Waits for the signals, forever. [`REPORT_SIGNAL`] logs the status report and changes
+/// nothing else. Of the end signals, the first one detaches the mount (the daemon then exits
 /// once the kernel ends the connection); a second one ends the daemon at once, for a mount that
 /// is kept busy or covered by another mount. Copies being built when that happens are left in
 /// the work directory, and the next mount removes them.
-pub fn end_on_signals(signals: Signals, own: &OwnMount) {
+pub fn end_on_signals(signals: Signals, own: &OwnMount, actions: &SignalActions) {
     let mut asked = false;
     loop {
         let signal = match signals.wait() {
@@ -148,8 +167,13 @@ pub fn end_on_signals(signals: Signals, own: &OwnMount) {
                 return;
             }
         };
+        if signal == REPORT_SIGNAL {
+            (actions.report)();
+            continue;
+        }
         if asked {
             log::warn!("signal {signal} again: exiting without waiting for the mount's users");
+            (actions.before_exit)();
             std::process::exit(0);
         }
         asked = true;

@@ -41,6 +41,7 @@ const USAGE: &str = "ufs mount -o OPTIONS MERGED
        ufs -o OPTIONS MERGED
        ufs SOURCE MERGED -o OPTIONS
        ufs umount MERGED
+       ufs status [--json] MERGED
        ufs diff [--json] -o lowerdir=...,upperdir=...
        ufs check [--repair] -o lowerdir=...[,upperdir=...,workdir=...]
        ufs help | ufs man | ufs completions bash|zsh|fish";
@@ -49,6 +50,7 @@ const USAGE: &str = "ufs mount -o OPTIONS MERGED
 const COMMANDS: &[&str] = &[
     "mount",
     "umount",
+    "status",
     "diff",
     "check",
     "help",
@@ -88,6 +90,11 @@ Without upperdir and workdir the union is read-only. In paths "\," is a comma, "
 colon inside lowerdir, and "\\" a backslash; relative paths are taken from the current
 directory. Unknown options are ignored with a warning. Unmount with `ufs umount MERGED`,
 `fusermount3 -u MERGED` or `umount MERGED`.
+
+`ufs status MERGED` prints a live mount's layers, options, requests by type (count and
+time), copy-ups, cache hits, errors by errno, open handles, cached inodes and passthrough
+use (`--json`: as JSON); only root and the mount's owner may ask. `kill -USR1 PID` writes
+the same report to the daemon's log (its stderr, with -f).
 
 `ufs check` reads a stack offline and prints one line per problem; --repair fixes what keeps
 the union's view; -n, -p, -y (or running as fsck.overlay) take fsck.overlay's command line and
@@ -129,7 +136,7 @@ fn cli() -> clap::Command {
             Arg::new("json")
                 .long("json")
                 .action(ArgAction::SetTrue)
-                .help("ufs diff: print the changes as JSON"),
+                .help("ufs diff, ufs status: print the answer as JSON"),
         )
         .arg(
             Arg::new("repair")
@@ -185,6 +192,11 @@ enum Invocation {
     Man,
     /// `ufs completions SHELL`.
     Completions(clap_complete::Shell),
+    /// `ufs status [--json] MERGED`: the live mount's report, from its daemon.
+    Status {
+        mountpoint: PathBuf,
+        json: bool,
+    },
     /// `ufs diff [--json] -o OPTIONS`: the changes an upper makes to its lowers.
     Diff {
         options: Vec<String>,
@@ -300,8 +312,26 @@ where
     if first == Some("diff") && args.len() == 1 {
         return Ok(Invocation::Diff { options, json });
     }
+    if first == Some("status") && options.is_empty() && !foreground && !debug {
+        return match <[OsString; 2]>::try_from(args) {
+            Ok([_, mountpoint]) => Ok(Invocation::Status {
+                mountpoint: mountpoint.into(),
+                json,
+            }),
+            Err(args) => Err(cmd.error(
+                ErrorKind::WrongNumberOfValues,
+                format!(
+                    "status takes exactly one argument, MERGED (got {})",
+                    args.len() - 1
+                ),
+            )),
+        };
+    }
     if json {
-        return Err(cmd.error(ErrorKind::ArgumentConflict, "--json is for ufs diff"));
+        return Err(cmd.error(
+            ErrorKind::ArgumentConflict,
+            "--json is for ufs diff and ufs status",
+        ));
     }
     if options.is_empty() && !foreground && !debug {
         // Without `-o` nothing can be mounted (`lowerdir=` is required): the first word is a
@@ -477,6 +507,19 @@ fn run(argv: impl IntoIterator<Item = OsString>) -> Result<ExitCode, Failure> {
     match invocation {
         Invocation::Mount(args) => mount_union(args),
         Invocation::Umount { mountpoint } => umount(&mountpoint),
+        Invocation::Status { mountpoint, json } => {
+            let report = ufs::status::query(&mountpoint).map_err(Failure::Message)?;
+            let text = if json {
+                report.to_string() + "\n"
+            } else {
+                ufs::status::to_text(&report)
+            };
+            io::stdout()
+                .lock()
+                .write_all(text.as_bytes())
+                .map_err(Failure::io("cannot write the status"))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Invocation::Help => {
             cli()
                 .print_long_help()
@@ -605,9 +648,14 @@ fn mount_union(args: MountArgs) -> Result<ExitCode, Failure> {
     }
 }
 
-/// `-d`/`debug` logs at debug level, otherwise only warnings; `RUST_LOG` overrides both.
+/// `-d`/`debug` logs at debug level, otherwise only warnings and the status report asked for
+/// with `SIGUSR1`; `RUST_LOG` overrides both.
 fn init_logging(debug: bool) {
-    let default = if debug { "debug" } else { "warn" };
+    let default = if debug {
+        "debug"
+    } else {
+        "warn,ufs::status=info"
+    };
     let env = env_logger::Env::default().default_filter_or(default);
     if let Err(err) = env_logger::Builder::from_env(env).try_init() {
         // Only possible if a logger is already installed, which nothing here does; mounting
@@ -862,6 +910,20 @@ mod tests {
             ("completions bash", Invocation::Completions(Shell::Bash)),
             ("completions zsh", Invocation::Completions(Shell::Zsh)),
             ("completions fish", Invocation::Completions(Shell::Fish)),
+            (
+                "status /m",
+                Invocation::Status {
+                    mountpoint: "/m".into(),
+                    json: false,
+                },
+            ),
+            (
+                "status --json m",
+                Invocation::Status {
+                    mountpoint: "m".into(),
+                    json: true,
+                },
+            ),
         ];
         for (line, want) in cases {
             match classify_words(line) {
@@ -890,6 +952,9 @@ mod tests {
             ("mount a b c", ErrorKind::TooManyValues),
             ("umount", ErrorKind::WrongNumberOfValues),
             ("umount a b", ErrorKind::WrongNumberOfValues),
+            ("status", ErrorKind::WrongNumberOfValues),
+            ("status a b", ErrorKind::WrongNumberOfValues),
+            ("--json /m", ErrorKind::ArgumentConflict),
             ("-x /m", ErrorKind::UnknownArgument),
             ("/m -o", ErrorKind::InvalidValue),
             ("--help", ErrorKind::DisplayHelp),

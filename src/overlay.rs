@@ -22,6 +22,7 @@ use crate::readdir;
 use crate::records;
 use crate::records::XattrNamespace;
 use crate::stat_override::{self, StatOverride};
+use crate::stats::Stats;
 use crate::workdir::Workdir;
 use crate::{lookup, sys};
 
@@ -85,6 +86,8 @@ pub struct Overlay {
     inodes: InodeTable,
     /// The open files and directories.
     handles: Handles,
+    /// The mount's counters (`ufs status`).
+    stats: Stats,
     read_only: bool,
     /// The work directory; present exactly when the mount is writable.
     work: Option<Workdir>,
@@ -152,6 +155,7 @@ impl Overlay {
             layers,
             inodes,
             handles: Handles::default(),
+            stats: Stats::default(),
             invalidator: std::sync::OnceLock::new(),
         })
     }
@@ -195,6 +199,21 @@ impl Overlay {
 
     pub(crate) fn inodes(&self) -> &InodeTable {
         &self.inodes
+    }
+
+    /// The mount's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// How many nodes the kernel holds (the inode table's size, the root included).
+    pub fn cached_inodes(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// How many files and directories are open: (files, directories).
+    pub fn open_handles(&self) -> (usize, usize) {
+        self.handles.counts()
     }
 
     /// The work directory: present exactly when the mount is writable.
@@ -312,6 +331,7 @@ impl Overlay {
             self.listing(&dir)?;
             listed = self.lookup_listed(&dir, &parents, name)?;
         }
+        self.stats.lookup(!matches!(listed, Listed::Unknown));
         let (mut resolved, listed_ino) = match listed {
             Listed::Absent => return Err(crate::error::ENOENT),
             Listed::Found(r, ino) => (*r, Some(ino)),
@@ -700,8 +720,10 @@ impl Overlay {
     /// directory changed while it was built.
     fn listing(&self, dir: &Inode) -> Result<Arc<Listing>> {
         if let Some(l) = dir.cached_listing() {
+            self.stats.listing(true);
             return Ok(l);
         }
+        self.stats.listing(false);
         // The change count first, then the real directories: a change after this point, even
         // one that also adds a real directory (a copy-up), keeps this listing from being kept.
         let generation = dir.listing_generation();
@@ -784,6 +806,7 @@ impl Overlay {
         }
         let node = self.inodes.get(node)?;
         if node.known_absent(name) {
+            self.stats.xattr_absent_hit();
             return Err(ENODATA);
         }
         let reals = node.reals();

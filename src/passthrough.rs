@@ -210,4 +210,38 @@ impl Passthrough {
             }
         }
     }
+
+    /// What `ufs status` reports: the state, and the backing files registered now with the
+    /// handles that use them.
+    pub fn usage(&self) -> Usage {
+        let state = match self.state.load(Ordering::Acquire) {
+            OFF => "off",
+            OFFERED => "offered",
+            _ => "in use",
+        };
+        let (mut backing_ids, mut handles) = (0, 0);
+        for node in self.nodes.iter() {
+            if let NodeIo::Backed { opens, .. } = node.value() {
+                backing_ids += 1;
+                handles += opens;
+            }
+        }
+        Usage {
+            state,
+            backing_ids,
+            handles,
+        }
+    }
+}
+
+/// Passthrough use at one moment ([`Passthrough::usage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    /// `off` (not negotiated, or the first registration failed), `offered` (negotiated, no
+    /// backing file registered yet) or `in use` (at least one was registered).
+    pub state: &'static str,
+    /// Backing ids registered now: one per node with passthrough handles open.
+    pub backing_ids: usize,
+    /// Open handles doing their I/O in the kernel.
+    pub handles: usize,
 }

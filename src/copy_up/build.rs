@@ -355,13 +355,13 @@ fn copy_range_userspace(
 /// Completes a metadata-only copy: copies the data of `lower` into the upper file `upper` in
 /// place (or, with `CopyData::None`, empties it), makes it durable, and only then removes the
 /// `metacopy` marker. A crash before that leaves the marker, so the data is read from the lower
-/// file again: never a half-copied file.
+/// file again: never a half-copied file. Returns how many bytes of data were copied.
 pub fn complete_metacopy(
     work: &Workdir,
     upper: BorrowedFd<'_>,
     lower: BorrowedFd<'_>,
     data: CopyData,
-) -> Result<()> {
+) -> Result<u64> {
     // The copy leaves the file's modification time at the time of the copy, as the kernel's
     // completion of a metadata-only copy does (`ovl_copy_up_meta_inode_data`). Writing the data
     // makes the filesystem drop `security.capability`, which the copy already carries: it is
@@ -372,12 +372,14 @@ pub fn complete_metacopy(
         Err(e) => return Err(e),
     };
     let out = sys::reopen(upper, libc::O_WRONLY)?;
+    let mut copied = 0;
     if data == CopyData::All {
         let size = sys::fstat(lower)?.st_size as u64;
         // An empty file has nothing to copy, and (as with the kernel) its times stay.
         if size > 0 {
             let input = sys::reopen(lower, libc::O_RDONLY)?;
             copy_data(input.as_fd(), out.as_fd(), size)?;
+            copied = size;
         }
     } else {
         sys::ftruncate(out.as_fd(), 0)?;
@@ -389,8 +391,8 @@ pub fn complete_metacopy(
         sys::fsync(out.as_fd(), false)?;
     }
     match sys::removexattr(upper, work.xattr_ns.metacopy()) {
-        Err(e) if e.errno() == libc::ENODATA => Ok(()),
-        other => other,
+        Err(e) if e.errno() == libc::ENODATA => Ok(copied),
+        other => other.map(|()| copied),
     }
 }
 

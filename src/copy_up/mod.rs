@@ -99,13 +99,14 @@ impl Overlay {
         if data != CopyData::Metadata && node.state.read().lower_data.is_some() {
             let mut st = node.state.write();
             if let Some(lower) = st.lower_data.clone() {
-                build::complete_metacopy(
+                let bytes = build::complete_metacopy(
                     work,
                     st.reals.top()?.fd()?.as_fd(),
                     lower.fd()?.as_fd(),
                     data,
                 )?;
                 st.lower_data = None;
+                self.stats().metacopy_completed(bytes);
                 log::debug!("completed the metadata-only copy of node {}", node.id);
             }
         }
@@ -226,6 +227,12 @@ impl Overlay {
             index: key.as_ref(),
             stat_record,
         })?;
+        let bytes = match plan.data {
+            CopyData::All if node.kind == Kind::Regular => plan.src_st.st_size.max(0) as u64,
+            _ => 0,
+        };
+        self.stats()
+            .copied_up(plan.data == CopyData::Metadata, bytes);
         // The parent's cached listing names the lower entry; a node looked up from it after
         // the kernel forgot this one would show the lower object again.
         plan.parent.listing_changed();

@@ -11,6 +11,7 @@
 
 pub mod fuse;
 pub mod process;
+pub mod socket;
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
