@@ -763,11 +763,10 @@ impl Overlay {
         self.layers.statfs()
     }
 
-    /// Whether xattr `name` is ufs's own, hidden from the mount's users: an overlay record of
-    /// the mount's namespace, or a stat record when the mount keeps them.
-    fn is_hidden_xattr(&self, name: &OsStr) -> bool {
-        self.record_ns.is_private(name)
-            || (self.stat_records() && stat_override::is_record_name(name.as_encoded_bytes()))
+    /// Whether `name` is a stat record's name and the mount keeps them: hidden, never set.
+    /// (Overlay records are kept apart by escaping, see [`XattrNamespace::layer_name`].)
+    fn is_stat_record_name(&self, name: &OsStr) -> bool {
+        self.stat_records() && stat_override::is_record_name(name.as_encoded_bytes())
     }
 
     /// Whether the mount keeps owners and modes in stat records (`xattr_permissions=`).
@@ -779,16 +778,17 @@ impl Overlay {
         if self.noxattrs {
             return Err(crate::error::EOPNOTSUPP);
         }
-        if self.is_hidden_xattr(name) {
+        if self.is_stat_record_name(name) {
             return Err(ENODATA);
         }
+        let real_name = self.record_ns.layer_name(name)?;
         let node = self.inodes.get(node)?;
         if node.known_absent(name) {
             return Err(ENODATA);
         }
         let reals = node.reals();
         let top = reals.first().ok_or(crate::error::EIO)?;
-        let value = top.getxattr(&sys::cstr(name)?);
+        let value = top.getxattr(&sys::cstr(&real_name)?);
         if matches!(&value, Err(e) if e.errno() == libc::ENODATA) {
             node.remember_absent(name);
         }
@@ -805,9 +805,10 @@ impl Overlay {
         let top = reals.first().ok_or(crate::error::EIO)?;
         match sys::listxattr(top.fd()?.as_fd()) {
             Ok(names) => {
+                let shown = names.iter().filter(|n| !self.is_stat_record_name(n));
                 let mut list = Vec::new();
-                for n in names.iter().filter(|n| !self.is_hidden_xattr(n)) {
-                    list.extend_from_slice(n.as_encoded_bytes());
+                for n in shown.filter_map(|n| self.record_ns.mount_name(n)) {
+                    list.extend_from_slice(&n);
                     list.push(0);
                 }
                 Ok(list)
@@ -1054,14 +1055,15 @@ impl Overlay {
     }
 
     fn setxattr_steps(&self, node: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        if self.is_hidden_xattr(name) {
+        if self.is_stat_record_name(name) {
             return Err(crate::error::EPERM);
         }
+        let real_name = sys::cstr(&self.record_ns.layer_name(name)?)?;
         let node = self.inodes.get(node)?;
         let reals = self.ensure_upper_for_xattr(&node)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
         node.forget_absent();
-        sys::setxattr(top.fd()?.as_fd(), &sys::cstr(name)?, value, flags)
+        sys::setxattr(top.fd()?.as_fd(), &real_name, value, flags)
     }
 
     pub fn removexattr(&self, node: u64, name: &OsStr) -> Result<()> {
@@ -1073,20 +1075,21 @@ impl Overlay {
     }
 
     fn removexattr_steps(&self, node: u64, name: &OsStr) -> Result<()> {
-        if self.is_hidden_xattr(name) {
+        if self.is_stat_record_name(name) {
             return Err(ENODATA);
         }
+        let real_name = sys::cstr(&self.record_ns.layer_name(name)?)?;
         let node = self.inodes.get(node)?;
         // Nothing to copy up for an xattr that is not there.
         let top_fd = node.reals();
         sys::getxattr(
             top_fd.first().ok_or(crate::error::EIO)?.fd()?.as_fd(),
-            &sys::cstr(name)?,
+            &real_name,
         )?;
         let reals = self.ensure_upper_for_xattr(&node)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
         node.forget_absent();
-        sys::removexattr(top.fd()?.as_fd(), &sys::cstr(name)?)
+        sys::removexattr(top.fd()?.as_fd(), &real_name)
     }
 }
 
