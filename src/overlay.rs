@@ -706,13 +706,41 @@ impl Overlay {
         // one that also adds a real directory (a copy-up), keeps this listing from being kept.
         let generation = dir.listing_generation();
         let reals = dir.reals();
-        let l = Arc::new(Listing::new(readdir::merged_listing(
-            &self.layers,
-            &reals,
-            self.record_ns,
-        )?));
+        let merged = readdir::listing(&self.layers, &reals, self.record_ns)?;
+        if merged.stale_impure && !self.read_only {
+            self.drop_impure(dir, &reals);
+        }
+        let l = Arc::new(Listing::new(merged.entries));
         dir.keep_listing(generation, l.clone());
         Ok(l)
+    }
+
+    /// Removes the impure marker of upper-only directory `dir` (real entries `reals`) that no
+    /// entry needs any more, as the kernel does when it reads such a directory. Best effort: it
+    /// is skipped while an entry that needs the marker is being added (which holds the
+    /// directory's `impure_marker`), and a failure only leaves a marker that costs a few reads.
+    fn drop_impure(&self, dir: &Inode, reals: &crate::inode::Reals) {
+        let Some(_marker) = dir.impure_marker.try_write() else {
+            return;
+        };
+        // Entries published since the listing was read hold the marker no more: look again.
+        // (A listing that fails here failed for the caller a moment ago too; keeping the
+        // marker is the safe answer.)
+        let still_stale =
+            readdir::listing(&self.layers, reals, self.record_ns).is_ok_and(|m| m.stale_impure);
+        if !still_stale {
+            return;
+        }
+        let removed = reals
+            .first()
+            .ok_or(crate::error::EIO)
+            .and_then(|top| sys::removexattr(top.dir_fd()?, self.record_ns.impure()));
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.errno() == libc::ENODATA => {}
+            // A marker left in place only makes readdir read records it does not need.
+            Err(e) => log::info!("could not remove a stale impure marker: {e}"),
+        }
     }
 
     pub fn opendir(&self, node: u64) -> Result<u64> {

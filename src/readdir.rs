@@ -29,8 +29,26 @@ pub fn merged_listing(
     reals: &[RealEntry],
     ns: XattrNamespace,
 ) -> Result<Vec<DirEntry>> {
+    Ok(listing(layers, reals, ns)?.entries)
+}
+
+/// A merged listing, and whether its directory carries an impure marker that no entry needs.
+pub struct Merged {
+    pub entries: Vec<DirEntry>,
+    /// The directory is in the upper only, marked `overlay.impure`, and no entry reports a
+    /// number other than its real one: the marker can go, as the kernel removes it
+    /// (`ovl_cache_get_impure()` in `fs/overlayfs/readdir.c`). The kernel's `d_ino` checks
+    /// (xfstests `overlay/038`) take a marker that outlived its entries for an inconsistency.
+    pub stale_impure: bool,
+}
+
+/// [`merged_listing`], with what [`Merged::stale_impure`] says.
+pub fn listing(layers: &LayerStack, reals: &[RealEntry], ns: XattrNamespace) -> Result<Merged> {
     let mut seen: HashSet<OsString> = HashSet::new();
     let mut out = Vec::new();
+    let upper_only = matches!(reals, [only] if Some(only.layer) == layers.upper());
+    let mut marked = false;
+    let mut needed = false;
     for real in reals {
         let entries = sys::read_dir(real.dir_fd()?)?;
         let in_upper = Some(real.layer) == layers.upper();
@@ -39,6 +57,7 @@ pub fn merged_listing(
             Err(e) if is_no_xattr(e.errno()) => false,
             Err(e) => return Err(e),
         };
+        marked |= impure;
         let mut whiteouts = Vec::new();
         for e in entries {
             if is_hidden_name(&e.name) {
@@ -93,10 +112,11 @@ pub fn merged_listing(
             } else {
                 None
             };
+            let real_ino = layers.map_ino(real.layer, e.ino);
+            let ino = in_mount.or(recorded).unwrap_or(real_ino);
+            needed |= ino != real_ino;
             out.push(DirEntry {
-                ino: in_mount
-                    .or(recorded)
-                    .unwrap_or_else(|| layers.map_ino(real.layer, e.ino)),
+                ino,
                 layer: real.layer,
                 real_ino: e.ino,
                 name: e.name.clone(),
@@ -108,5 +128,8 @@ pub fn merged_listing(
         // was recorded above).
         seen.extend(whiteouts);
     }
-    Ok(out)
+    Ok(Merged {
+        entries: out,
+        stale_impure: upper_only && marked && !needed,
+    })
 }

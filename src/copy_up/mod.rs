@@ -210,6 +210,9 @@ impl Overlay {
             _ => None,
         };
         let cname = sys::cstr(plan.name)?;
+        // The parent's impure marker is set before the copy is published: no listing may
+        // remove it in between.
+        let marker = plan.parent.impure_marker.read();
         let (entry, published) = build::copy_up(&build::CopyCtx {
             work,
             upper_layer: upper,
@@ -226,6 +229,7 @@ impl Overlay {
             index: key.as_ref(),
             stat_record,
         })?;
+        drop(marker);
         // The parent's cached listing names the lower entry; a node looked up from it after
         // the kernel forgot this one would show the lower object again.
         plan.parent.listing_changed();
