@@ -148,6 +148,11 @@ fn escaped_names_on(side: Side, base: &Path, prefix: &str) -> Vec<String> {
     mkdirs(&l.join("d"));
     let own = format!("{prefix}.overlay.");
     let oth = format!("{}.overlay.", other(prefix));
+    // A lower layer that was the upper of an inner overlay: its escaped marker is an ordinary
+    // xattr to this mount (shown unescaped, copied up as it is), not a marker.
+    mkdirs(&l.join("e"));
+    fs::write(l.join("e/x"), "x").unwrap();
+    set_xattr(&l.join("e"), &format!("{own}overlay.opaque"), b"y").unwrap();
     let mut r = Vec::new();
     {
         let _m = mount(side, &options(&l.to_string_lossy(), &up, &wk, prefix), &m);
@@ -189,6 +194,17 @@ fn escaped_names_on(side: Side, base: &Path, prefix: &str) -> Vec<String> {
         let long = format!("{own}{}", "x".repeat(250 - own.len()));
         r.push(format!("set long: {}", set(&f, &long, "1")));
         r.push(format!("list f: {}", names(&f)));
+        let e = m.join("e");
+        r.push(format!(
+            "get e {own}opaque: {}",
+            get(&e, &format!("{own}opaque"))
+        ));
+        r.push(format!("list e: {}", names(&e)));
+        r.push(format!("e/x: {}", outcome(fs::read_to_string(e.join("x")))));
+        r.push(format!(
+            "touch e/new: {}",
+            outcome(fs::write(e.join("new"), "n").map(|()| String::new()))
+        ));
     }
     let keep = [
         format!("{own}overlay"),
@@ -198,6 +214,7 @@ fn escaped_names_on(side: Side, base: &Path, prefix: &str) -> Vec<String> {
     let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
     r.push(format!("upper d: {}", raw(&up.join("d"), &keep)));
     r.push(format!("upper f: {}", raw(&up.join("f"), &keep)));
+    r.push(format!("upper e: {}", raw(&up.join("e"), &keep)));
     r
 }
 
@@ -217,6 +234,11 @@ fn escaped_xattr_names_match_the_kernel() {
             k.iter()
                 .any(|l| l == &format!("set {prefix}.overlay.opaque: ok:")),
             "the kernel here does not escape xattr names (6.7+ does): {k:#?}"
+        );
+        let copied = format!("upper e: {prefix}.overlay.overlay.opaque=ok:y");
+        assert!(
+            k.contains(&copied),
+            "the kernel copies an escaped name up as it is: {k:#?}"
         );
         assert_eq!(k, u, "{prefix}: kernel (left) and ufs (right) differ");
     }
