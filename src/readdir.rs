@@ -17,7 +17,7 @@ use crate::layer::LayerStack;
 use crate::listing::DirEntry;
 use crate::records::{XattrNamespace, is_no_xattr, recorded_ino};
 use crate::sys;
-use crate::whiteout::{WH_PREFIX, is_hidden_name};
+use crate::whiteout::{WH_PREFIX, has_xwhiteouts, is_hidden_name};
 
 /// Lists a merged directory (without `.` and `..`).
 ///
@@ -42,6 +42,25 @@ pub struct Merged {
     pub stale_impure: bool,
 }
 
+/// Whether entry `name` of the real directory `dir` is one of the kernel's alternative
+/// whiteouts (false when it vanished since getdents).
+fn is_xwhiteout_at(dir: &RealEntry, name: &std::ffi::OsStr, ns: XattrNamespace) -> Result<bool> {
+    let cname = sys::cstr(name)?;
+    let st = match sys::fstatat(dir.dir_fd()?, &cname) {
+        Ok(st) => st,
+        Err(e) if e.errno() == libc::ENOENT => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
+        return Ok(false);
+    }
+    match sys::getxattr_at(dir.dir_fd()?, &cname, ns.xwhiteout()) {
+        Ok(_) => Ok(true),
+        Err(e) if is_no_xattr(e.errno()) || e.errno() == libc::ENOENT => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// [`merged_listing`], with what [`Merged::stale_impure`] says.
 pub fn listing(layers: &LayerStack, reals: &[RealEntry], ns: XattrNamespace) -> Result<Merged> {
     let mut seen: HashSet<OsString> = HashSet::new();
@@ -58,6 +77,8 @@ pub fn listing(layers: &LayerStack, reals: &[RealEntry], ns: XattrNamespace) -> 
             Err(e) => return Err(e),
         };
         marked |= impure;
+        // The kernel's alternative whiteouts count in lower layers only, as in a lookup.
+        let xwhiteouts = !in_upper && has_xwhiteouts(real.dir_fd()?, ns)?;
         let mut whiteouts = Vec::new();
         for e in entries {
             if is_hidden_name(&e.name) {
@@ -91,6 +112,10 @@ pub fn listing(layers: &LayerStack, reals: &[RealEntry], ns: XattrNamespace) -> 
                 }
                 Some(k) => k,
             };
+            if xwhiteouts && kind == Kind::Regular && is_xwhiteout_at(real, &e.name, ns)? {
+                seen.insert(e.name);
+                continue;
+            }
             let recorded = if impure
                 && (ns == XattrNamespace::Trusted
                     || matches!(kind, Kind::Regular | Kind::Directory))

@@ -47,6 +47,16 @@ impl XattrNamespace {
         }
     }
 
+    /// The marker of the kernel's alternative whiteout: a zero-size regular file carrying it,
+    /// in a lower directory whose opaque marker is `x`, is a whiteout
+    /// (Documentation/filesystems/overlayfs.rst, "Whiteouts and opaque directories").
+    pub fn xwhiteout(self) -> &'static CStr {
+        match self {
+            XattrNamespace::Trusted => c"trusted.overlay.whiteout",
+            XattrNamespace::User => c"user.overlay.whiteout",
+        }
+    }
+
     /// The kernel's marker on a directory holding entries copied up from elsewhere.
     pub fn impure(self) -> &'static CStr {
         match self {

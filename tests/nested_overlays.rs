@@ -419,3 +419,88 @@ fn an_overlay_is_a_lower_layer_of_another() {
         }
     }
 }
+
+/// xfstests overlay/084, `do_test_xwhiteout` in `base`: a layer whose root is marked
+/// `overlay.opaque=x` and holds a zero-size file `hidden` with `overlay.whiteout`, above a
+/// layer with `regular` and `hidden`, seen through a read-only mount of `side`.
+fn xwhiteout_on(side: Side, base: &Path, prefix: &str, mnt: &Path) -> Vec<String> {
+    let lower = mkdirs(&base.join("lower"));
+    let upper = mkdirs(&base.join("upper"));
+    fs::write(lower.join("regular"), "r").unwrap();
+    fs::write(lower.join("hidden"), "h").unwrap();
+    fs::write(upper.join("hidden"), "").unwrap();
+    mkdirs(&lower.join("sub"));
+    fs::write(lower.join("sub/gone"), "g").unwrap();
+    fs::write(lower.join("sub/kept"), "k").unwrap();
+    mkdirs(&upper.join("sub"));
+    fs::write(upper.join("sub/gone"), "").unwrap();
+    let mut r = vec![
+        set(&upper, &format!("{prefix}.overlay.opaque"), "x"),
+        set(
+            &upper.join("hidden"),
+            &format!("{prefix}.overlay.whiteout"),
+            "y",
+        ),
+        set(&upper.join("sub"), &format!("{prefix}.overlay.opaque"), "x"),
+        set(
+            &upper.join("sub/gone"),
+            &format!("{prefix}.overlay.whiteout"),
+            "y",
+        ),
+    ];
+    let mut o = format!("lowerdir={}:{}", upper.display(), lower.display());
+    if prefix == "user" {
+        o.push_str(",userxattr");
+    }
+    let _m = mount(side, &o, mnt);
+    r.push(format!("ls: {}", names_in(mnt)));
+    r.push(format!(
+        "hidden: {}",
+        outcome(fs::read_to_string(mnt.join("hidden")))
+    ));
+    r.push(format!("ls sub: {}", names_in(&mnt.join("sub"))));
+    r.push(format!(
+        "sub/gone: {}",
+        outcome(fs::read_to_string(mnt.join("sub/gone")))
+    ));
+    r
+}
+
+/// xfstests overlay/084, the xwhiteout parts: the kernel's alternative whiteouts in a lower
+/// layer, written directly and (escaped, `overlay.overlay.whiteout`) through an inner overlay
+/// of the same kind whose directory holds the layers.
+#[test]
+fn alternative_whiteouts_hide_names_below_also_through_an_inner_overlay() {
+    if skip("alternative_whiteouts_hide_names_below_also_through_an_inner_overlay") {
+        return;
+    }
+    let t = tempdir();
+    for prefix in ["trusted", "user"] {
+        let mut results = Vec::new();
+        for side in [Side::Kernel, Side::Ufs] {
+            let dir = mkdirs(&t.path().join(format!("xwh-{side:?}-{prefix}")));
+            let direct = xwhiteout_on(
+                side,
+                &mkdirs(&dir.join("direct")),
+                prefix,
+                &mkdirs(&dir.join("m1")),
+            );
+            let (l, u, w, n) = (
+                mkdirs(&dir.join("l")),
+                mkdirs(&dir.join("u")),
+                mkdirs(&dir.join("w")),
+                mkdirs(&dir.join("nested")),
+            );
+            let _inner = mount(side, &options(&l.to_string_lossy(), &u, &w, prefix), &n);
+            let nested = xwhiteout_on(side, &n, prefix, &mkdirs(&dir.join("m2")));
+            let escaped = raw(&u.join("upper/hidden"), &[&format!("{prefix}.overlay.")]);
+            results.push((direct, nested, escaped));
+        }
+        let (k, u) = (&results[0], &results[1]);
+        assert!(
+            k.0.iter().any(|l| l == "ls: ok:regular,sub"),
+            "the kernel reads alternative whiteouts: {k:#?}"
+        );
+        assert_eq!(k, u, "{prefix}: kernel (left) and ufs (right) differ");
+    }
+}
