@@ -338,16 +338,17 @@ impl Checker {
         let ns = self.ns;
         Ok(Some(match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => {
-                let opaque = xattr(dir, name, ns.opaque())?.is_some_and(|v| v == b"y" || v == b"x")
-                    || {
-                        let sub = sys::open_path(dir, name)?;
-                        crate::whiteout::exists(sub.as_fd(), WH_OPAQUE)?
-                    };
+                // `x` marks a directory that holds alternative whiteouts; it is not opaque.
+                let opaque = xattr(dir, name, ns.opaque())?.is_some_and(|v| v == b"y") || {
+                    let sub = sys::open_path(dir, name)?;
+                    crate::whiteout::exists(sub.as_fd(), WH_OPAQUE)?
+                };
                 Seen::Directory {
                     opaque,
                     redirect: xattr(dir, name, ns.redirect())?,
                 }
             }
+            libc::S_IFREG if self.is_xwhiteout(dir, name, &st)? => Seen::Whiteout,
             mode => {
                 let regular = mode == libc::S_IFREG;
                 let (metacopy, redirect) = if regular {
@@ -365,6 +366,14 @@ impl Checker {
                 }
             }
         }))
+    }
+
+    /// Whether regular file `name` of `dir` is one of the kernel's alternative whiteouts: empty,
+    /// with `overlay.whiteout`, in a directory whose opaque marker is `x`.
+    fn is_xwhiteout(&self, dir: BorrowedFd<'_>, name: &CStr, st: &libc::stat) -> Result<bool> {
+        Ok(st.st_size == 0
+            && xattr(dir, name, self.ns.xwhiteout())?.is_some()
+            && xattr(dir, c".", self.ns.opaque())?.is_some_and(|v| v == b"x"))
     }
 
     /// What path `p` is in `layer`.
@@ -482,17 +491,24 @@ impl Checker {
         let root = sys::open_path(self.layers[i].root.as_fd(), c".")?;
         let mut formats = Formats::default();
         self.walk(i, root.as_fd(), Vec::new(), below, &mut formats)?;
-        if formats.devices > 0 && formats.wh_files > 0 {
+        let used: Vec<String> = [
+            (formats.devices, "0/0 devices", &formats.device_example),
+            (formats.wh_files, ".wh. files", &formats.wh_example),
+            (
+                formats.xattr_files,
+                "overlay.whiteout files",
+                &formats.xattr_example,
+            ),
+        ]
+        .iter()
+        .filter(|(n, _, _)| *n > 0)
+        .map(|(n, what, example)| format!("{n} {what} ({})", example.display()))
+        .collect();
+        if used.len() > 1 {
             let path = self.layers[i].path.clone();
             self.report(
                 path,
-                format!(
-                    "the layer mixes whiteout formats: {} 0/0 devices ({}) and {} .wh. files ({})",
-                    formats.devices,
-                    formats.device_example.display(),
-                    formats.wh_files,
-                    formats.wh_example.display()
-                ),
+                format!("the layer mixes whiteout formats: {}", used.join(", ")),
                 "none; rewrite the layer in one format".into(),
                 Outcome::Manual,
             );
@@ -527,6 +543,11 @@ impl Checker {
                     formats.wh_files += 1;
                     formats.wh_example = real;
                 }
+                continue;
+            }
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG && self.is_xwhiteout(dir, &cname, &st)? {
+                formats.xattr_files += 1;
+                formats.xattr_example = real;
                 continue;
             }
             if sys::is_whiteout(&st) {
@@ -1018,6 +1039,8 @@ struct Formats {
     device_example: PathBuf,
     wh_files: usize,
     wh_example: PathBuf,
+    xattr_files: usize,
+    xattr_example: PathBuf,
 }
 
 fn decode_hex(s: &[u8]) -> Option<Vec<u8>> {

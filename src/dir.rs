@@ -17,7 +17,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use crate::copy_up::build::{CopyData, set_owner};
-use crate::error::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EPERM, EXDEV, Result};
+use crate::error::{
+    EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EPERM, ESTALE, EXDEV, Result,
+};
 use crate::inode::{Inode, NodeState, ROOT_ID, RealEntry, Reals, Top};
 use crate::kind::Kind;
 use crate::lookup::{self, Resolved};
@@ -365,7 +367,12 @@ impl Overlay {
         let pnode = self.dir_node(parent)?;
         let mut child = self.resolve(&pnode, name)?;
         if child.kind == Kind::Directory {
-            return Err(EISDIR);
+            // The kernel asks to unlink only a name it knows as a non-directory (`may_delete()`
+            // answers EISDIR for a directory it knows): a directory here means the object
+            // changed behind the mount (its upper removed, a lower directory showing again),
+            // which the kernel overlay answers ESTALE (the upper it finds is not the one its
+            // dentry holds, `ovl_remove_upper()`; xfstests `overlay/012`).
+            return Err(ESTALE);
         }
         if self.index_before_unlink(parent, name, &child)? {
             child = self.resolve(&pnode, name)?;
@@ -454,6 +461,8 @@ impl Overlay {
             Err(e) if e.errno() == libc::ENOENT => false,
             Err(e) => return Err(e),
         };
+        // The marker below must not be removed by a listing before the link is published.
+        let _marker = np.impure_marker.read();
         // A copy (it keeps a number or an origin from below) tells readdir, ufs's and the
         // kernel's, to look for its records in the new name's directory, as the kernel marks it.
         let is_copy = [work.xattr_ns.ino_record(), work.xattr_ns.origin()]
@@ -698,6 +707,9 @@ impl Overlay {
         let work = self.upper_layer()?.1;
         let (odir, ndir) = (m.oreals.top()?.dir_fd()?, m.nreals.top()?.dir_fd()?);
         let (cname, cnewname) = (sys::cstr(n.name)?, sys::cstr(n.newname)?);
+        // The new parent is marked impure below, after the entry arrives: no listing may
+        // remove the marker between its first check and then.
+        let _marker = (n.parent != n.newparent).then(|| plan.np.impure_marker.read());
         let needs_whiteout = !plan.exchange && self.lower_has(&m.oreals, n.name)?;
         let real_flags = if plan.exchange {
             libc::RENAME_EXCHANGE

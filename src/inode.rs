@@ -248,6 +248,11 @@ pub struct Inode {
     /// of every file by `ls -l` and the like, answered from here after the first time. Set only
     /// from a real answer, and cleared by every change of the node's xattrs or mode.
     absent_xattrs: AtomicU8,
+    /// For a directory: held shared by whoever marks its upper `overlay.impure` and publishes
+    /// the entry that needs the marker (copy-up, link, a rename from another directory), from
+    /// before the mark until after the publish; tried exclusively by a listing that would
+    /// remove a marker no entry needs, which skips the removal when it cannot have it. A leaf.
+    pub impure_marker: RwLock<()>,
 }
 
 /// The xattrs asked of every file (`ls -l`: the SELinux label and the access ACL; the kernel,
@@ -410,6 +415,7 @@ impl InodeTable {
             walks: AtomicU64::new(0),
             listed_len: AtomicU32::new(0),
             absent_xattrs: AtomicU8::new(0),
+            impure_marker: RwLock::new(()),
         });
         self.nodes.insert(ROOT_ID, node);
     }
@@ -460,6 +466,7 @@ impl InodeTable {
             walks: AtomicU64::new(0),
             listed_len: AtomicU32::new(0),
             absent_xattrs: AtomicU8::new(0),
+            impure_marker: RwLock::new(()),
         });
         slot.insert(node.clone());
         Ok((node, true))

@@ -22,7 +22,7 @@ use crate::layer::LayerStack;
 use crate::records::{is_metacopy, redirect};
 use crate::redirect::{Target, redirect_target};
 use crate::sys;
-use crate::whiteout::{exists, is_hidden_name, is_opaque, whiteout_name};
+use crate::whiteout::{self, exists, is_hidden_name, is_opaque, whiteout_name};
 
 /// What a name resolves to.
 #[derive(Debug)]
@@ -278,6 +278,13 @@ pub fn lookup(layers: &LayerStack, parents: &[RealEntry], name: &OsStr) -> Resul
         };
         let st = sys::fstat(fd.as_fd())?;
         if sys::is_whiteout(&st) {
+            break;
+        }
+        // The kernel reads its alternative whiteouts in lower layers only (`ovl_lookup_single`).
+        if Some(layer) != layers.upper()
+            && whiteout::is_xwhiteout(fd.as_fd(), &st, ns)?
+            && whiteout::has_xwhiteouts(in_dir.as_fd(), ns)?
+        {
             break;
         }
         let Some(kind) = Kind::from_mode(st.st_mode) else {

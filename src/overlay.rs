@@ -728,13 +728,41 @@ impl Overlay {
         // one that also adds a real directory (a copy-up), keeps this listing from being kept.
         let generation = dir.listing_generation();
         let reals = dir.reals();
-        let l = Arc::new(Listing::new(readdir::merged_listing(
-            &self.layers,
-            &reals,
-            self.record_ns,
-        )?));
+        let merged = readdir::listing(&self.layers, &reals, self.record_ns)?;
+        if merged.stale_impure && !self.read_only {
+            self.drop_impure(dir, &reals);
+        }
+        let l = Arc::new(Listing::new(merged.entries));
         dir.keep_listing(generation, l.clone());
         Ok(l)
+    }
+
+    /// Removes the impure marker of upper-only directory `dir` (real entries `reals`) that no
+    /// entry needs any more, as the kernel does when it reads such a directory. Best effort: it
+    /// is skipped while an entry that needs the marker is being added (which holds the
+    /// directory's `impure_marker`), and a failure only leaves a marker that costs a few reads.
+    fn drop_impure(&self, dir: &Inode, reals: &crate::inode::Reals) {
+        let Some(_marker) = dir.impure_marker.try_write() else {
+            return;
+        };
+        // Entries published since the listing was read hold the marker no more: look again.
+        // (A listing that fails here failed for the caller a moment ago too; keeping the
+        // marker is the safe answer.)
+        let still_stale =
+            readdir::listing(&self.layers, reals, self.record_ns).is_ok_and(|m| m.stale_impure);
+        if !still_stale {
+            return;
+        }
+        let removed = reals
+            .first()
+            .ok_or(crate::error::EIO)
+            .and_then(|top| sys::removexattr(top.dir_fd()?, self.record_ns.impure()));
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.errno() == libc::ENODATA => {}
+            // A marker left in place only makes readdir read records it does not need.
+            Err(e) => log::info!("could not remove a stale impure marker: {e}"),
+        }
     }
 
     pub fn opendir(&self, node: u64) -> Result<u64> {
@@ -785,11 +813,10 @@ impl Overlay {
         self.layers.statfs()
     }
 
-    /// Whether xattr `name` is ufs's own, hidden from the mount's users: an overlay record of
-    /// the mount's namespace, or a stat record when the mount keeps them.
-    fn is_hidden_xattr(&self, name: &OsStr) -> bool {
-        self.record_ns.is_private(name)
-            || (self.stat_records() && stat_override::is_record_name(name.as_encoded_bytes()))
+    /// Whether `name` is a stat record's name and the mount keeps them: hidden, never set.
+    /// (Overlay records are kept apart by escaping, see [`XattrNamespace::layer_name`].)
+    fn is_stat_record_name(&self, name: &OsStr) -> bool {
+        self.stat_records() && stat_override::is_record_name(name.as_encoded_bytes())
     }
 
     /// Whether the mount keeps owners and modes in stat records (`xattr_permissions=`).
@@ -801,9 +828,10 @@ impl Overlay {
         if self.noxattrs {
             return Err(crate::error::EOPNOTSUPP);
         }
-        if self.is_hidden_xattr(name) {
+        if self.is_stat_record_name(name) {
             return Err(ENODATA);
         }
+        let real_name = self.record_ns.layer_name(name)?;
         let node = self.inodes.get(node)?;
         if node.known_absent(name) {
             self.stats.xattr_absent_hit();
@@ -811,7 +839,7 @@ impl Overlay {
         }
         let reals = node.reals();
         let top = reals.first().ok_or(crate::error::EIO)?;
-        let value = top.getxattr(&sys::cstr(name)?);
+        let value = top.getxattr(&sys::cstr(&real_name)?);
         if matches!(&value, Err(e) if e.errno() == libc::ENODATA) {
             node.remember_absent(name);
         }
@@ -828,9 +856,10 @@ impl Overlay {
         let top = reals.first().ok_or(crate::error::EIO)?;
         match sys::listxattr(top.fd()?.as_fd()) {
             Ok(names) => {
+                let shown = names.iter().filter(|n| !self.is_stat_record_name(n));
                 let mut list = Vec::new();
-                for n in names.iter().filter(|n| !self.is_hidden_xattr(n)) {
-                    list.extend_from_slice(n.as_encoded_bytes());
+                for n in shown.filter_map(|n| self.record_ns.mount_name(n)) {
+                    list.extend_from_slice(&n);
                     list.push(0);
                 }
                 Ok(list)
@@ -1077,14 +1106,15 @@ impl Overlay {
     }
 
     fn setxattr_steps(&self, node: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        if self.is_hidden_xattr(name) {
+        if self.is_stat_record_name(name) {
             return Err(crate::error::EPERM);
         }
+        let real_name = sys::cstr(&self.record_ns.layer_name(name)?)?;
         let node = self.inodes.get(node)?;
         let reals = self.ensure_upper_for_xattr(&node)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
         node.forget_absent();
-        sys::setxattr(top.fd()?.as_fd(), &sys::cstr(name)?, value, flags)
+        sys::setxattr(top.fd()?.as_fd(), &real_name, value, flags)
     }
 
     pub fn removexattr(&self, node: u64, name: &OsStr) -> Result<()> {
@@ -1096,20 +1126,21 @@ impl Overlay {
     }
 
     fn removexattr_steps(&self, node: u64, name: &OsStr) -> Result<()> {
-        if self.is_hidden_xattr(name) {
+        if self.is_stat_record_name(name) {
             return Err(ENODATA);
         }
+        let real_name = sys::cstr(&self.record_ns.layer_name(name)?)?;
         let node = self.inodes.get(node)?;
         // Nothing to copy up for an xattr that is not there.
         let top_fd = node.reals();
         sys::getxattr(
             top_fd.first().ok_or(crate::error::EIO)?.fd()?.as_fd(),
-            &sys::cstr(name)?,
+            &real_name,
         )?;
         let reals = self.ensure_upper_for_xattr(&node)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
         node.forget_absent();
-        sys::removexattr(top.fd()?.as_fd(), &sys::cstr(name)?)
+        sys::removexattr(top.fd()?.as_fd(), &real_name)
     }
 }
 

@@ -17,7 +17,7 @@ use crate::layer::LayerStack;
 use crate::listing::DirEntry;
 use crate::records::{XattrNamespace, is_no_xattr, recorded_ino};
 use crate::sys;
-use crate::whiteout::{WH_PREFIX, is_hidden_name};
+use crate::whiteout::{WH_PREFIX, has_xwhiteouts, is_hidden_name};
 
 /// Lists a merged directory (without `.` and `..`).
 ///
@@ -29,8 +29,45 @@ pub fn merged_listing(
     reals: &[RealEntry],
     ns: XattrNamespace,
 ) -> Result<Vec<DirEntry>> {
+    Ok(listing(layers, reals, ns)?.entries)
+}
+
+/// A merged listing, and whether its directory carries an impure marker that no entry needs.
+pub struct Merged {
+    pub entries: Vec<DirEntry>,
+    /// The directory is in the upper only, marked `overlay.impure`, and no entry reports a
+    /// number other than its real one: the marker can go, as the kernel removes it
+    /// (`ovl_cache_get_impure()` in `fs/overlayfs/readdir.c`). The kernel's `d_ino` checks
+    /// (xfstests `overlay/038`) take a marker that outlived its entries for an inconsistency.
+    pub stale_impure: bool,
+}
+
+/// Whether entry `name` of the real directory `dir` is one of the kernel's alternative
+/// whiteouts (false when it vanished since getdents).
+fn is_xwhiteout_at(dir: &RealEntry, name: &std::ffi::OsStr, ns: XattrNamespace) -> Result<bool> {
+    let cname = sys::cstr(name)?;
+    let st = match sys::fstatat(dir.dir_fd()?, &cname) {
+        Ok(st) => st,
+        Err(e) if e.errno() == libc::ENOENT => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
+        return Ok(false);
+    }
+    match sys::getxattr_at(dir.dir_fd()?, &cname, ns.xwhiteout()) {
+        Ok(_) => Ok(true),
+        Err(e) if is_no_xattr(e.errno()) || e.errno() == libc::ENOENT => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`merged_listing`], with what [`Merged::stale_impure`] says.
+pub fn listing(layers: &LayerStack, reals: &[RealEntry], ns: XattrNamespace) -> Result<Merged> {
     let mut seen: HashSet<OsString> = HashSet::new();
     let mut out = Vec::new();
+    let upper_only = matches!(reals, [only] if Some(only.layer) == layers.upper());
+    let mut marked = false;
+    let mut needed = false;
     for real in reals {
         let entries = sys::read_dir(real.dir_fd()?)?;
         let in_upper = Some(real.layer) == layers.upper();
@@ -39,6 +76,9 @@ pub fn merged_listing(
             Err(e) if is_no_xattr(e.errno()) => false,
             Err(e) => return Err(e),
         };
+        marked |= impure;
+        // The kernel's alternative whiteouts count in lower layers only, as in a lookup.
+        let xwhiteouts = !in_upper && has_xwhiteouts(real.dir_fd()?, ns)?;
         let mut whiteouts = Vec::new();
         for e in entries {
             if is_hidden_name(&e.name) {
@@ -72,6 +112,10 @@ pub fn merged_listing(
                 }
                 Some(k) => k,
             };
+            if xwhiteouts && kind == Kind::Regular && is_xwhiteout_at(real, &e.name, ns)? {
+                seen.insert(e.name);
+                continue;
+            }
             let recorded = if impure
                 && (ns == XattrNamespace::Trusted
                     || matches!(kind, Kind::Regular | Kind::Directory))
@@ -93,10 +137,11 @@ pub fn merged_listing(
             } else {
                 None
             };
+            let real_ino = layers.map_ino(real.layer, e.ino);
+            let ino = in_mount.or(recorded).unwrap_or(real_ino);
+            needed |= ino != real_ino;
             out.push(DirEntry {
-                ino: in_mount
-                    .or(recorded)
-                    .unwrap_or_else(|| layers.map_ino(real.layer, e.ino)),
+                ino,
                 layer: real.layer,
                 real_ino: e.ino,
                 name: e.name.clone(),
@@ -108,5 +153,8 @@ pub fn merged_listing(
         // was recorded above).
         seen.extend(whiteouts);
     }
-    Ok(out)
+    Ok(Merged {
+        entries: out,
+        stale_impure: upper_only && marked && !needed,
+    })
 }

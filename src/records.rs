@@ -6,14 +6,23 @@
 //! A mount reads and writes its records in exactly one namespace (kernel: `ovl_xattr()` and
 //! `ofs->config.userxattr` in `fs/overlayfs/`): `trusted.overlay.*` when the daemon may use
 //! `trusted.*` names, else `user.overlay.*` (unprivileged, in a user namespace, or with
-//! `-o userxattr`). Names of that namespace are private: hidden from listings, `ENODATA` to read
-//! and `EPERM` to write through the mount, as the kernel does (`ovl_is_private_xattr`). Names of
-//! the other namespace are ordinary xattrs: a `user.overlay.redirect` that anyone who owns a file
-//! can set is never taken as a record by a mount that uses `trusted.overlay.*`.
+//! `-o userxattr`). Names of that namespace are private: hidden from listings, and never reached
+//! through the mount, as in the kernel (`ovl_is_private_xattr`). Names of the other namespace are
+//! ordinary xattrs: a `user.overlay.redirect` that anyone who owns a file can set is never taken
+//! as a record by a mount that uses `trusted.overlay.*`.
+//!
+//! So that an overlay can be a layer of another overlay, names of the mount's namespace are
+//! escaped, as the kernel (6.7+) escapes them (`ovl_xattr_escape_name()`, `ovl_listxattr()`,
+//! Documentation/filesystems/overlayfs.rst, "Nesting overlayfs mounts"): a name
+//! `PREFIX.overlay.NAME` asked through the mount (`PREFIX.overlay.` being `trusted.overlay.` or
+//! `user.overlay.`) is `PREFIX.overlay.overlay.NAME` in the layers, and a layer's escaped
+//! `PREFIX.overlay.overlay.NAME` is listed as `PREFIX.overlay.NAME`. Each mount removes one level,
+//! so the records of an outer overlay stored through an inner one read as records again from
+//! the inner's layers, and the inner's own records stay hidden from the outer.
 
 use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::error::Result;
 use crate::inode::RealEntry;
@@ -35,6 +44,16 @@ impl XattrNamespace {
         match self {
             XattrNamespace::Trusted => c"trusted.overlay.opaque",
             XattrNamespace::User => c"user.overlay.opaque",
+        }
+    }
+
+    /// The marker of the kernel's alternative whiteout: a zero-size regular file carrying it,
+    /// in a lower directory whose opaque marker is `x`, is a whiteout
+    /// (Documentation/filesystems/overlayfs.rst, "Whiteouts and opaque directories").
+    pub fn xwhiteout(self) -> &'static CStr {
+        match self {
+            XattrNamespace::Trusted => c"trusted.overlay.whiteout",
+            XattrNamespace::User => c"user.overlay.whiteout",
         }
     }
 
@@ -105,21 +124,70 @@ impl XattrNamespace {
         }
     }
 
-    /// Whether `name` is one of this namespace's records, hidden from the mount's users.
+    /// Whether `name`, as stored in a layer, is one of this namespace's records, hidden from
+    /// the mount's users (and not copied up): a name of the namespace that is not escaped.
     pub fn is_private(self, name: &OsStr) -> bool {
-        name.as_bytes().starts_with(self.prefix())
+        let n = name.as_bytes();
+        n.starts_with(self.prefix()) && !self.is_escaped(n)
     }
 
-    /// The NUL-separated list of the visible names among `names`.
+    /// Whether a layer's xattr name is an escaped one (`PREFIX.overlay.overlay.NAME`).
+    fn is_escaped(self, name: &[u8]) -> bool {
+        name.strip_prefix(self.prefix())
+            .is_some_and(|rest| rest.starts_with(ESCAPE))
+    }
+
+    /// The name in the layers of xattr `name` asked through the mount: one level of escaping
+    /// added to a name of the namespace, any other name as it is. `EINVAL` for the bare prefix
+    /// (the kernel's `xattr_resolve_name()`), `EOPNOTSUPP` when the escaped name would be longer
+    /// than `XATTR_NAME_MAX` (as `ovl_xattr_escape_name()` answers).
+    pub fn layer_name(self, name: &OsStr) -> Result<std::borrow::Cow<'_, OsStr>> {
+        let n = name.as_bytes();
+        let Some(rest) = n.strip_prefix(self.prefix()) else {
+            return Ok(std::borrow::Cow::Borrowed(name));
+        };
+        if rest.is_empty() {
+            return Err(crate::error::EINVAL);
+        }
+        if n.len() + ESCAPE.len() > XATTR_NAME_MAX {
+            return Err(crate::error::EOPNOTSUPP);
+        }
+        let mut v = self.prefix().to_vec();
+        v.extend_from_slice(ESCAPE);
+        v.extend_from_slice(rest);
+        Ok(std::borrow::Cow::Owned(std::ffi::OsString::from_vec(v)))
+    }
+
+    /// The name a layer's xattr `name` shows through the mount: `None` for a private one, one
+    /// level of escaping removed from an escaped one, any other name as it is.
+    pub fn mount_name(self, name: &OsStr) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let n = name.as_bytes();
+        let Some(rest) = n.strip_prefix(self.prefix()) else {
+            return Some(std::borrow::Cow::Borrowed(n));
+        };
+        let inner = rest.strip_prefix(ESCAPE)?;
+        let mut v = self.prefix().to_vec();
+        v.extend_from_slice(inner);
+        Some(std::borrow::Cow::Owned(v))
+    }
+
+    /// The NUL-separated list of the names `names` (a layer's) show through the mount.
     pub fn visible_list(self, names: &[std::ffi::OsString]) -> Vec<u8> {
         let mut out = Vec::new();
-        for n in names.iter().filter(|n| !self.is_private(n)) {
-            out.extend_from_slice(n.as_bytes());
+        for n in names.iter().filter_map(|n| self.mount_name(n)) {
+            out.extend_from_slice(&n);
             out.push(0);
         }
         out
     }
 }
+
+/// What escapes one level of a record name: `PREFIX.overlay.overlay.NAME` in a layer is
+/// `PREFIX.overlay.NAME` through the mount (the kernel's `OVL_XATTR_ESCAPE_PREFIX`).
+const ESCAPE: &[u8] = b"overlay.";
+
+/// The longest xattr name the kernel takes.
+const XATTR_NAME_MAX: usize = 255;
 
 /// Errors meaning "this xattr is not there" (or xattrs are not supported at all).
 pub fn is_no_xattr(errno: i32) -> bool {
@@ -250,6 +318,9 @@ mod tests {
             ("user.overlay.redirect", false, true),
             ("user.foo", false, false),
             ("trusted.overlayx", false, false),
+            ("trusted.overlay.overlay.opaque", false, false),
+            ("user.overlay.overlay.opaque", false, false),
+            ("trusted.overlay.overlayx", true, false),
             ("security.selinux", false, false),
         ] {
             let n = OsStr::new(name);
@@ -265,15 +336,61 @@ mod tests {
             "trusted.overlay.opaque",
             "user.overlay.x",
             "user.b",
+            "trusted.overlay.overlay.opaque",
+            "user.overlay.overlay.overlay.x",
         ]
         .map(std::ffi::OsString::from);
         assert_eq!(
             XattrNamespace::Trusted.visible_list(&names),
-            b"user.a\0user.overlay.x\0user.b\0"
+            &b"user.a\0user.overlay.x\0user.b\0trusted.overlay.opaque\0\
+               user.overlay.overlay.overlay.x\0"[..]
         );
         assert_eq!(
             XattrNamespace::User.visible_list(&names),
-            b"user.a\0trusted.overlay.opaque\0user.b\0"
+            &b"user.a\0trusted.overlay.opaque\0user.b\0trusted.overlay.overlay.opaque\0\
+               user.overlay.overlay.x\0"[..]
+        );
+    }
+
+    #[test]
+    fn names_of_the_namespace_are_escaped_one_level() {
+        let t = XattrNamespace::Trusted;
+        for (asked, stored) in [
+            ("trusted.overlay.opaque", "trusted.overlay.overlay.opaque"),
+            (
+                "trusted.overlay.overlay.opaque",
+                "trusted.overlay.overlay.overlay.opaque",
+            ),
+            ("trusted.overlayfsrz", "trusted.overlayfsrz"),
+            ("user.overlay.opaque", "user.overlay.opaque"),
+        ] {
+            let got = t.layer_name(OsStr::new(asked)).unwrap();
+            assert_eq!(got, OsStr::new(stored), "{asked}");
+            if t.is_private(OsStr::new(stored)) {
+                continue;
+            }
+            let back = t.mount_name(OsStr::new(stored)).unwrap();
+            assert_eq!(&*back, asked.as_bytes(), "{stored}");
+        }
+        let u = XattrNamespace::User;
+        assert_eq!(
+            u.layer_name(OsStr::new("user.overlay.opaque")).unwrap(),
+            OsStr::new("user.overlay.overlay.opaque")
+        );
+        assert_eq!(
+            u.layer_name(OsStr::new("trusted.overlay.opaque")).unwrap(),
+            OsStr::new("trusted.overlay.opaque")
+        );
+        assert_eq!(
+            t.layer_name(OsStr::new("trusted.overlay."))
+                .unwrap_err()
+                .errno(),
+            libc::EINVAL
+        );
+        let long = format!("trusted.overlay.{}", "x".repeat(235));
+        assert_eq!(
+            t.layer_name(OsStr::new(&long)).unwrap_err().errno(),
+            libc::EOPNOTSUPP
         );
     }
 

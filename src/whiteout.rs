@@ -1,7 +1,9 @@
 //! Whiteouts and opaque markers: the names reserved for them, and how a real directory is
 //! found opaque. Whiteouts are 0/0 character devices (the kernel's format, `sys::is_whiteout`)
 //! or, in OCI layers and where `mknod` of one is refused, `.wh.NAME` files; opaque markers are
-//! `overlay.opaque=y` in the mount's record namespace or a `.wh..wh..opq` entry. Kernel
+//! `overlay.opaque=y` in the mount's record namespace or a `.wh..wh..opq` entry. In lower
+//! layers, the kernel's alternative whiteouts are read too (zero-size files with
+//! `overlay.whiteout` in a directory marked `overlay.opaque=x`). Kernel
 //! counterpart: `ovl_is_whiteout()`, `ovl_is_opaquedir()` and `ovl_whiteout()` in
 //! `fs/overlayfs/`.
 
@@ -46,6 +48,32 @@ pub fn is_opaque(dir: BorrowedFd<'_>, ns: XattrNamespace) -> Result<bool> {
     match sys::fstatat(dir, WH_OPAQUE) {
         Ok(_) => Ok(true),
         Err(e) if e.errno() == libc::ENOENT => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the real directory `dir` of a lower layer may hold the kernel's alternative
+/// whiteouts: its opaque marker is `x` (the kernel's `ovl_get_opaquedir_val()`; such a
+/// directory is not opaque).
+pub fn has_xwhiteouts(dir: BorrowedFd<'_>, ns: XattrNamespace) -> Result<bool> {
+    match sys::getxattr(dir, ns.opaque()) {
+        Ok(v) => Ok(v == b"x"),
+        Err(e) if is_no_xattr(e.errno()) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the entry `fd` (with `stat` `st`), in a lower directory that may hold them, is one
+/// of the kernel's alternative whiteouts: a zero-size regular file with `overlay.whiteout`
+/// (`ovl_path_check_xwhiteout_xattr()`). Overlays never create them; image tools do, and an
+/// inner overlay shows its layers' escaped ones (`overlay.overlay.whiteout`) so to an outer one.
+pub fn is_xwhiteout(fd: BorrowedFd<'_>, st: &libc::stat, ns: XattrNamespace) -> Result<bool> {
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
+        return Ok(false);
+    }
+    match sys::getxattr(fd, ns.xwhiteout()) {
+        Ok(_) => Ok(true),
+        Err(e) if is_no_xattr(e.errno()) => Ok(false),
         Err(e) => Err(e),
     }
 }

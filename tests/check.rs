@@ -669,3 +669,30 @@ fn a_stack_in_use_is_refused_and_fsck_overlay_is_a_name_for_check() {
     assert_eq!(code(&run), Some(1), "{run}");
     assert!(!s.exists("upper/orphan"));
 }
+
+/// The kernel's alternative whiteouts (an empty file with `overlay.whiteout` in a directory
+/// marked `opaque=x`) hide what is below them, and `x` does not make a directory opaque.
+#[test]
+fn alternative_whiteouts_hide_and_x_is_not_opaque() {
+    if skip_check("alternative_whiteouts_hide_and_x_is_not_opaque") {
+        return;
+    }
+    let s = Stack::new();
+    s.touch("lower2/d/foo");
+    s.touch("lower2/d/bar");
+    s.mkdir("lower/d");
+    set_xattr(&s.p("lower/d"), OPAQUE, b"x").expect("opaque=x");
+    fs::write(s.p("lower/d/foo"), "").expect("create");
+    set_xattr(&s.p("lower/d/foo"), "trusted.overlay.whiteout", b"").expect("xwhiteout");
+    s.mkdir("upper/d");
+    s.impure("upper");
+    s.whiteout("upper/d/foo");
+    s.whiteout("upper/d/bar");
+    let run = s.expect(true, "-n", 4);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{run}");
+    assert!(
+        lines[0].starts_with(&format!("{}: orphan whiteout", s.p("upper/d/foo").display())),
+        "{run}"
+    );
+}

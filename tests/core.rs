@@ -521,3 +521,24 @@ fn a_remembered_missing_capability_is_forgotten_when_one_is_set() {
     }
     assert_eq!(ov.getxattr(n, cap).map_err(|e| e.errno()), Ok(value));
 }
+
+/// xfstests `overlay/012`: a lower directory removed, a file created in its place, that file
+/// removed from the upper behind the mount (the lower directory shows again): unlinking the name
+/// the file had answers `ESTALE`, as the kernel overlay does, not `EISDIR`. (Through a FUSE mount
+/// the kernel retries the `ESTALE` after a fresh lookup and then says `EISDIR` itself: see
+/// docs/DIFFERENCES.md.)
+#[test]
+fn unlink_of_a_file_removed_behind_the_mount_is_stale() {
+    let s = Stack::new(1, |_, d| fs::create_dir(d.join("test")).expect("mkdir"));
+    let ov = s.open();
+    ov.rmdir(ROOT, OsStr::new("test")).expect("rmdir");
+    let (_, fh) = ov
+        .create(ROOT, OsStr::new("test"), 0o644, libc::O_WRONLY, caller())
+        .expect("create");
+    ov.release(fh);
+    fs::remove_file(s.upper.join("test")).expect("remove the upper file behind the mount");
+    assert_eq!(
+        ov.unlink(ROOT, OsStr::new("test")).map_err(|e| e.errno()),
+        Err(libc::ESTALE)
+    );
+}

@@ -466,11 +466,17 @@ fn script() -> Vec<Op> {
             "user.a",
             b"1"
         ))),
-        Op {
-            name: "setxattr trusted.overlay.x",
-            run: |m| done(set_xattr(&m.join("lo1"), "trusted.overlay.x", b"1")),
-            check: Check::UfsRefuses,
-        },
+        // A name of the mount's own namespace is escaped (stored as
+        // `trusted.overlay.overlay.x`), as the kernel (6.7+) does for nested overlays.
+        op!("setxattr trusted.overlay.x (escaped)", |m| done(set_xattr(
+            &m.join("lo1"),
+            "trusted.overlay.x",
+            b"1"
+        ))),
+        op!("getxattr trusted.overlay.x (escaped)", |m| xattr_outcome(
+            &m.join("lo1"),
+            "trusted.overlay.x"
+        )),
         // A mount whose records are `trusted.overlay.*` keeps `user.overlay.*` as ordinary
         // xattrs, as the kernel does.
         op!("setxattr user.overlay.x", |m| done(set_xattr(

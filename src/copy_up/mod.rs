@@ -211,6 +211,9 @@ impl Overlay {
             _ => None,
         };
         let cname = sys::cstr(plan.name)?;
+        // The parent's impure marker is set before the copy is published: no listing may
+        // remove it in between.
+        let marker = plan.parent.impure_marker.read();
         let (entry, published) = build::copy_up(&build::CopyCtx {
             work,
             upper_layer: upper,
@@ -227,6 +230,7 @@ impl Overlay {
             index: key.as_ref(),
             stat_record,
         })?;
+        drop(marker);
         let bytes = match plan.data {
             CopyData::All if node.kind == Kind::Regular => plan.src_st.st_size.max(0) as u64,
             _ => 0,

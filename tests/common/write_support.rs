@@ -289,9 +289,8 @@ pub type OpFn = fn(&Path) -> io::Result<String>;
 pub enum Check {
     /// The outcome must equal the kernel's.
     Kernel,
-    /// ufs deliberately differs from the kernel here (SEMANTICS.md: overlay-private xattr names
-    /// cannot be set through the mount; kernel 6.7+ accepts and escapes them): the call runs
-    /// on ufs only and must fail.
+    /// ufs deliberately differs from the kernel here (a difference written in
+    /// docs/DIFFERENCES.md): the call runs on ufs only and must fail.
     UfsRefuses,
 }
 

@@ -35,8 +35,8 @@ pub const LINK_NAMES: &[&str] = &["h1", "h2"];
 pub const NEW_NAMES: &[&str] = &["a", "b", "c", "d", "e", "n", "m"];
 /// Every name that can appear anywhere (probed in every directory of a snapshot).
 pub const ALL_NAMES: &[&str] = &["a", "b", "c", "d", "e", "n", "m", "h1", "h2"];
-/// Only `user.*` names that are not overlay-private: see
-/// `runner::KnownDifference::UserOverlayXattrs`.
+/// `user.*` names only: the escaped overlay names (`trusted.overlay.*` through a mount) are
+/// compared by `tests/nested_overlays.rs`.
 pub const XATTR_NAMES: &[&str] = &["user.k0", "user.k1", "user.k2"];
 
 const FILE_MODES: &[u32] = &[

@@ -38,9 +38,6 @@ pub enum KnownDifference {
     /// reads neither. Only the ufs copy of the lowers uses them;
     /// the kernel copy (and every upper layer) gets 0/0 devices and `trusted.overlay.opaque`.
     OciMarkers,
-    /// "Private names cannot be set through the mount": operations only use `user.k*` names,
-    /// and never set `trusted.overlay.*` names through a mount.
-    UserOverlayXattrs,
     /// "Orphan whiteouts": the kernel lists a whiteout in a directory that exists in one layer
     /// only. The generator puts whiteouts only in directories that merge with a layer below.
     OrphanWhiteouts,
@@ -55,11 +52,10 @@ pub enum KnownDifference {
 }
 
 impl KnownDifference {
-    pub const ALL: [KnownDifference; 6] = [
+    pub const ALL: [KnownDifference; 5] = [
         KnownDifference::Defaults,
         KnownDifference::RenameOverOwnLink,
         KnownDifference::OciMarkers,
-        KnownDifference::UserOverlayXattrs,
         KnownDifference::OrphanWhiteouts,
         KnownDifference::WhiteoutNamesRefused,
     ];
@@ -69,7 +65,6 @@ impl KnownDifference {
         match self {
             KnownDifference::Defaults => "## Defaults",
             KnownDifference::OciMarkers => "OCI whiteouts and opaque markers",
-            KnownDifference::UserOverlayXattrs => "Private names cannot be set through the mount",
             KnownDifference::OrphanWhiteouts => "Orphan whiteouts",
             KnownDifference::WhiteoutNamesRefused => "Names starting with `.wh.`",
             KnownDifference::RenameOverOwnLink => {
