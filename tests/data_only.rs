@@ -83,13 +83,16 @@ fn opts_plus(base: &Path, extra: &str) -> String {
     format!("{extra}lowerdir+={b}/l1,lowerdir+={b}/l2,datadir+={b}/d1,datadir+={b}/d2")
 }
 
+/// One file: name, content, mode, size, link count, inode number, mtime (s, ns).
+type FileView = (String, Vec<u8>, u32, u64, u64, u64, i64, i64);
+
 /// What one union shows: per file, content and attributes (no `st_dev`: each mount has its
 /// own); the listings of `/` and `/dir` (the names that can be looked up: ufs leaves a name
 /// whose lookup fails out of a listing, where the kernel lists it; docs/DIFFERENCES.md); and the
 /// errno of names that must not resolve.
 #[derive(Debug, PartialEq)]
 struct View {
-    files: Vec<(String, Vec<u8>, u32, u64, u64, u64, i64, i64)>,
+    files: Vec<FileView>,
     root: Vec<String>,
     dir: Vec<String>,
     errors: Vec<(String, Option<i32>)>,
