@@ -395,3 +395,27 @@ fn diff_ignores_data_only_layers() {
     assert!(run.success(), "{run}");
     assert_eq!(run.stdout.trim(), "A /new", "{run}");
 }
+
+/// The path of a redirect is walked in a data-only layer without following a symlink: a data
+/// layer whose `blobs` is a symlink to a directory beside the layers gives no data from there.
+#[test]
+fn data_layer_walk_follows_no_symlink() {
+    if skip("data_layer_walk_follows_no_symlink") {
+        return;
+    }
+    let t = tempdir();
+    let base = t.path();
+    write(&base.join("outside/secret"), b"must not be read\n");
+    mkdirs(&base.join("d1"));
+    std::os::unix::fs::symlink("../outside", base.join("d1/blobs")).unwrap();
+    write(&base.join("d2/blobs/other"), b"x\n");
+    metacopy(&base.join("l1/f"), 17, "/blobs/secret");
+    let m = mkdirs(&base.join("m"));
+    let b = base.display();
+    let opts = format!("lowerdir={b}/l1::{b}/d1::{b}/d2");
+    let read = |m: &Path| fs::read(m.join("f")).map_err(|e| e.raw_os_error());
+    let kernel = on_kernel(&opts, &m, read);
+    let ufs = on_ufs(&opts, &m, read);
+    assert_eq!(kernel, Err(Some(libc::ENOENT)));
+    assert_eq!(ufs, kernel);
+}
