@@ -419,3 +419,37 @@ fn data_layer_walk_follows_no_symlink() {
     assert_eq!(kernel, Err(Some(libc::ENOENT)));
     assert_eq!(ufs, kernel);
 }
+
+/// With `userxattr` (records in `user.overlay.*`, redirects and metadata-only copies not
+/// followed), the kernel still follows a metadata-only copy of the bottom regular layer with an
+/// absolute redirect into the data-only layers, and refuses one higher up (`EPERM`): so does ufs.
+#[test]
+fn userxattr_reaches_data_layers_from_the_bottom_lower_only() {
+    if skip("userxattr_reaches_data_layers_from_the_bottom_lower_only") {
+        return;
+    }
+    let t = tempdir();
+    let base = t.path();
+    write(&base.join("d1/blobs/a"), b"data-a\n");
+    for (layer, name) in [("l1", "top"), ("l2", "bottom")] {
+        let p = base.join(layer).join(name);
+        write(&p, b"");
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(7)
+            .unwrap();
+        set_xattr(&p, "user.overlay.metacopy", b"").unwrap();
+        set_xattr(&p, "user.overlay.redirect", b"/blobs/a").unwrap();
+    }
+    let m = mkdirs(&base.join("m"));
+    let b = base.display();
+    let opts = format!("userxattr,lowerdir={b}/l1:{b}/l2::{b}/d1");
+    let read =
+        |m: &Path| ["top", "bottom"].map(|f| fs::read(m.join(f)).map_err(|e| e.raw_os_error()));
+    let kernel = on_kernel(&opts, &m, read);
+    let ufs = on_ufs(&opts, &m, read);
+    assert_eq!(kernel, [Err(Some(libc::EPERM)), Ok(b"data-a\n".to_vec())]);
+    assert_eq!(ufs, kernel);
+}
