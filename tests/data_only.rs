@@ -238,8 +238,8 @@ fn bottom_lower_reaches_data_layers_without_metacopy_on() {
     assert_eq!(kernel[0].0, b"data-b-from-d2\n");
 }
 
-/// What a copy-up leaves: the content, the mode, and whether the upper copy is metadata-only,
-/// read through the mount and again after a remount.
+/// What a copy-up leaves: the content, the mode, whether the upper copy is metadata-only and
+/// its redirect record (after a rename), read through the mount and again after a remount.
 #[test]
 fn copy_up_takes_the_data_from_the_data_layer() {
     if skip("copy_up_takes_the_data_from_the_data_layer") {
@@ -263,6 +263,8 @@ fn copy_up_takes_the_data_from_the_data_layer() {
         );
         let act = |m: &Path| {
             fs::set_permissions(m.join("fa"), fs::Permissions::from_mode(0o600)).unwrap();
+            // Renamed, it records where its data was reached from (`/fa`, as the kernel does).
+            fs::rename(m.join("fa"), m.join("fa2")).unwrap();
             let mut f = fs::OpenOptions::new()
                 .append(true)
                 .open(m.join("fb"))
@@ -272,7 +274,7 @@ fn copy_up_takes_the_data_from_the_data_layer() {
             fs::set_permissions(m.join("dir/fd"), fs::Permissions::from_mode(0o604)).unwrap();
         };
         let look = |m: &Path| {
-            ["fa", "fb", "dir/fd"].map(|f| {
+            ["fa2", "fb", "dir/fd"].map(|f| {
                 let md = fs::metadata(m.join(f)).unwrap();
                 (
                     fs::read(m.join(f)).unwrap(),
@@ -280,6 +282,11 @@ fn copy_up_takes_the_data_from_the_data_layer() {
                     md.size(),
                     md.ino(),
                     get_xattr(&u.join(f), "trusted.overlay.metacopy").is_ok(),
+                    // The kernel writes `fa` (a rename within one directory), ufs `/fa`
+                    // (docs/DIFFERENCES.md): either leads to the lower copy, then to its data.
+                    get_xattr(&u.join(f), "trusted.overlay.redirect")
+                        .ok()
+                        .map(|r| r.strip_prefix(b"/").unwrap_or(&r).to_vec()),
                 )
             })
         };
