@@ -56,6 +56,7 @@ pub fn diff(opts: &Options) -> std::io::Result<Vec<Change>> {
         .ok_or_else(|| std::io::Error::other("ufs diff needs upperdir="))?;
     let before = Options {
         lowerdirs: opts.lowerdirs.clone(),
+        datadirs: opts.datadirs.clone(),
         userxattr: opts.userxattr,
         ..Options::default()
     };
@@ -63,6 +64,7 @@ pub fn diff(opts: &Options) -> std::io::Result<Vec<Change>> {
     now_layers.extend(opts.lowerdirs.iter().cloned());
     let now = Options {
         lowerdirs: now_layers,
+        datadirs: opts.datadirs.clone(),
         userxattr: opts.userxattr,
         ..Options::default()
     };

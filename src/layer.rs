@@ -1,7 +1,10 @@
 //! The layer stack: one optional upper and one or more lowers, each held by a directory fd.
 //!
 //! Layers are indexed top-down: index 0 is the upper when there is one, then the lowers in the
-//! order of `lowerdir=` (top first). Kernel counterparts: `struct ovl_layer` and
+//! order of `lowerdir=` (top first), then the data-only layers (`lowerdir=...::DATA`,
+//! `datadir+=`), which are never merged: [`LayerStack::len`] and [`LayerStack::iter`] cover the
+//! merged layers only, and a data-only layer is reached only through
+//! [`LayerStack::data_layers`], by the lookup of a metadata-only copy's data. Kernel counterparts: `struct ovl_layer` and
 //! `ovl_get_lowerstack()` in `fs/overlayfs/super.c`, and the `xino` inode-number scheme of
 //! `fs/overlayfs/inode.c` (`ovl_map_ino`).
 //!
@@ -29,6 +32,8 @@ use crate::sys;
 pub enum LayerKind {
     Upper,
     Lower,
+    /// A data-only lower layer: holds the data of metadata-only copies, never merged.
+    Data,
 }
 
 /// One layer directory.
@@ -58,6 +63,9 @@ impl Layer {
 #[derive(Debug)]
 pub struct LayerStack {
     layers: Vec<Layer>,
+    /// How many of `layers` are merged (the upper and the regular lowers); the data-only layers
+    /// follow them.
+    merged: usize,
     has_upper: bool,
     /// Bits the real inode number may use (64 when all layers share one filesystem).
     ino_bits: u32,
@@ -112,6 +120,8 @@ pub struct NamedDirs {
     pub work: Option<NamedDir>,
     /// Top first.
     pub lowers: Vec<NamedDir>,
+    /// The data-only layers, in the order they are searched.
+    pub data: Vec<NamedDir>,
 }
 
 impl NamedDirs {
@@ -120,8 +130,9 @@ impl NamedDirs {
         upper: Option<&Path>,
         work: Option<&Path>,
         lowers: &[PathBuf],
+        data: &[PathBuf],
     ) -> std::io::Result<NamedDirs> {
-        Self::open_with(upper, work, lowers, |option, path, e| {
+        Self::open_with(upper, work, lowers, data, |option, path, e| {
             std::io::Error::new(
                 std::io::Error::from(e.clone()).kind(),
                 format!("{option} \"{}\": {e}", path.display()),
@@ -129,24 +140,36 @@ impl NamedDirs {
         })
     }
 
-    /// Opens the directories, lowers first; a failure is turned into `E` by `failed`, given the
-    /// option that named the directory (`"lowerdir"`, `"upperdir"`, `"workdir"`) and its path.
+    /// Opens the directories, lowers first (data-only layers last of them); a failure is turned
+    /// into `E` by `failed`, given the option that named the directory (`"lowerdir"`,
+    /// `"datadir"`, `"upperdir"`, `"workdir"`) and its path.
     pub fn open_with<E>(
         upper: Option<&Path>,
         work: Option<&Path>,
         lowers: &[PathBuf],
+        data: &[PathBuf],
         failed: impl Fn(&'static str, &Path, crate::error::Error) -> E,
     ) -> std::result::Result<NamedDirs, E> {
         let open = |option, path: &Path| NamedDir::open(path).map_err(|e| failed(option, path, e));
-        let lowers = lowers
-            .iter()
-            .map(|l| open("lowerdir", l))
-            .collect::<std::result::Result<_, E>>()?;
+        let open_all = |option, paths: &[PathBuf]| {
+            paths
+                .iter()
+                .map(|l| open(option, l))
+                .collect::<std::result::Result<Vec<_>, E>>()
+        };
+        let lowers = open_all("lowerdir", lowers)?;
+        let data = open_all("datadir", data)?;
         Ok(NamedDirs {
             upper: upper.map(|p| open("upperdir", p)).transpose()?,
             work: work.map(|p| open("workdir", p)).transpose()?,
             lowers,
+            data,
         })
+    }
+
+    /// Every lower directory: the regular ones, then the data-only ones.
+    pub fn all_lowers(&self) -> impl Iterator<Item = &NamedDir> {
+        self.lowers.iter().chain(&self.data)
     }
 }
 
@@ -157,6 +180,8 @@ pub struct LayerDirs {
     pub work: Option<OwnedFd>,
     /// Top first.
     pub lowers: Vec<OwnedFd>,
+    /// The data-only layers, in search order.
+    pub data: Vec<OwnedFd>,
 }
 
 /// The directories of a mount (the work directory only with `with_work`), each on a private
@@ -185,10 +210,16 @@ pub fn private_dirs(named: &NamedDirs, with_work: bool) -> std::io::Result<Layer
         .iter()
         .map(private_dir)
         .collect::<std::io::Result<_>>()?;
+    let data = named
+        .data
+        .iter()
+        .map(private_dir)
+        .collect::<std::io::Result<_>>()?;
     Ok(LayerDirs {
         upper: upper_fd,
         work: work_fd,
         lowers,
+        data,
     })
 }
 
@@ -198,7 +229,7 @@ pub fn open_dirs(
     work: Option<&Path>,
     lowers: &[PathBuf],
 ) -> std::io::Result<LayerDirs> {
-    private_dirs(&NamedDirs::open(upper, work, lowers)?, work.is_some())
+    private_dirs(&NamedDirs::open(upper, work, lowers, &[])?, work.is_some())
 }
 
 /// `dir` on a private clone of its mount, else the directory as opened.
@@ -269,7 +300,7 @@ impl LayerStack {
     /// are top first.
     pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> std::io::Result<LayerStack> {
         let dirs = open_dirs(upper, None, lowers)?;
-        Self::from_dirs(upper, dirs.upper, lowers, dirs.lowers)
+        Self::from_dirs(upper, dirs.upper, lowers, dirs.lowers, &[], Vec::new())
     }
 
     /// The stack of directories already opened by [`open_dirs`]; the paths are kept for
@@ -279,20 +310,30 @@ impl LayerStack {
         upper_fd: Option<OwnedFd>,
         lowers: &[PathBuf],
         lower_fds: Vec<OwnedFd>,
+        data: &[PathBuf],
+        data_fds: Vec<OwnedFd>,
     ) -> std::io::Result<LayerStack> {
-        let mut layers = Vec::with_capacity(lowers.len() + 1);
+        let mut layers = Vec::with_capacity(lowers.len() + data.len() + 1);
         let mut devs: Vec<u64> = Vec::new();
         let upper_entry = match (upper, upper_fd) {
             (Some(p), Some(fd)) => Some((LayerKind::Upper, p, fd)),
             _ => None,
         };
         let has_upper = upper_entry.is_some();
-        let entries = upper_entry.into_iter().chain(
-            lowers
-                .iter()
-                .zip(lower_fds)
-                .map(|(p, fd)| (LayerKind::Lower, p.as_path(), fd)),
-        );
+        let merged = usize::from(has_upper) + lowers.len().min(lower_fds.len());
+        let entries = upper_entry
+            .into_iter()
+            .chain(
+                lowers
+                    .iter()
+                    .zip(lower_fds)
+                    .map(|(p, fd)| (LayerKind::Lower, p.as_path(), fd)),
+            )
+            .chain(
+                data.iter()
+                    .zip(data_fds)
+                    .map(|(p, fd)| (LayerKind::Data, p.as_path(), fd)),
+            );
         for (kind, path, root) in entries {
             let st = sys::fstat(root.as_fd())?;
             let fs_index = match devs.iter().position(|&d| d == st.st_dev) {
@@ -320,6 +361,7 @@ impl LayerStack {
         };
         Ok(LayerStack {
             layers,
+            merged,
             has_upper,
             ino_bits,
             overflow: DashMap::new(),
@@ -369,25 +411,44 @@ impl LayerStack {
         self.follow_metacopy
     }
 
-    /// Whether `layer` is the bottom-most layer, below which nothing is searched.
+    /// Whether `layer` is the bottom-most merged layer, below which no other merged layer is
+    /// searched (true of the data-only layers too).
     pub fn is_last(&self, layer: usize) -> bool {
-        layer + 1 >= self.layers.len()
+        layer + 1 >= self.merged
+    }
+
+    /// Whether the stack has data-only layers.
+    pub fn has_data_layers(&self) -> bool {
+        self.layers.len() > self.merged
+    }
+
+    /// The indices of the data-only layers, in search order.
+    pub fn data_layers(&self) -> std::ops::Range<usize> {
+        self.merged..self.layers.len()
+    }
+
+    /// Whether a regular file of merged layer `layer` may be a metadata-only copy whose data
+    /// is in another layer: a merged layer below it, or a data-only layer.
+    pub fn may_have_data_below(&self, layer: usize) -> bool {
+        layer < self.merged && (!self.is_last(layer) || self.has_data_layers())
     }
 
     pub fn get(&self, index: usize) -> &Layer {
         &self.layers[index]
     }
 
+    /// The number of merged layers (the data-only layers are not counted).
     pub fn len(&self) -> usize {
-        self.layers.len()
+        self.merged
     }
 
     pub fn is_empty(&self) -> bool {
-        self.layers.is_empty()
+        self.merged == 0
     }
 
+    /// The merged layers, top first (the data-only layers are not among them).
     pub fn iter(&self) -> impl Iterator<Item = (usize, &Layer)> {
-        self.layers.iter().enumerate()
+        self.layers.iter().take(self.merged).enumerate()
     }
 
     /// The upper layer's index (always 0), if there is an upper.

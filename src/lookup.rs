@@ -6,6 +6,10 @@
 //! same-named directories of the layers below until one is opaque (kept, then stop) or a layer
 //! has a non-directory or a whiteout there (stop, not kept).
 //!
+//! Data-only layers (`lowerdir=...::DATA`) take no part in this walk: they are searched only for
+//! the data of a metadata-only copy of a regular lower layer whose last redirect is absolute,
+//! when the regular layers below it do not have that data (`find_in_data_layers`).
+//!
 //! Whiteouts are 0/0 character devices, or `.wh.NAME` files (OCI layers) in a layer that has no
 //! `NAME` itself. Opaque markers are `trusted.overlay.opaque=y`, `user.overlay.opaque=y`, or a
 //! `.wh..wh..opq` entry inside the directory.
@@ -18,7 +22,7 @@ use std::sync::Arc;
 use crate::error::{ENOENT, EPERM, Result};
 use crate::inode::RealEntry;
 use crate::kind::Kind;
-use crate::layer::LayerStack;
+use crate::layer::{LayerKind, LayerStack};
 use crate::records::{is_metacopy, redirect};
 use crate::redirect::{Target, redirect_target};
 use crate::sys;
@@ -146,13 +150,20 @@ fn probe(
 }
 
 /// Whether the regular file `fd` of layer `layer` is a metadata-only copy whose data lies
-/// below: never in the bottom layer (nothing is below it). A marker the mount does not follow
-/// (`user.overlay.*` records without `metacopy=on`) is refused, as the kernel refuses it.
+/// below: never in the bottom merged layer when there are no data-only layers (nothing is below
+/// it). A marker the mount does not follow (`user.overlay.*` records without `metacopy=on`) is
+/// refused, as the kernel refuses it, except in the bottom merged layer with an absolute
+/// redirect: the kernel looks that one up in the data-only layers whatever `metacopy=` says.
 fn metacopy_in(layers: &LayerStack, layer: usize, fd: BorrowedFd<'_>) -> Result<bool> {
-    if layers.is_last(layer) || !is_metacopy(fd, layers.ns())? {
+    if !layers.may_have_data_below(layer) || !is_metacopy(fd, layers.ns())? {
         return Ok(false);
     }
     if !layers.follows_metacopy() {
+        if layers.is_last(layer)
+            && redirect(fd, layers.ns())?.is_some_and(|r| r.first() == Some(&b'/'))
+        {
+            return Ok(true);
+        }
         log::warn!(
             "layer {}: refusing to follow a metadata-only copy (metacopy is off)",
             layers.get(layer).path.display()
@@ -191,24 +202,62 @@ fn roots_below(layers: &LayerStack, layer: usize) -> Vec<(usize, Arc<OwnedFd>)> 
         .collect()
 }
 
+/// How the search for a metadata-only copy's data stands, for the data-only layers: whether a
+/// metadata-only copy of a regular lower layer was met, and whether the last one met had an
+/// absolute redirect (kernel: `ctr` and `d.absolute_redirect` in `ovl_lookup()`).
+#[derive(Clone, Copy, Debug)]
+struct DataSearch {
+    lower_metacopy: bool,
+    absolute: bool,
+}
+
 /// The data of a metadata-only copy: the first regular file standing at `target` in
 /// `candidates`, stopping at a whiteout. A metadata-only copy found on the way (a layer that
 /// was an upper once, then moved down the stack) passes the search on, to where its own
-/// redirect record says or under the same name, as the kernel's lookup does.
+/// redirect record says or under the same name, as the kernel's lookup does. When the merged
+/// layers end the search without data, a metadata-only copy of a lower layer whose redirect is
+/// absolute finds it in the data-only layers, as the kernel's lazy lookup of the data does.
 fn find_lower_data(
     layers: &LayerStack,
-    mut candidates: Vec<(usize, Arc<OwnedFd>)>,
+    candidates: Vec<(usize, Arc<OwnedFd>)>,
     mut target: Target,
     name: &OsStr,
+    mut search: DataSearch,
+) -> Result<Option<RealEntry>> {
+    let found = find_merged_data(layers, candidates, &mut target, name, &mut search)?;
+    match (found, &target) {
+        (Some(data), _) => Ok(Some(data)),
+        (None, Target::Path(comps))
+            if search.lower_metacopy && search.absolute && layers.has_data_layers() =>
+        {
+            let data = find_in_data_layers(layers, comps)?;
+            if data.is_none() {
+                log::warn!("data of {name:?}: {target:?} is in no data-only layer");
+                // The kernel's lazy lookup answers the open of such a file with `ENOENT`.
+                return Err(ENOENT);
+            }
+            Ok(data)
+        }
+        (None, _) => Ok(None),
+    }
+}
+
+/// [`find_lower_data`] among the merged layers `candidates`.
+fn find_merged_data(
+    layers: &LayerStack,
+    mut candidates: Vec<(usize, Arc<OwnedFd>)>,
+    target: &mut Target,
+    name: &OsStr,
+    search: &mut DataSearch,
 ) -> Result<Option<RealEntry>> {
     let mut i = 0;
     while i < candidates.len() {
         let (layer, dir) = candidates[i].clone();
         i += 1;
-        let (found, moved) = probe(layers, layer, &dir, &target)?;
+        let (found, moved) = probe(layers, layer, &dir, target)?;
         log::trace!("data of {name:?}: {target:?} in layer {layer}: {found:?}, then {moved:?}");
         if let Some(t) = moved {
-            target = t;
+            *target = t;
         }
         let (fd, in_dir, real_name, stop) = match found {
             Probe::Missing => continue,
@@ -218,26 +267,93 @@ fn find_lower_data(
         };
         let st = sys::fstat(fd.as_fd())?;
         if (st.st_mode & libc::S_IFMT) != libc::S_IFREG {
+            search.absolute = false;
             return Ok(None);
         }
         if !metacopy_in(layers, layer, fd.as_fd())? {
             return Ok(Some(RealEntry::named(layer, in_dir, &real_name)));
         }
-        if let Some(r) = redirect(fd.as_fd(), layers.ns())?
-            && follow(
-                layers,
-                layer,
-                &r,
-                name,
-                &mut target,
-                &mut candidates,
-                &mut i,
-            )?
-        {
-            continue;
+        search.lower_metacopy |= layers.get(layer).kind == LayerKind::Lower;
+        let r = redirect(fd.as_fd(), layers.ns())?;
+        search.absolute = r.as_ref().is_some_and(|r| r.first() == Some(&b'/'));
+        if let Some(r) = r {
+            if layers.is_last(layer) {
+                // Only the data-only layers are below: the record names a path in them, whether
+                // or not the mount follows redirects (as in the kernel).
+                *target = data_target(layers, layer, &r, name, target)?;
+                return Ok(None);
+            }
+            if follow(layers, layer, &r, name, target, &mut candidates, &mut i)? {
+                continue;
+            }
         }
         if stop {
             return Ok(None);
+        }
+    }
+    Ok(None)
+}
+
+/// The target of the redirect record `r` of a metadata-only copy in the bottom merged layer
+/// `layer`: an absolute one is the path searched in the data-only layers.
+fn data_target(
+    layers: &LayerStack,
+    layer: usize,
+    r: &[u8],
+    name: &OsStr,
+    current: &Target,
+) -> Result<Target> {
+    if r.first() != Some(&b'/') {
+        return redirect_target(layers, layer, r, name, current);
+    }
+    Target::redirect(r).inspect_err(|_| {
+        log::warn!(
+            "layer {}: invalid redirect {:?} on {name:?}",
+            layers.get(layer).path.display(),
+            String::from_utf8_lossy(r)
+        )
+    })
+}
+
+/// The data of a metadata-only copy in the data-only layers: the first regular file at the
+/// absolute path `comps` (kernel: `ovl_lookup_data_layers`). Each layer is walked from its root
+/// one name at a time, following no symlink and crossing no mount (the kernel's
+/// `LOOKUP_BENEATH | LOOKUP_NO_SYMLINKS | LOOKUP_NO_XDEV`); a layer where the walk fails is
+/// skipped.
+fn find_in_data_layers(layers: &LayerStack, comps: &[CString]) -> Result<Option<RealEntry>> {
+    let Some((last, path)) = comps.split_last() else {
+        return Ok(None);
+    };
+    let not_here = |e: &crate::error::Error| {
+        matches!(
+            e.errno(),
+            libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EACCES | libc::ENAMETOOLONG
+        )
+    };
+    'layers: for layer in layers.data_layers() {
+        let l = layers.get(layer);
+        let mut cur = l.root.clone();
+        for comp in path {
+            let fd = match sys::open_path(cur.as_fd(), comp) {
+                Ok(fd) => fd,
+                Err(e) if not_here(&e) => continue 'layers,
+                Err(e) => return Err(e),
+            };
+            let st = sys::fstat(fd.as_fd())?;
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR || st.st_dev != l.dev {
+                continue 'layers;
+            }
+            cur = Arc::new(fd);
+        }
+        let fd = match sys::open_path(cur.as_fd(), last) {
+            Ok(fd) => fd,
+            Err(e) if not_here(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let st = sys::fstat(fd.as_fd())?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_dev == l.dev {
+            log::trace!("data in data-only layer {}", l.path.display());
+            return Ok(Some(RealEntry::named(layer, cur, last)));
         }
     }
     Ok(None)
@@ -381,19 +497,27 @@ fn metadata_only_copy(
         kind,
         stop_below,
     } = hit;
-    let lower_data = match redirect(fd.as_fd(), layers.ns())? {
+    let r = redirect(fd.as_fd(), layers.ns())?;
+    let search = DataSearch {
+        lower_metacopy: layers.get(layer).kind == LayerKind::Lower,
+        absolute: r.as_ref().is_some_and(|r| r.first() == Some(&b'/')),
+    };
+    let lower_data = match r {
+        Some(r) if layers.is_last(layer) => {
+            let t = data_target(layers, layer, &r, name, &target)?;
+            find_lower_data(layers, Vec::new(), t, name, search)?
+        }
         Some(r) => {
-            let absolute = r.first() == Some(&b'/');
             let t = redirect_target(layers, layer, &r, name, &target)?;
-            let below = if absolute {
+            let below = if search.absolute {
                 roots_below(layers, layer)
             } else {
                 below.to_vec()
             };
-            find_lower_data(layers, below, t, name)?
+            find_lower_data(layers, below, t, name, search)?
         }
         None if stop_below => None,
-        None => find_lower_data(layers, below.to_vec(), target, name)?,
+        None => find_lower_data(layers, below.to_vec(), target, name, search)?,
     };
     let Some(data) = lower_data else {
         log::error!(

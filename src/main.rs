@@ -60,6 +60,11 @@ const COMMANDS: &[&str] = &[
 
 const OPTIONS_HELP: &str = r#"Options for -o (comma-separated; -o may be repeated):
   lowerdir=DIR[:DIR...]  read-only layers, top-most first (required)
+  lowerdir=DIR[:DIR...]::DATA[::DATA...], lowerdir+=DIR, datadir+=DATA
+                         data-only layers, as in the kernel: never merged, they only hold
+                         the data of metadata-only files in the lowers that name it by an
+                         absolute redirect (composefs); lowerdir+= and datadir+= add one
+                         directory each, cannot follow lowerdir=, and datadir+= comes last
   upperdir=DIR           the writable layer (needs workdir)
   workdir=DIR            an empty directory on the upper's filesystem (needs upperdir)
   ro                     refuse every write, even with an upper

@@ -153,6 +153,7 @@ pub fn open_dirs(opts: &Options) -> Result<NamedDirs, MountError> {
         opts.upperdir.as_deref(),
         opts.workdir.as_deref(),
         &opts.lowerdirs,
+        &opts.datadirs,
         |option, path, e| {
             let role = match option {
                 "upperdir" => Role::Upper,
@@ -175,8 +176,7 @@ pub fn open_dirs(opts: &Options) -> Result<NamedDirs, MountError> {
 /// [`check`] on directories already opened.
 pub fn check_dirs(dirs: &NamedDirs) -> Result<(), MountError> {
     let lowers: Vec<Checked<'_>> = dirs
-        .lowers
-        .iter()
+        .all_lowers()
         .map(|d| Checked::of(Role::Lower, d))
         .collect();
     let (Some(upper), Some(work)) = (&dirs.upper, &dirs.work) else {
@@ -315,7 +315,7 @@ fn lock_dirs_within(dirs: &NamedDirs, grace: Duration) -> Result<LayerLocks, Mou
             locks._dirs.push(lock_exclusive(role, dir, grace)?);
         }
     }
-    for lower in &dirs.lowers {
+    for lower in dirs.all_lowers() {
         let lower_path = &lower.path;
         match lock_shared(lower) {
             Ok(Some(dir)) => locks._dirs.push(dir),

@@ -9,7 +9,9 @@
 //!    does not split: SELinux labels such as `context="system_u:object_r:t:s0:c1,c2"` contain
 //!    commas and container tools pass them quoted.
 //! 2. Each item is `KEY` or `KEY=VALUE`, split at the first `=`.
-//! 3. `lowerdir` is split on colons with the same quote and backslash rules.
+//! 3. `lowerdir` is split on colons with the same quote and backslash rules; a double colon
+//!    starts the data-only layers (`lowerdir=l1:l2::d1::d2`), as in the kernel. `lowerdir+=` and
+//!    `datadir+=` add one directory each, colons included, and cannot follow `lowerdir=`.
 //! 4. Values are unescaped: a backslash makes the next character literal (`\,`, `\:`, `\\`, and
 //!    like the kernel, any other character) and unescaped double quotes are removed. A path that
 //!    really contains a double quote therefore spells it `\"`.
@@ -35,6 +37,10 @@ pub struct IdMapping {
 pub struct Options {
     /// Lower directories, absolute, top-most first.
     pub lowerdirs: Vec<PathBuf>,
+    /// Data-only lower directories (after `::` in `lowerdir=`, or `datadir+=`), absolute, in the
+    /// order they are searched. They are never merged: they only hold the data of metadata-only
+    /// copies in the lowers that name them by an absolute redirect (the composefs model).
+    pub datadirs: Vec<PathBuf>,
     /// Upper directory, absolute; `None` for a read-only union.
     pub upperdir: Option<PathBuf>,
     /// Work directory, absolute; present exactly when `upperdir` is.
@@ -107,6 +113,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             lowerdirs: Vec::new(),
+            datadirs: Vec::new(),
             upperdir: None,
             workdir: None,
             read_only: false,
@@ -163,6 +170,8 @@ pub enum OptionError {
     UnterminatedQuote { item: String },
     /// Two options that cannot be used together (as the kernel words it).
     Conflict { options: String },
+    /// The lower layers are not given as the kernel accepts them (`reason` in its words).
+    Layers { reason: &'static str },
 }
 
 impl fmt::Display for OptionError {
@@ -190,6 +199,7 @@ impl fmt::Display for OptionError {
                 write!(f, "unterminated double quote in option \"{item}\"")
             }
             OptionError::Conflict { options } => write!(f, "conflicting options: {options}"),
+            OptionError::Layers { reason } => write!(f, "lower layers: {reason}"),
         }
     }
 }
@@ -226,7 +236,7 @@ pub fn parse_for_reading(opts: &[&str], cwd: &Path) -> Result<Options, OptionErr
 
 fn parse_with(opts: &[&str], cwd: &Path, mounting: bool) -> Result<Options, OptionError> {
     let mut options = Options::default();
-    let mut lowerdirs: Option<Vec<PathBuf>> = None;
+    let mut lowers = Lowers::default();
     // Asked for explicitly (they conflict with `userxattr`, as in the kernel).
     let (mut redirect_on, mut metacopy_on) = (false, false);
 
@@ -246,7 +256,11 @@ fn parse_with(opts: &[&str], cwd: &Path, mounting: bool) -> Result<Options, Opti
                 Ok(())
             };
             match key {
-                "lowerdir" => lowerdirs = Some(parse_lowerdirs(required(key, raw)?, cwd)?),
+                "lowerdir" => lowers.set(parse_lowerdirs(required(key, raw)?, cwd)?),
+                "lowerdir+" | "datadir+" => {
+                    let path = parse_path(key, required(key, raw)?, cwd)?;
+                    lowers.add(path, key == "datadir+")?;
+                }
                 "upperdir" => options.upperdir = Some(parse_path(key, required(key, raw)?, cwd)?),
                 "workdir" => options.workdir = Some(parse_path(key, required(key, raw)?, cwd)?),
                 "ro" => flag(&mut options.read_only, true)?,
@@ -350,7 +364,7 @@ fn parse_with(opts: &[&str], cwd: &Path, mounting: bool) -> Result<Options, Opti
         }
     }
 
-    options.lowerdirs = lowerdirs.ok_or(OptionError::MissingLowerdir)?;
+    (options.lowerdirs, options.datadirs) = lowers.finish()?;
     if options.userxattr {
         // The kernel's rules (`ovl_parse_param`): with records anyone may write, redirects and
         // metadata-only copies are only used when asked for, and then refused.
@@ -438,22 +452,89 @@ fn parse_path(option: &str, raw: &str, cwd: &Path) -> Result<PathBuf, OptionErro
     Ok(resolve(cwd, &path))
 }
 
-fn parse_lowerdirs(raw: &str, cwd: &Path) -> Result<Vec<PathBuf>, OptionError> {
-    split_list(raw, ':')?
-        .into_iter()
-        .map(|piece| {
-            // An empty entry (`a::b`, a trailing colon) is almost always a quoting mistake; the
-            // kernel would read `::` as the start of data-only layers, which ufs lacks.
-            if piece.is_empty() {
-                return Err(invalid(
-                    "lowerdir",
-                    raw,
-                    "a colon-separated list of directories",
-                ));
+/// The lower layers as the options give them, with the kernel's rules (`ovl_parse_param_lowerdir`,
+/// `ovl_mount_dir_check` in `fs/overlayfs/params.c`): `lowerdir=` replaces every layer given
+/// before it; `lowerdir+=` and `datadir+=` append one each, but not after `lowerdir=`, and no
+/// regular layer comes after a data-only one.
+#[derive(Default)]
+struct Lowers {
+    regular: Vec<PathBuf>,
+    data: Vec<PathBuf>,
+    /// A `lowerdir=` was given.
+    listed: bool,
+}
+
+impl Lowers {
+    fn set(&mut self, (regular, data): (Vec<PathBuf>, Vec<PathBuf>)) {
+        *self = Lowers {
+            regular,
+            data,
+            listed: true,
+        };
+    }
+
+    fn add(&mut self, path: PathBuf, data: bool) -> Result<(), OptionError> {
+        if self.listed {
+            return Err(OptionError::Layers {
+                reason: "lowerdir+ and datadir+ cannot follow lowerdir",
+            });
+        }
+        if data {
+            self.data.push(path);
+        } else if !self.data.is_empty() {
+            return Err(OptionError::Layers {
+                reason: "regular lower layers cannot follow data layers",
+            });
+        } else {
+            self.regular.push(path);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(Vec<PathBuf>, Vec<PathBuf>), OptionError> {
+        match (self.regular.is_empty(), self.data.is_empty()) {
+            (true, true) => Err(OptionError::MissingLowerdir),
+            (true, false) => Err(OptionError::Layers {
+                reason: "at least one non-data lowerdir is required",
+            }),
+            _ => Ok((self.regular, self.data)),
+        }
+    }
+}
+
+/// Splits a `lowerdir=` value into its regular layers and the data-only layers that follow a
+/// `::`, as the kernel does (`ovl_parse_param_split_lowerdirs`).
+fn parse_lowerdirs(raw: &str, cwd: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), OptionError> {
+    let layers = |reason| Err(OptionError::Layers { reason });
+    let pieces = split_list(raw, ':')?;
+    if pieces.first().is_some_and(|p| p.is_empty()) {
+        return layers("cannot append lower layer");
+    }
+    if pieces.last().is_some_and(|p| p.is_empty()) {
+        return layers("unescaped trailing colons in lowerdir");
+    }
+    let (mut regular, mut data) = (Vec::new(), Vec::new());
+    // An empty piece is the second colon of a `::`: the next piece is a data-only layer.
+    let mut after_double = false;
+    for piece in pieces {
+        if piece.is_empty() {
+            if after_double {
+                return layers("only single ':' or double '::' sequences of unescaped colons");
             }
-            parse_path("lowerdir", piece, cwd)
-        })
-        .collect()
+            after_double = true;
+            continue;
+        }
+        let path = parse_path("lowerdir", piece, cwd)?;
+        if after_double {
+            data.push(path);
+        } else if !data.is_empty() {
+            return layers("regular lower layers cannot follow data lower layers");
+        } else {
+            regular.push(path);
+        }
+        after_double = false;
+    }
+    Ok((regular, data))
 }
 
 fn parse_timeout(option: &str, value: &str) -> Result<Duration, OptionError> {
@@ -631,6 +712,89 @@ mod tests {
         for (opt, want) in cases {
             assert_eq!(parse_ok(&[opt]).lowerdirs, paths(want), "{opt:?}");
         }
+    }
+
+    /// The kernel's rules for data-only layers (checked on 6.18 with the same option strings).
+    #[test]
+    fn data_only_layers() {
+        let cases: &[(&[&str], &[&str], &[&str])] = &[
+            (
+                &["lowerdir=/l1:/l2::/d1::/d2"],
+                &["/l1", "/l2"],
+                &["/d1", "/d2"],
+            ),
+            (&["lowerdir=/l1::/d1"], &["/l1"], &["/d1"]),
+            (&[r"lowerdir=/l\:1::/d\:1"], &["/l:1"], &["/d:1"]),
+            (
+                &["lowerdir=l::d"],
+                &["/var/lib/storage/overlay/l"],
+                &["/var/lib/storage/overlay/d"],
+            ),
+            (
+                &["lowerdir+=/l1,lowerdir+=/l2,datadir+=/d1,datadir+=/d2"],
+                &["/l1", "/l2"],
+                &["/d1", "/d2"],
+            ),
+            // One directory per `lowerdir+=`, colons included.
+            (&["lowerdir+=/a:b", "datadir+=/d"], &["/a:b"], &["/d"]),
+            // `lowerdir=` replaces whatever came before it.
+            (
+                &["lowerdir+=/x,datadir+=/y,lowerdir=/l::/d"],
+                &["/l"],
+                &["/d"],
+            ),
+            (&["lowerdir=/old::/gone", "lowerdir=/new"], &["/new"], &[]),
+        ];
+        for (opts, regular, data) in cases {
+            let o = parse_ok(opts);
+            assert_eq!(
+                (&o.lowerdirs, &o.datadirs),
+                (&paths(regular), &paths(data)),
+                "{opts:?}"
+            );
+        }
+        let refused: &[(&str, &str)] = &[
+            (
+                "lowerdir=/l1::/d1:/l2",
+                "regular lower layers cannot follow data lower layers",
+            ),
+            (
+                "lowerdir=/l1:::/d1",
+                "only single ':' or double '::' sequences of unescaped colons",
+            ),
+            ("lowerdir=/l1::", "unescaped trailing colons in lowerdir"),
+            ("lowerdir=::/d1", "cannot append lower layer"),
+            ("datadir+=/d1", "at least one non-data lowerdir is required"),
+            (
+                "datadir+=/d1,datadir+=/d2,upperdir=/u,workdir=/w",
+                "at least one non-data lowerdir is required",
+            ),
+            (
+                "datadir+=/d1,lowerdir+=/l1",
+                "regular lower layers cannot follow data layers",
+            ),
+            (
+                "lowerdir=/l1,lowerdir+=/l2",
+                "lowerdir+ and datadir+ cannot follow lowerdir",
+            ),
+            (
+                "lowerdir=/l1,datadir+=/d1",
+                "lowerdir+ and datadir+ cannot follow lowerdir",
+            ),
+        ];
+        for (opt, reason) in refused {
+            assert_eq!(
+                parse(&[opt], Path::new(CWD)),
+                Err(OptionError::Layers { reason }),
+                "{opt:?}"
+            );
+        }
+        assert_eq!(
+            parse(&["datadir+="], Path::new(CWD)),
+            Err(OptionError::MissingValue {
+                option: "datadir+".into()
+            })
+        );
     }
 
     #[test]
@@ -820,16 +984,10 @@ mod tests {
             (&["lowerdir="], missing("lowerdir")),
             (&["lowerdir"], missing("lowerdir")),
             (
-                &["lowerdir=/a::/b"],
-                bad(
-                    "lowerdir",
-                    "/a::/b",
-                    "a colon-separated list of directories",
-                ),
-            ),
-            (
                 &["lowerdir=/a:"],
-                bad("lowerdir", "/a:", "a colon-separated list of directories"),
+                Layers {
+                    reason: "unescaped trailing colons in lowerdir",
+                },
             ),
             (&["lowerdir=/a,upperdir=/u"], MissingWorkdir),
             (&["lowerdir=/a,workdir=/w"], MissingUpperdir),

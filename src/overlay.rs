@@ -430,7 +430,7 @@ impl Overlay {
         if Kind::from_mode(st.st_mode) != Some(e.kind)
             || st.st_ino != e.real_ino
             || (e.kind == Kind::Regular
-                && !self.layers.is_last(e.layer)
+                && self.layers.may_have_data_below(e.layer)
                 && match real.getxattr(self.record_ns.metacopy()) {
                     Ok(_) => true,
                     Err(err) if records::is_no_xattr(err.errno()) => false,

@@ -44,6 +44,7 @@ pub fn named_dirs(opts: &Options) -> std::io::Result<NamedDirs> {
         opts.upperdir.as_deref(),
         opts.workdir.as_deref(),
         &opts.lowerdirs,
+        &opts.datadirs,
     )
 }
 
@@ -57,6 +58,8 @@ pub fn inspect_dirs(opts: &Options, named: &NamedDirs) -> std::io::Result<Inspec
         dirs.upper,
         &opts.lowerdirs,
         dirs.lowers,
+        &opts.datadirs,
+        dirs.data,
     )?;
     let read_only = opts.read_only || layers.upper().is_none();
     let ns = if opts.userxattr {
