@@ -142,6 +142,16 @@ pub fn check(opts: &Options, repair: Repair) -> std::result::Result<Vec<Problem>
     for l in &opts.lowerdirs {
         open(l)?;
     }
+    let data = opts
+        .datadirs
+        .iter()
+        .map(|d| {
+            Ok(LayerDir {
+                path: d.clone(),
+                root: sys::open_dir_path(d).map_err(|e| cannot(&d.display().to_string(), &e))?,
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, CannotCheck>>()?;
     let work = match &opts.workdir {
         Some(w) => Some(sys::open_dir_path(w).map_err(|e| cannot(&w.display().to_string(), &e))?),
         None => None,
@@ -153,6 +163,7 @@ pub fn check(opts: &Options, repair: Repair) -> std::result::Result<Vec<Problem>
     };
     let mut c = Checker {
         layers,
+        data,
         has_upper,
         ns,
         repair,
@@ -257,6 +268,8 @@ impl Found {
 
 struct Checker {
     layers: Vec<LayerDir>,
+    /// The data-only layers, never merged: only searched for metadata-only copies' data.
+    data: Vec<LayerDir>,
     has_upper: bool,
     ns: XattrNamespace,
     repair: Repair,
@@ -875,13 +888,17 @@ impl Checker {
         let mut target = Target::Name(name.to_owned());
         let mut redirect = redirect;
         let mut here = path.clone();
+        // The last absolute redirect met: where data-only layers are searched at the end.
+        let mut absolute: Option<LPath> = None;
         for _ in 0..self.layers.len() {
             if let Some(r) = &redirect {
                 match parse_redirect(r) {
                     Some(Redirect::Absolute(p)) => {
+                        absolute = Some(p.clone());
                         target = Target::Path(p);
                     }
                     Some(Redirect::Relative(n)) => {
+                        absolute = None;
                         here.pop();
                         here.push(n);
                         target = Target::Path(here.clone());
@@ -914,7 +931,32 @@ impl Checker {
                     target = Target::Path(path);
                     redirect = r;
                 }
+                // Only the bottom of the regular layers leads on to the data-only ones.
+                None if found.dirs.is_empty() => return self.in_data_layers(absolute.as_deref()),
                 _ => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether a data-only layer (`lowerdir=A::D`, `datadir+=D`) holds a regular file at
+    /// `path`, the last absolute redirect of a metadata-only copy (the kernel searches them
+    /// for such a copy's data only).
+    fn in_data_layers(&self, path: Option<&[CString]>) -> Result<bool> {
+        let Some((name, parent)) = path.and_then(|p| p.split_last()) else {
+            return Ok(false);
+        };
+        for data in &self.data {
+            let dir = match sys::open_beneath(data.root.as_fd(), &rel(parent)) {
+                Ok(fd) => fd,
+                Err(e) if missing(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            match sys::fstatat(dir.as_fd(), name) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => return Ok(true),
+                Ok(_) => {}
+                Err(e) if missing(&e) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(false)

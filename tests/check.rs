@@ -696,3 +696,34 @@ fn alternative_whiteouts_hide_and_x_is_not_opaque() {
         "{run}"
     );
 }
+
+/// A metadata-only copy whose data is in a data-only layer (`lowerdir=L::D`) checks clean; the
+/// same copy without its data is reported.
+#[test]
+fn data_in_data_only_layers_is_found() {
+    if skip_check("data_in_data_only_layers_is_found") {
+        return;
+    }
+    let s = Stack::new();
+    s.touch("lower2/blobs/f");
+    fs::write(s.p("lower/f"), "").expect("create");
+    set_xattr(&s.p("lower/f"), "trusted.overlay.metacopy", b"").expect("metacopy");
+    set_xattr(&s.p("lower/f"), REDIRECT, b"/blobs/f").expect("redirect");
+    let check = || {
+        let mut cmd = ufs_cmd();
+        cmd.arg("check").arg("-o").arg(format!(
+            "lowerdir={}::{},upperdir={},workdir={}",
+            s.p("lower").display(),
+            s.p("lower2").display(),
+            s.p("upper").display(),
+            s.p("work").display()
+        ));
+        run_bounded(&mut cmd, CMD_TIMEOUT)
+    };
+    let run = check();
+    assert_eq!(run.status.and_then(|s| s.code()), Some(0), "{run}");
+    fs::remove_file(s.p("lower2/blobs/f")).expect("rm");
+    let run = check();
+    assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{run}");
+    assert!(run.stdout.contains("data cannot be found"), "{run}");
+}
