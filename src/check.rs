@@ -389,6 +389,13 @@ impl Checker {
             && xattr(dir, c".", self.ns.opaque())?.is_some_and(|v| v == b"x"))
     }
 
+    /// Whether entry `name` of `dir` was copied up: it carries the kernel's origin record or
+    /// ufs's inode-number record (both make readdir look for the number it reports).
+    fn is_copy(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<bool> {
+        Ok(xattr(dir, name, self.ns.origin())?.is_some()
+            || xattr(dir, name, self.ns.ino_record())?.is_some())
+    }
+
     /// What path `p` is in `layer`.
     fn seen(&self, layer: usize, p: &[CString]) -> Result<Option<Seen>> {
         let Some((name, parent)) = p.split_last() else {
@@ -595,7 +602,7 @@ impl Checker {
                         },
                     );
                 }
-                if is_upper && xattr(dir, &cname, self.ns.origin())?.is_some() {
+                if is_upper && self.is_copy(dir, &cname)? {
                     needs_impure.get_or_insert(real.clone());
                 }
                 if st.st_mode & libc::S_IFMT == libc::S_IFREG {
@@ -627,7 +634,7 @@ impl Checker {
             if is_upper
                 && (redirect.is_some()
                     || !child_below.is_empty()
-                    || xattr(dir, &cname, self.ns.origin())?.is_some())
+                    || self.is_copy(dir, &cname)?)
             {
                 needs_impure.get_or_insert(real.clone());
             }

@@ -433,29 +433,37 @@ fn impure_markers_as_fsck_overlay_checks_them() {
     if skip_check("impure_markers_as_fsck_overlay_checks_them") {
         return;
     }
-    // Missing impure: entries copied up by the kernel overlay, markers removed behind it.
-    let s = Stack::new();
-    s.touch("lower/testdir1/foo");
-    s.mkdir("lower/testdir2/subdir");
-    s.mkdir("upper/testdir1");
-    s.mkdir("upper/testdir2");
-    {
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            s.p("lower").display(),
-            s.p("upper").display(),
-            s.p("work").display()
-        );
-        let _k = KernelOverlay::mount(&opts, &s.p("m"), &s.base);
-        fs::write(s.p("m/testdir1/foo"), "x").expect("copy up foo");
-        set_times(&s.p("m/testdir2/subdir"), 1, 0).expect("copy up subdir");
-    }
-    for d in ["upper/testdir1", "upper/testdir2"] {
-        let _ = remove_xattr(&s.p(d), IMPURE);
-    }
-    s.expect(false, "-p", 1);
-    for d in ["upper/testdir1", "upper/testdir2"] {
-        assert_eq!(s.xattr(d, IMPURE).as_deref(), Some(&b"y"[..]), "{d}");
+    // Missing impure: entries copied up by the kernel overlay and by ufs (whose copies carry
+    // an inode-number record instead of an origin), markers removed behind them.
+    for side in ["kernel", "ufs"] {
+        let s = Stack::new();
+        s.touch("lower/testdir1/foo");
+        s.mkdir("lower/testdir2/subdir");
+        s.mkdir("upper/testdir1");
+        s.mkdir("upper/testdir2");
+        {
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                s.p("lower").display(),
+                s.p("upper").display(),
+                s.p("work").display()
+            );
+            let (_k, _u);
+            if side == "kernel" {
+                _k = KernelOverlay::mount(&opts, &s.p("m"), &s.base);
+            } else {
+                _u = UfsMount::mount(&opts, &s.p("m"));
+            }
+            fs::write(s.p("m/testdir1/foo"), "x").expect("copy up foo");
+            set_times(&s.p("m/testdir2/subdir"), 1, 0).expect("copy up subdir");
+        }
+        for d in ["upper/testdir1", "upper/testdir2"] {
+            let _ = remove_xattr(&s.p(d), IMPURE);
+        }
+        s.expect(false, "-p", 1);
+        for d in ["upper/testdir1", "upper/testdir2"] {
+            assert_eq!(s.xattr(d, IMPURE).as_deref(), Some(&b"y"[..]), "{side}: {d}");
+        }
     }
 
     // Missing impure (2): a redirected directory.
