@@ -894,3 +894,69 @@ fn make_install_installs_binary_man_page_and_completions() {
     make("uninstall");
     assert!(!bin.exists() && !dest.join("usr/share/man/man8/ufs.8").exists());
 }
+
+/// The README's pasteable session (mount, status, diff, check, repair) runs as written and
+/// prints what the README shows (the status lines that depend on the kernel's caching by their
+/// start only).
+#[test]
+fn the_readme_session_runs_as_shown() {
+    if skip("the_readme_session_runs_as_shown") || is_stand_in() {
+        return;
+    }
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let block = readme
+        .split("A session to paste")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README's session");
+    let t = tempdir();
+    let dir = t.path().join("s");
+    fs::create_dir(&dir).expect("mkdir");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            force_unmount(&self.0);
+        }
+    }
+    let _guard = Unmount(dir.join("merged"));
+    let bin_dir = ufs_bin().parent().expect("bin dir").to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut steps: Vec<(String, Vec<String>)> = Vec::new();
+    for line in block.lines() {
+        match line.strip_prefix("#   ") {
+            Some(out) => steps
+                .last_mut()
+                .expect("output after a command")
+                .1
+                .push(out.replace("/tmp/s", &dir.display().to_string())),
+            None => steps.push((line.to_string(), Vec::new())),
+        }
+    }
+    assert!(steps.len() >= 10, "{steps:?}");
+    for (cmd, expected) in steps {
+        let run = run_bounded(
+            Command::new("bash")
+                .args(["-c", &cmd])
+                .current_dir(&dir)
+                .env("PATH", &path),
+            CMD_TIMEOUT,
+        );
+        assert!(run.status.is_some(), "{cmd}: timed out");
+        let got: Vec<&str> = run.stdout.lines().collect();
+        assert_eq!(got.len(), expected.len(), "{cmd}:\n{run}");
+        for (g, e) in got.iter().zip(&expected) {
+            if e.starts_with("errors:") || e.starts_with("open:") {
+                let key = e.split(':').next().unwrap_or_default();
+                assert!(g.starts_with(key), "{cmd}: {g:?} is not a {key:?} line");
+            } else {
+                assert_eq!(g, e, "{cmd}:\n{run}");
+            }
+        }
+    }
+}
