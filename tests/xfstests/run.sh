@@ -95,4 +95,6 @@ if [ -z "${FSCK_OVERLAY_PROG:-}" ] && ! command -v fsck.overlay >/dev/null; then
     echo "note: no fsck.overlay: the layers are not checked after each test, and tests that need it are not run"
 fi
 cd "$xfstests" || exit 2
+# xfstests finds live overlays with `findmnt -t overlay`: see bin/findmnt.
+[ "$fs" != ufs ] || export PATH="$here/bin:$PATH"
 HOST_OPTIONS=$config ./check -overlay "$@"
