@@ -632,9 +632,7 @@ impl Checker {
                 self.lookup_below(i, &below, target)?.dirs
             };
             if is_upper
-                && (redirect.is_some()
-                    || !child_below.is_empty()
-                    || self.is_copy(dir, &cname)?)
+                && (redirect.is_some() || !child_below.is_empty() || self.is_copy(dir, &cname)?)
             {
                 needs_impure.get_or_insert(real.clone());
             }
@@ -1042,7 +1040,17 @@ impl Checker {
                 );
                 continue;
             };
-            if kind == libc::S_IFREG && st.st_nlink <= 1 {
+            // Orphan as the kernel's `ovl_verify_index()` finds one: no upper name links to it
+            // and its link-count record counts no lower-only name either (`ovl_get_nlink()`
+            // counts none when there is no record).
+            let merged = match xattr(index.as_fd(), &cname, self.ns.nlink())? {
+                None => Some(0),
+                Some(v) => String::from_utf8_lossy(&v)
+                    .strip_prefix('U')
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .map(|n| st.st_nlink as i64 + n),
+            };
+            if kind == libc::S_IFREG && st.st_nlink <= 1 && merged.is_some_and(|n| n <= 0) {
                 self.fixable(
                     real,
                     "orphan index entry: no upper name links to it",

@@ -382,12 +382,16 @@ impl Overlay {
         let needs_whiteout = self.lower_has(&preals, name)?;
         self.pin_if_alive(&child)?;
         if child.reals.top()?.layer == upper {
+            let index_key = self.index_key_of(&child)?;
             if needs_whiteout {
                 self.whiteout_over(work, udir, name)?;
             } else {
                 sys::unlinkat(udir, &sys::cstr(name)?, 0)?;
             }
             self.upper_name_removed(&child.stat);
+            if let Some(key) = index_key {
+                self.drop_unnamed_index(&key)?;
+            }
         } else {
             self.make_whiteout(udir, name)?;
             self.lower_alias_removed(&child)?;

@@ -190,10 +190,66 @@ impl Overlay {
         let key = crate::origin::IndexKey::of(removed.reals.top()?)?;
         let entry = RealEntry::named(upper, index_dir.clone(), &key.name);
         match records::nlink_record(&entry, self.record_ns()) {
-            Ok(Some(n)) => records::set_nlink_record(work.xattr_ns, &entry, n - 1),
-            Ok(None) => Ok(()),
-            Err(e) if e.errno() == libc::ENOENT => Ok(()),
-            Err(e) => Err(e),
+            Ok(Some(n)) => records::set_nlink_record(work.xattr_ns, &entry, n - 1)?,
+            Ok(None) => return Ok(()),
+            Err(e) if e.errno() == libc::ENOENT => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.drop_unnamed_index(&key)
+    }
+
+    /// The index key of `child` when it is an indexed copy (an upper file with more than one
+    /// link and an origin record, which names its index entry), taken before one of its upper
+    /// names goes.
+    pub(crate) fn index_key_of(&self, child: &Resolved) -> Result<Option<crate::origin::IndexKey>> {
+        let Some((upper, work)) = self.upper_layer().ok() else {
+            return Ok(None);
+        };
+        let top = child.reals.top()?;
+        if work.index.is_none()
+            || child.kind == Kind::Directory
+            || top.layer != upper
+            || top.stat()?.st_nlink <= 1
+        {
+            return Ok(None);
+        }
+        let Some(origin) = records::get_entry(top, self.record_ns().origin())? else {
+            return Ok(None);
+        };
+        let hex: String = origin.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Some(crate::origin::IndexKey {
+            name: std::ffi::CString::new(hex).map_err(|_| EIO)?,
+            origin,
+        }))
+    }
+
+    /// Once an indexed copy has no name left, upper or lower-only (the index entry is its only
+    /// link and its record counts no other), its index entry goes, as the kernel's
+    /// `ovl_cleanup_index()` removes it when the merged link count reaches 0; left behind it
+    /// would be an orphan the kernel removes at its next mount.
+    pub(crate) fn drop_unnamed_index(&self, key: &crate::origin::IndexKey) -> Result<()> {
+        let Some((upper, work)) = self.upper_layer().ok() else {
+            return Ok(());
+        };
+        let Some(index_dir) = &work.index else {
+            return Ok(());
+        };
+        let st = match sys::fstatat(index_dir.as_fd(), &key.name) {
+            Ok(st) => st,
+            Err(e) if e.errno() == libc::ENOENT => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR || st.st_nlink != 1 {
+            return Ok(());
+        }
+        let entry = RealEntry::named(upper, index_dir.clone(), &key.name);
+        let others = records::nlink_record(&entry, self.record_ns())?.unwrap_or(0);
+        if st.st_nlink as i64 + others > 0 {
+            return Ok(());
+        }
+        match sys::unlinkat(index_dir.as_fd(), &key.name, 0) {
+            Err(e) if e.errno() != libc::ENOENT => Err(e),
+            _ => Ok(()),
         }
     }
 }

@@ -462,7 +462,11 @@ fn impure_markers_as_fsck_overlay_checks_them() {
         }
         s.expect(false, "-p", 1);
         for d in ["upper/testdir1", "upper/testdir2"] {
-            assert_eq!(s.xattr(d, IMPURE).as_deref(), Some(&b"y"[..]), "{side}: {d}");
+            assert_eq!(
+                s.xattr(d, IMPURE).as_deref(),
+                Some(&b"y"[..]),
+                "{side}: {d}"
+            );
         }
     }
 
@@ -700,7 +704,10 @@ fn alternative_whiteouts_hide_and_x_is_not_opaque() {
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{run}");
     assert!(
-        lines[0].starts_with(&format!("{}: orphan whiteout", s.p("upper/d/foo").display())),
+        lines[0].starts_with(&format!(
+            "{}: orphan whiteout",
+            s.p("upper/d/foo").display()
+        )),
         "{run}"
     );
 }
@@ -734,4 +741,79 @@ fn data_in_data_only_layers_is_found() {
     let run = check();
     assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{run}");
     assert!(run.stdout.contains("data cannot be found"), "{run}");
+}
+
+/// With the index, a hard-linked lower file keeps its index entry while any of its names is
+/// left, lower-only ones included, and loses it with the last one, on the kernel and on ufs
+/// alike (`overlay/003`'s `rm -rf` left ufs an orphan index entry); both stacks check clean.
+#[test]
+fn the_index_entry_goes_with_the_last_name() {
+    if skip_check("the_index_entry_goes_with_the_last_name") {
+        return;
+    }
+    let t = tempdir();
+    let fill = |l: &Path| {
+        fs::write(l.join("a"), "a").expect("write");
+        fs::hard_link(l.join("a"), l.join("b")).expect("link");
+        fs::hard_link(l.join("a"), l.join("c")).expect("link");
+        fs::write(l.join("x"), "x").expect("write");
+        fs::hard_link(l.join("x"), l.join("y")).expect("link");
+    };
+    let change = |m: &Path| {
+        // a, b, c: one name removed, then (below) the rest; x, y: both removed.
+        fs::remove_file(m.join("a")).expect("rm a");
+        fs::remove_file(m.join("x")).expect("rm x");
+        fs::remove_file(m.join("y")).expect("rm y");
+    };
+    on_kernel_and_ufs(t.path(), "index=on,redirect_dir=on", fill, change);
+    let entries = |side: &str| -> usize {
+        // Regular files only: the kernel also keeps its shared whiteout (`#N`) there.
+        fs::read_dir(t.path().join(side).join("wk/index"))
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        entries("kernel"),
+        1,
+        "the kernel keeps a, b, c's entry only"
+    );
+    assert_eq!(entries("ufs"), 1, "ufs keeps a, b, c's entry only");
+    for side in ["kernel", "ufs"] {
+        let d = t.path().join(side);
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            d.join("l").display(),
+            d.join("up").display(),
+            d.join("wk").display()
+        );
+        {
+            let m = d.join("m");
+            let (_k, _u);
+            if side == "kernel" {
+                _k = KernelOverlay::mount(&format!("{opts},index=on,redirect_dir=on"), &m, &d);
+            } else {
+                _u = UfsMount::mount(&opts, &m);
+            }
+            assert_eq!(
+                fs::read_to_string(m.join("b")).expect("read b"),
+                "a",
+                "{side}"
+            );
+            fs::remove_file(m.join("b")).expect("rm b");
+            fs::remove_file(m.join("c")).expect("rm c");
+        }
+        assert_eq!(
+            entries(side),
+            0,
+            "{side}: the last name took the index entry"
+        );
+        let run = run_bounded(ufs_cmd().args(["check", "-n", "-o", &opts]), CMD_TIMEOUT);
+        assert_eq!(run.status.and_then(|s| s.code()), Some(0), "{side}:\n{run}");
+    }
 }

@@ -903,8 +903,8 @@ fn the_readme_session_runs_as_shown() {
     if skip("the_readme_session_runs_as_shown") || is_stand_in() {
         return;
     }
-    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+    let readme =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
     let block = readme
         .split("A session to paste")
         .nth(1)
