@@ -1096,12 +1096,14 @@ impl Overlay {
             return Err(ENODATA);
         }
         let node = self.inodes.get(node)?;
-        // Nothing to copy up for an xattr that is not there.
-        let top_fd = node.reals();
-        sys::getxattr(
-            top_fd.first().ok_or(crate::error::EIO)?.fd()?.as_fd(),
-            &sys::cstr(name)?,
-        )?;
+        // Nothing to copy up for an xattr a lower object does not have. An upper object's
+        // filesystem answers itself: there removing an absent ACL succeeds (its `set_acl` of
+        // none), as on the kernel overlay.
+        let reals = node.reals();
+        let top = reals.first().ok_or(crate::error::EIO)?;
+        if Some(top.layer) != self.layers.upper() {
+            sys::getxattr(top.fd()?.as_fd(), &sys::cstr(name)?)?;
+        }
         let reals = self.ensure_upper_for_xattr(&node)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
         node.forget_absent();
