@@ -16,6 +16,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use crate::acl;
 use crate::copy_up::build::{CopyData, set_owner};
 use crate::error::{
     EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EPERM, ESTALE, EXDEV, Result,
@@ -128,11 +129,23 @@ impl Overlay {
         };
         let is_dir = matches!(what, NewEntry::Directory);
         let opaque = is_dir && self.lower_has(&preals, name)?;
-        let owner = self.new_owner(udir, preals.top()?.layer, mode, caller, what)?;
+        let mut owner = self.new_owner(udir, preals.top()?.layer, mode, caller, what)?;
+        let inherited = match what {
+            // A symlink has no ACL and its mode is fixed: neither umask nor ACL applies.
+            NewEntry::Symlink { .. } => None,
+            _ => {
+                let pdefault = self.default_acl(&pnode, udir)?;
+                let i = acl::inherit(pdefault.as_deref(), owner.mode, is_dir, caller.umask)?;
+                owner.mode = i.mode;
+                Some(i)
+            }
+        };
         let file = if !over_whiteout && !opaque && owner.record.is_none() {
             // Nothing to replace and no marker to set: made in place, as the kernel does
-            // (`ovl_create_upper`). A failure part way removes what was made.
-            match self.build_new(udir, &cname, owner, what, opaque) {
+            // (`ovl_create_upper`); the upper filesystem gives it the parent's default ACL
+            // itself (the mode is already masked by it, which masking again does not change).
+            // A failure part way removes what was made.
+            match self.build_new(udir, &cname, owner, what, opaque, None) {
                 Ok(file) => file,
                 // `EEXIST`: someone else made the name meanwhile; it is theirs, not half-made.
                 Err(e) if e == EEXIST => return Err(e),
@@ -145,8 +158,11 @@ impl Overlay {
             }
         } else {
             // Built complete in the work directory, then swapped with the whiteout in one step.
+            // The work directory has no default ACL: the union parent's is given here, as the
+            // kernel's `ovl_create_over_whiteout` does.
             let tmp = work.temp_name();
-            let file = match self.build_new(work.dir(), &tmp, owner, what, opaque) {
+            let acls = inherited.as_ref().filter(|_| owner.record.is_none());
+            let file = match self.build_new(work.dir(), &tmp, owner, what, opaque, acls) {
                 Ok(file) => file,
                 Err(e) => {
                     work.discard(&tmp);
@@ -219,6 +235,25 @@ impl Overlay {
         })
     }
 
+    /// The default ACL of directory node `pnode`, whose upper part is `udir`; `None` where it
+    /// has none or the upper filesystem has no ACLs. Its absence is remembered on the node (as
+    /// `getxattr` does), so that a create costs no extra request where no ACLs are used.
+    fn default_acl(&self, pnode: &Inode, udir: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
+        let name = OsStr::from_bytes(acl::DEFAULT.to_bytes());
+        if pnode.known_absent(name) {
+            return Ok(None);
+        }
+        match sys::getxattr(udir, acl::DEFAULT) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.errno() == libc::ENODATA => {
+                pnode.remember_absent(name);
+                Ok(None)
+            }
+            Err(e) if e.errno() == libc::EOPNOTSUPP => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Enters a node for an entry ufs just made in the upper layer (one lookup counted).
     fn new_node(&self, parent: u64, name: &OsStr, kind: Kind, real: RealEntry) -> Result<Entry> {
         let st = real.stat()?;
@@ -242,6 +277,7 @@ impl Overlay {
         owner: NewOwner,
         what: NewEntry<'_>,
         opaque: bool,
+        acls: Option<&acl::Inherited>,
     ) -> Result<Option<OwnedFd>> {
         let work = self.upper_layer()?.1;
         let mode = match owner.record {
@@ -297,6 +333,15 @@ impl Overlay {
             if !is_symlink && mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
                 // `chown` clears the set-id bits the caller asked for.
                 sys::fchmod(fd.as_fd(), mode & 0o7777)?;
+            }
+        }
+        if let Some(acls) = acls {
+            // Setting the access ACL sets the permission bits from it: the same as `mode`.
+            if let Some(access) = &acls.access {
+                sys::setxattr(fd.as_fd(), acl::ACCESS, access, 0)?;
+            }
+            if let Some(default) = &acls.default {
+                sys::setxattr(fd.as_fd(), acl::DEFAULT, default, 0)?;
             }
         }
         if opaque {

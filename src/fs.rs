@@ -77,6 +77,8 @@ pub fn serve_dirs(
         ttl: opts.timeout,
         want_passthrough: opts.passthrough,
         passthrough: Arc::new(Passthrough::default()),
+        want_acl: !opts.noacl,
+        dont_mask: false,
     };
     let ov = fs.ov.clone();
     let passthrough = fs.passthrough.clone();
@@ -220,6 +222,11 @@ struct UfsFs {
     want_passthrough: bool,
     /// Shared with the status socket, which reports its use.
     passthrough: Arc<Passthrough>,
+    /// Not `noacl`: ask the kernel to enforce POSIX ACLs (FUSE's `POSIX_ACL`).
+    want_acl: bool,
+    /// The kernel agreed to `DONT_MASK`: it sends modes unmasked with the caller's umask, which
+    /// ufs applies where no default ACL does (see [`crate::acl`]).
+    dont_mask: bool,
 }
 
 /// The one reply sink for errors: the errno for the kernel, and a log line. Ordinary answers
@@ -308,6 +315,7 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: 0,
     }
 }
 
@@ -360,9 +368,18 @@ impl UfsFs {
         }
     }
 
+    /// The caller of a request that creates an entry, with the `umask` the kernel sent (which
+    /// it has applied itself unless `DONT_MASK` was agreed).
+    fn creator(&self, req: &Request, umask: u32) -> Caller {
+        Caller {
+            umask: if self.dont_mask { umask & 0o777 } else { 0 },
+            ..caller(req)
+        }
+    }
+
     fn new_entry(
         &self,
-        req: &Request,
+        creator: Caller,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -371,7 +388,7 @@ impl UfsFs {
     ) {
         let res = self
             .ov
-            .create_entry(parent.0, name, mode, caller(req), what)
+            .create_entry(parent.0, name, mode, creator, what)
             .map(|(e, _)| e);
         self.reply_entry(res, reply);
     }
@@ -400,6 +417,20 @@ impl Filesystem for UfsFs {
             // Ask for the ones the kernel has; these cannot be refused.
             if let Err(e) = config.add_capabilities(wanted & !missing) {
                 log::warn!("kernel refused capabilities {e:?}");
+            }
+        }
+        // The kernel enforces ACLs from `system.posix_acl_access` (served by `getxattr`) and
+        // stops applying the umask: with `DONT_MASK` it sends it along, for ufs to apply only
+        // where the parent has no default ACL, as `posix_acl_create()` does.
+        if self.want_acl {
+            match config.add_capabilities(InitFlags::FUSE_POSIX_ACL) {
+                Ok(()) => {
+                    self.dont_mask = config.add_capabilities(InitFlags::FUSE_DONT_MASK).is_ok();
+                    if !self.dont_mask {
+                        debug!("kernel lacks DONT_MASK: it applies the umask itself");
+                    }
+                }
+                Err(_) => debug!("kernel lacks FUSE POSIX ACL support"),
             }
         }
         // Passthrough needs a stacking depth of at least 1 (the real files' filesystems are
@@ -715,12 +746,14 @@ impl Filesystem for UfsFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let _timed = self.ov.stats().timed(Op::Mknod);
-        debug!("mknod(parent={parent}, name={name:?}, mode={mode:#o}, rdev={rdev})");
+        debug!(
+            "mknod(parent={parent}, name={name:?}, mode={mode:#o}, umask={umask:#o}, rdev={rdev})"
+        );
         let what = if mode & libc::S_IFMT == libc::S_IFREG {
             NewEntry::File {
                 flags: libc::O_WRONLY,
@@ -731,7 +764,7 @@ impl Filesystem for UfsFs {
                 rdev: rdev as u64,
             }
         };
-        self.new_entry(req, parent, name, mode, what, reply);
+        self.new_entry(self.creator(req, umask), parent, name, mode, what, reply);
     }
 
     fn mkdir(
@@ -740,12 +773,13 @@ impl Filesystem for UfsFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let _timed = self.ov.stats().timed(Op::Mkdir);
-        debug!("mkdir(parent={parent}, name={name:?}, mode={mode:#o})");
-        self.new_entry(req, parent, name, mode, NewEntry::Directory, reply);
+        debug!("mkdir(parent={parent}, name={name:?}, mode={mode:#o}, umask={umask:#o})");
+        let creator = self.creator(req, umask);
+        self.new_entry(creator, parent, name, mode, NewEntry::Directory, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -775,7 +809,7 @@ impl Filesystem for UfsFs {
             Err(e) => return reply.error(self.errno(e)),
         };
         let what = NewEntry::Symlink { target: &target };
-        self.new_entry(req, parent, link_name, 0o777, what, reply);
+        self.new_entry(caller(req), parent, link_name, 0o777, what, reply);
     }
 
     fn rename(
@@ -818,13 +852,16 @@ impl Filesystem for UfsFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let _timed = self.ov.stats().timed(Op::Create);
-        debug!("create(parent={parent}, name={name:?}, mode={mode:#o}, flags={flags:#o})");
-        let (e, fh) = match self.ov.create(parent.0, name, mode, flags, caller(req)) {
+        debug!(
+            "create(parent={parent}, name={name:?}, mode={mode:#o}, umask={umask:#o}, flags={flags:#o})"
+        );
+        let creator = self.creator(req, umask);
+        let (e, fh) = match self.ov.create(parent.0, name, mode, flags, creator) {
             Ok(created) => created,
             Err(e) => return reply.error(self.errno(e)),
         };
@@ -939,7 +976,7 @@ impl Filesystem for UfsFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -952,13 +989,16 @@ impl Filesystem for UfsFs {
             "setxattr(ino={ino}, name={name:?}, len={}, flags={flags})",
             value.len()
         );
-        self.reply_empty(self.ov.setxattr(ino.0, name, value, flags), reply);
+        self.reply_empty(
+            self.ov.setxattr(ino.0, name, value, flags, caller(req)),
+            reply,
+        );
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _timed = self.ov.stats().timed(Op::Removexattr);
         debug!("removexattr(ino={ino}, name={name:?})");
-        self.reply_empty(self.ov.removexattr(ino.0, name), reply);
+        self.reply_empty(self.ov.removexattr(ino.0, name, caller(req)), reply);
     }
 
     fn fallocate(

@@ -8,6 +8,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod acl;
 pub mod check;
 pub mod copy_up;
 pub mod diff;

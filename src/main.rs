@@ -87,6 +87,7 @@ const OPTIONS_HELP: &str = r#"Options for -o (comma-separated; -o may be repeate
                          show every file as owned by root, or by uid/gid N
   static_nlink, noxattrs=1
                          as in fuse-overlayfs: directories report one link; no xattrs
+  noacl                  the kernel does not enforce POSIX ACLs (they stay plain xattrs)
   xattr_permissions=1|2  as in fuse-overlayfs: owners and modes of files and directories
                          live in a security.* (1) or user.containers.* (2) xattr record
   debug                  same as -d

@@ -89,6 +89,9 @@ pub struct Options {
     pub static_nlink: bool,
     /// `noxattrs=1` (fuse-overlayfs): extended attributes are not supported through the mount.
     pub noxattrs: bool,
+    /// `noacl` (fuse-overlayfs): do not ask the kernel to enforce POSIX ACLs (FUSE's
+    /// `POSIX_ACL`); ACL xattrs are then only xattrs, and the kernel applies the umask.
+    pub noacl: bool,
     /// `passthrough=on|off`: let the kernel do the I/O of regular files on the real files (FUSE
     /// passthrough) where it and the daemon's privileges allow it. On by default.
     pub passthrough: bool,
@@ -139,6 +142,7 @@ impl Default for Options {
             userxattr: false,
             static_nlink: false,
             noxattrs: false,
+            noacl: false,
             xattr_permissions: 0,
             passthrough: true,
             xino: true,
@@ -209,7 +213,6 @@ impl std::error::Error for OptionError {}
 /// Options fuse-overlayfs or the kernel overlay know and ufs accepts without acting on them yet.
 /// They earn a warning rather than an error so that container tools keep working.
 const NO_EFFECT: &[&str] = &[
-    "noacl",
     "writeback",
     "ino32_t",
     "nfs_export",
@@ -291,6 +294,7 @@ fn parse_with(opts: &[&str], cwd: &Path, mounting: bool) -> Result<Options, Opti
                         one_of(key, raw, &[("0", 0), ("1", 1), ("2", 2)], "0, 1 or 2")?
                 }
                 "noxattrs" => options.noxattrs = zero_or_one(key, raw)?,
+                "noacl" => flag(&mut options.noacl, true)?,
                 "passthrough" => {
                     options.passthrough =
                         one_of(key, raw, &[("on", true), ("off", false)], "on or off")?
@@ -918,8 +922,9 @@ mod tests {
 
     #[test]
     fn fuse_overlayfs_test_options() {
-        let o = parse_ok(&["lowerdir=/a,static_nlink,noxattrs=1"]);
-        assert!(o.static_nlink && o.noxattrs && o.warnings.is_empty());
+        let o = parse_ok(&["lowerdir=/a,static_nlink,noxattrs=1,noacl"]);
+        assert!(o.static_nlink && o.noxattrs && o.noacl && o.warnings.is_empty());
+        assert!(!parse_ok(&["lowerdir=/a"]).noacl);
         assert!(!parse_ok(&["lowerdir=/a,noxattrs=0"]).noxattrs);
     }
 
@@ -931,7 +936,6 @@ mod tests {
                 "option \"nfs_export=on\" is accepted for compatibility",
             ),
             ("auto_unmount", "option \"auto_unmount\" is accepted"),
-            ("noacl", "option \"noacl\" is accepted"),
             ("frobnicate", "unknown option \"frobnicate\" ignored"),
             ("colour=blue", "unknown option \"colour=blue\" ignored"),
         ];

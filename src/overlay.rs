@@ -73,12 +73,16 @@ pub struct Opened {
     pub passthrough: bool,
 }
 
-/// The caller of a request, for permission checks.
+/// The caller of a request, for permission checks and for the entries it creates.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// The umask ufs applies to an entry the caller creates where no default ACL does (see
+    /// [`crate::acl`]): the caller's own when the kernel leaves it to ufs (`DONT_MASK`), else
+    /// 0 (the kernel applied it already).
+    pub umask: u32,
 }
 
 pub struct Overlay {
@@ -1097,15 +1101,29 @@ impl Overlay {
         Ok(n as u32)
     }
 
-    pub fn setxattr(&self, node: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    pub fn setxattr(
+        &self,
+        node: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: Caller,
+    ) -> Result<()> {
         if self.noxattrs {
             return Err(crate::error::EOPNOTSUPP);
         }
-        self.setxattr_steps(node, name, value, flags)
+        self.setxattr_steps(node, name, value, flags, caller)
             .map_err(|e| self.named(e.context("setxattr"), node))
     }
 
-    fn setxattr_steps(&self, node: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    fn setxattr_steps(
+        &self,
+        node: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: Caller,
+    ) -> Result<()> {
         if self.is_stat_record_name(name) {
             return Err(crate::error::EPERM);
         }
@@ -1114,33 +1132,57 @@ impl Overlay {
         let reals = self.ensure_upper_for_xattr(&node)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
         node.forget_absent();
+        self.acl_kill_sgid(&node, name, caller)?;
         sys::setxattr(top.fd()?.as_fd(), &real_name, value, flags)
     }
 
-    pub fn removexattr(&self, node: u64, name: &OsStr) -> Result<()> {
+    pub fn removexattr(&self, node: u64, name: &OsStr, caller: Caller) -> Result<()> {
         if self.noxattrs {
             return Err(crate::error::EOPNOTSUPP);
         }
-        self.removexattr_steps(node, name)
+        self.removexattr_steps(node, name, caller)
             .map_err(|e| self.named(e.context("removexattr"), node))
     }
 
-    fn removexattr_steps(&self, node: u64, name: &OsStr) -> Result<()> {
+    fn removexattr_steps(&self, node: u64, name: &OsStr, caller: Caller) -> Result<()> {
         if self.is_stat_record_name(name) {
             return Err(ENODATA);
         }
         let real_name = sys::cstr(&self.record_ns.layer_name(name)?)?;
         let node = self.inodes.get(node)?;
-        // Nothing to copy up for an xattr that is not there.
-        let top_fd = node.reals();
-        sys::getxattr(
-            top_fd.first().ok_or(crate::error::EIO)?.fd()?.as_fd(),
-            &real_name,
-        )?;
+        // Nothing to copy up for an xattr a lower object does not have. An upper object's
+        // filesystem answers itself: there removing an absent ACL succeeds (its `set_acl` of
+        // none), as on the kernel overlay.
+        let reals = node.reals();
+        let top = reals.first().ok_or(crate::error::EIO)?;
+        if Some(top.layer) != self.layers.upper() {
+            sys::getxattr(top.fd()?.as_fd(), &real_name)?;
+        }
         let reals = self.ensure_upper_for_xattr(&node)?;
         let top = reals.first().ok_or(crate::error::EIO)?;
         node.forget_absent();
+        self.acl_kill_sgid(&node, name, caller)?;
         sys::removexattr(top.fd()?.as_fd(), &real_name)
+    }
+
+    /// Before the access ACL of `node` (already in the upper layer) is set or removed: clears
+    /// its set-group-id bit when `caller` is neither in the file's group nor holds
+    /// `CAP_FSETID`, as the kernel overlay's `ovl_set_or_remove_acl` does. The real filesystem
+    /// would not: ufs changes the ACL with its own privileges (and the kernel's
+    /// `FUSE_SETXATTR_ACL_KILL_SGID` needs `SETXATTR_EXT`, which fuser cannot decode).
+    fn acl_kill_sgid(&self, node: &Inode, name: &OsStr, caller: Caller) -> Result<()> {
+        if name.as_encoded_bytes() != crate::acl::ACCESS.to_bytes() {
+            return Ok(());
+        }
+        let st = self.attr(node)?;
+        if st.st_mode & libc::S_ISGID == 0 || in_group_or_capable(&st, caller) {
+            return Ok(());
+        }
+        let change = SetAttr {
+            mode: Some(st.st_mode & 0o7777 & !libc::S_ISGID),
+            ..SetAttr::default()
+        };
+        self.setattr_steps(node.id, change).map(|_| ())
     }
 }
 
@@ -1171,6 +1213,26 @@ pub fn check_permission(st: &libc::stat, mask: i32, caller: Caller) -> Result<()
     } else {
         Err(crate::error::EACCES)
     }
+}
+
+/// `in_group_or_capable()` for the set-group-id bit of a file with attributes `st`: whether
+/// `caller` is in the file's group or holds `CAP_FSETID`.
+fn in_group_or_capable(st: &libc::stat, caller: Caller) -> bool {
+    caller.gid == st.st_gid || in_groups(caller.pid, st.st_gid) || has_fsetid(caller)
+}
+
+/// Whether `caller` holds `CAP_FSETID` (its effective set in `/proc/PID/status`; uid 0 when
+/// that cannot be read).
+fn has_fsetid(caller: Caller) -> bool {
+    const CAP_FSETID: u32 = 4;
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", caller.pid)) else {
+        return caller.uid == 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .map_or(caller.uid == 0, |caps| caps & (1 << CAP_FSETID) != 0)
 }
 
 /// Whether process `pid` has `gid` among its supplementary groups.

@@ -42,6 +42,8 @@ impl Workdir {
             Err(e) => return Err(e.into()),
         }
         let fd = sys::open_path(wd.as_fd(), c"work")?;
+        // Made fresh by the kernel at every mount; ufs keeps it, so cleans it every time.
+        clear_acls(fd.as_fd())?;
         let probe = c"trusted.overlay.ufs-probe";
         let xattr_ns = if userxattr {
             XattrNamespace::User
@@ -60,12 +62,16 @@ impl Workdir {
             }
         };
         let index = if index {
-            match sys::mkdirat(wd.as_fd(), c"index", 0o700) {
-                Ok(()) => {}
-                Err(e) if e.errno() == libc::EEXIST => {}
+            let made = match sys::mkdirat(wd.as_fd(), c"index", 0o700) {
+                Ok(()) => true,
+                Err(e) if e.errno() == libc::EEXIST => false,
                 Err(e) => return Err(e.into()),
+            };
+            let index = sys::open_path(wd.as_fd(), c"index")?;
+            if made {
+                clear_acls(index.as_fd())?;
             }
-            Some(Arc::new(sys::open_path(wd.as_fd(), c"index")?))
+            Some(Arc::new(index))
         } else {
             None
         };
@@ -114,6 +120,26 @@ impl Workdir {
             log::warn!("cannot remove {name:?} from the work directory: {e}");
         }
     }
+}
+
+/// Removes the default and access ACLs a directory ufs made in WORKDIR inherited from it, and
+/// the mode bits they gave, as `ovl_workdir_create()` does: entries built in the work directory
+/// must get only what ufs gives them (a default ACL there would be inherited by every copy-up
+/// and new entry). The mode is 0700 rather than the kernel's 0: ufs may run without the
+/// privilege to use a directory it cannot search.
+fn clear_acls(dir: BorrowedFd<'_>) -> Result<()> {
+    let mut had = false;
+    for name in [crate::acl::DEFAULT, crate::acl::ACCESS] {
+        match sys::removexattr(dir, name) {
+            Ok(()) => had = true,
+            Err(e) if e.errno() == libc::ENODATA || e.errno() == libc::EOPNOTSUPP => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if had {
+        sys::fchmod(dir, 0o700)?;
+    }
+    Ok(())
 }
 
 /// Whether `name` has the form of [`Workdir::temp_name`]'s names, `#ufs.PID.N`: the only

@@ -81,6 +81,7 @@ fn caller() -> Caller {
         uid: 0,
         gid: 0,
         pid: std::process::id(),
+        umask: 0,
     }
 }
 
@@ -478,7 +479,7 @@ fn a_remembered_missing_acl_is_forgotten_when_one_is_set() {
         value.extend_from_slice(&perm.to_le_bytes());
         value.extend_from_slice(&id.to_le_bytes());
     }
-    match ov.setxattr(n, acl, &value, 0) {
+    match ov.setxattr(n, acl, &value, 0, caller()) {
         Ok(()) => {}
         Err(e) if e.errno() == libc::EOPNOTSUPP => {
             eprintln!("SKIP a_remembered_missing_acl_is_forgotten_when_one_is_set: no ACLs here");
@@ -511,7 +512,7 @@ fn a_remembered_missing_capability_is_forgotten_when_one_is_set() {
     for word in [1u32 << 12, 0, 0, 0] {
         value.extend_from_slice(&word.to_le_bytes());
     }
-    match ov.setxattr(n, cap, &value, 0) {
+    match ov.setxattr(n, cap, &value, 0, caller()) {
         Ok(()) => {}
         Err(e) if e.errno() == libc::EPERM || e.errno() == libc::EOPNOTSUPP => {
             eprintln!("SKIP a_remembered_missing_capability_is_forgotten_when_one_is_set: {e}");

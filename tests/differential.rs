@@ -403,6 +403,8 @@ fn generator_covers_the_issue() {
         "setxattr",
         "removexattr",
         "getxattrs",
+        "setfacl",
+        "getfacl",
         "readdir",
         "stat",
         "forget",

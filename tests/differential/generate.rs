@@ -619,6 +619,7 @@ impl Model {
             | Op::Chown { path, .. }
             | Op::Utimes { path, .. }
             | Op::SetXattr { path, .. }
+            | Op::SetAcl { path, .. }
             | Op::RemoveXattr { path, .. } => self.copied_up(path),
             Op::Mkdir { path, .. } => self.insert_new(path, Kind::Dir),
             Op::Symlink { path, .. } => self.insert_new(path, Kind::Symlink),
@@ -648,6 +649,7 @@ impl Model {
             Op::Rename { from, to, mode } => self.rename(from, to, *mode),
             Op::Read { .. }
             | Op::GetXattrs { .. }
+            | Op::GetAcls { .. }
             | Op::Readdir { .. }
             | Op::Stat { .. }
             | Op::Remount
@@ -828,6 +830,36 @@ fn gen_time(rng: &mut StdRng) -> Time {
     }
 }
 
+/// A valid ACL in the kernel's order (owner, named users by id, owning group, named groups by
+/// id, mask, others), with a mask exactly when it has named entries, or only the three base
+/// entries (which the filesystem folds into the mode).
+fn gen_acl(rng: &mut StdRng) -> Vec<(u16, u16, u32)> {
+    const IDS: &[u32] = &[1000, 1234, 65534];
+    let mut perm = || rng.random_range(0..8u16);
+    let (u, g, o) = (perm(), perm(), perm());
+    let named = |rng: &mut StdRng, tag: u16| -> Vec<(u16, u16, u32)> {
+        let mut v = Vec::new();
+        for &id in IDS {
+            if rng.random_bool(0.3) {
+                v.push((tag, rng.random_range(0..8u16), id));
+            }
+        }
+        v
+    };
+    let users = named(rng, 0x02);
+    let groups = named(rng, 0x08);
+    let mut acl = vec![(0x01, u, u32::MAX)];
+    let has_named = !users.is_empty() || !groups.is_empty();
+    acl.extend(users);
+    acl.push((0x04, g, u32::MAX));
+    acl.extend(groups);
+    if has_named {
+        acl.push((0x10, rng.random_range(0..8u16), u32::MAX));
+    }
+    acl.push((0x20, o, u32::MAX));
+    acl
+}
+
 fn gen_op(rng: &mut StdRng, m: &Model) -> Op {
     const WEIGHTS: &[(&str, u32)] = &[
         ("create", 8),
@@ -848,6 +880,8 @@ fn gen_op(rng: &mut StdRng, m: &Model) -> Op {
         ("setxattr", 4),
         ("removexattr", 2),
         ("getxattrs", 2),
+        ("setfacl", 3),
+        ("getfacl", 2),
         ("readdir", 5),
         ("stat", 6),
         ("forget", 2),
@@ -1005,6 +1039,27 @@ fn gen_op(rng: &mut StdRng, m: &Model) -> Op {
         "removexattr" => Op::RemoveXattr {
             path: m.target(rng, |n| matches!(n.kind, Kind::File | Kind::Dir)),
             name: pick(rng, XATTR_NAMES).to_string(),
+        },
+        "setfacl" => {
+            let default = rng.random_bool(0.4);
+            Op::SetAcl {
+                path: m.target(rng, |n| {
+                    if default {
+                        n.kind == Kind::Dir
+                    } else {
+                        matches!(n.kind, Kind::File | Kind::Dir)
+                    }
+                }),
+                default,
+                entries: if rng.random_bool(0.15) {
+                    Vec::new()
+                } else {
+                    gen_acl(rng)
+                },
+            }
+        }
+        "getfacl" => Op::GetAcls {
+            path: m.target(rng, |_| true),
         },
         "forget" => Op::Forget {
             pin: m.target(rng, |n| n.kind == Kind::Dir),

@@ -143,6 +143,17 @@ pub enum Op {
     GetXattrs {
         path: String,
     },
+    /// `setfacl`: sets the access ACL (or with `default` the default ACL) to `entries`
+    /// (`(tag, perm, id)` in the kernel's xattr form), or removes it when `entries` is empty.
+    SetAcl {
+        path: String,
+        default: bool,
+        entries: Vec<(u16, u16, u32)>,
+    },
+    /// `getfacl`: the access and default ACL xattrs, decoded.
+    GetAcls {
+        path: String,
+    },
     /// The names, types and inode consistency of a directory listing.
     Readdir {
         path: String,
@@ -236,6 +247,22 @@ impl fmt::Display for Op {
             ),
             Op::RemoveXattr { path, name } => write!(f, "removexattr {} {name}", show(path)),
             Op::GetXattrs { path } => write!(f, "getxattrs {}", show(path)),
+            Op::SetAcl {
+                path,
+                default,
+                entries,
+            } => write!(
+                f,
+                "setfacl {}{} {}",
+                if *default { "-d " } else { "" },
+                show(path),
+                if entries.is_empty() {
+                    "(remove)".to_string()
+                } else {
+                    show_acl(entries)
+                }
+            ),
+            Op::GetAcls { path } => write!(f, "getfacl {}", show(path)),
             Op::Readdir { path } => write!(f, "readdir {}", show(path)),
             Op::Stat { path } => write!(f, "lstat {}", show(path)),
             Op::Remount => write!(f, "remount"),
@@ -279,6 +306,8 @@ impl Op {
             Op::SetXattr { .. } => "setxattr",
             Op::RemoveXattr { .. } => "removexattr",
             Op::GetXattrs { .. } => "getxattrs",
+            Op::SetAcl { .. } => "setfacl",
+            Op::GetAcls { .. } => "getfacl",
             Op::Readdir { .. } => "readdir",
             Op::Stat { .. } => "stat",
             Op::Remount => "remount",
@@ -651,6 +680,85 @@ fn setxattr_mode(p: &Path, name: &str, value: &[u8], mode: XattrMode) -> io::Res
 }
 
 /// A visible xattr map (values shown lossily, compared exactly through their text).
+/// The xattr names of the access and default ACL.
+pub const ACL_ACCESS: &str = "system.posix_acl_access";
+pub const ACL_DEFAULT: &str = "system.posix_acl_default";
+
+/// ACL entries as `getfacl` writes them (`u::rwx,u:1000:r--,g::...`).
+pub fn show_acl(entries: &[(u16, u16, u32)]) -> String {
+    entries
+        .iter()
+        .map(|&(tag, perm, id)| {
+            let (t, named) = match tag {
+                0x01 => ("u", false),
+                0x02 => ("u", true),
+                0x04 => ("g", false),
+                0x08 => ("g", true),
+                0x10 => ("m", false),
+                0x20 => ("o", false),
+                _ => ("?", true),
+            };
+            let rwx: String = [(4, 'r'), (2, 'w'), (1, 'x')]
+                .iter()
+                .map(|&(b, c)| if perm & b != 0 { c } else { '-' })
+                .collect();
+            if named {
+                format!("{t}:{id}:{rwx}")
+            } else {
+                format!("{t}::{rwx}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The xattr value of an ACL.
+pub fn acl_value(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// An ACL xattr value decoded for comparison (the raw bytes when it is not one).
+fn decode_acl(v: &[u8]) -> String {
+    let entries: Option<Vec<(u16, u16, u32)>> = v
+        .get(4..)
+        .filter(|b| v.get(..4) == Some(&2u32.to_le_bytes()[..]) && b.len() % 8 == 0)
+        .map(|b| {
+            b.chunks_exact(8)
+                .map(|c| {
+                    (
+                        u16::from_le_bytes([c[0], c[1]]),
+                        u16::from_le_bytes([c[2], c[3]]),
+                        u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+                    )
+                })
+                .collect()
+        });
+    match entries {
+        Some(e) => show_acl(&e),
+        None => format!("{v:?}"),
+    }
+}
+
+/// The access and default ACLs of `p`, each decoded or the errno of `lgetxattr`.
+fn acl_map(p: &Path) -> BTreeMap<String, String> {
+    [ACL_ACCESS, ACL_DEFAULT]
+        .iter()
+        .map(|name| {
+            let v = match get_xattr(p, name) {
+                Ok(v) => decode_acl(&v),
+                Err(e) => format!("{:?}", Errno(e.raw_os_error().unwrap_or(0))),
+            };
+            (name.to_string(), v)
+        })
+        .collect()
+}
+
 pub fn xattr_map(p: &Path) -> io::Result<BTreeMap<String, String>> {
     let mut m = BTreeMap::new();
     for name in list_xattrs(p)? {
@@ -887,6 +995,25 @@ fn run_inner(root: &Path, op: &Op, ino_problems: &mut Vec<String>) -> io::Result
         Op::GetXattrs { path } => {
             let p = parent_of(root, path)?;
             Ok(Value::Xattrs(xattr_map(&p.proc_path())?))
+        }
+        Op::SetAcl {
+            path,
+            default,
+            entries,
+        } => {
+            // The parent's fd must stay open while its magic link is used.
+            let p = parent_of(root, path)?;
+            let name = if *default { ACL_DEFAULT } else { ACL_ACCESS };
+            if entries.is_empty() {
+                remove_xattr(&p.proc_path(), name)?;
+            } else {
+                setxattr_mode(&p.proc_path(), name, &acl_value(entries), XattrMode::Any)?;
+            }
+            Ok(Value::Done)
+        }
+        Op::GetAcls { path } => {
+            let p = parent_of(root, path)?;
+            Ok(Value::Xattrs(acl_map(&p.proc_path())))
         }
         Op::Readdir { path } => {
             let p = parent_of(root, path)?;
