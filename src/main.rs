@@ -58,39 +58,50 @@ const COMMANDS: &[&str] = &[
     "completions",
 ];
 
-const OPTIONS_HELP: &str = r#"Options for -o (comma-separated; -o may be repeated):
-  lowerdir=DIR[:DIR...]  read-only layers, top-most first (required)
+const OPTIONS_HELP: &str = r#"Options for -o (comma-separated; -o may be repeated). Where another implementation has
+the same option: [k] the kernel overlay (mount -t overlay), [f] fuse-overlayfs, [m] mount(8).
+  lowerdir=DIR[:DIR...]  read-only layers, top-most first (required) [k][f]
   lowerdir=DIR[:DIR...]::DATA[::DATA...], lowerdir+=DIR, datadir+=DATA
-                         data-only layers, as in the kernel: never merged, they only hold
-                         the data of metadata-only files in the lowers that name it by an
-                         absolute redirect (composefs); lowerdir+= and datadir+= add one
-                         directory each, cannot follow lowerdir=, and datadir+= comes last
-  upperdir=DIR           the writable layer (needs workdir)
-  workdir=DIR            an empty directory on the upper's filesystem (needs upperdir)
-  ro                     refuse every write, even with an upper
-  allow_other            let every user use the mount (allow_root: root too)
-  nodev,dev,nosuid,suid,noexec,exec,noatime,rw
-                         the usual mount flags; as uid 0 the mount has allow_other,
+                         data-only layers [k]: never merged, they only hold the data of
+                         metadata-only files in the lowers that name it by an absolute
+                         redirect (composefs); lowerdir+= and datadir+= add one directory
+                         each, cannot follow lowerdir=, and datadir+= comes last
+  upperdir=DIR           the writable layer (needs workdir) [k][f]
+  workdir=DIR            an empty directory on the upper's filesystem (needs upperdir) [k][f]
+  ro, rw                 ro refuses every write, even with an upper (default rw) [m]
+  allow_other, allow_root
+                         let every user (allow_root: root too) use the mount [f]
+  nodev,dev,nosuid,suid,noexec,exec
+                         the usual mount flags [m]; as uid 0 the mount has allow_other,
                          suid and nodev (as fuse-overlayfs), otherwise nosuid,nodev
-  timeout=SECS           how long the kernel caches names and attributes (default 86400)
-  fsync=0, volatile      do not make copied-up data durable (faster, unsafe on crash)
-  threaded=N             number of request threads
+  noatime, atime, relatime, strictatime
+                         noatime: no access-time updates [m]; the others (the default)
+                         leave access times to the upper's filesystem
+  default_permissions    accepted [f]: the kernel always checks permissions
+  context=, fscontext=, defcontext=, rootcontext=
+                         SELinux labels [m]: accepted and ignored
+  timeout=SECS           how long the kernel caches names and attributes (default 86400) [f]
+  fsync=0|1, volatile    fsync=0 [f] or volatile [k]: do not make copied-up data durable
+                         (faster, unsafe on a crash; default fsync=1)
+  threaded=N             request threads (default: the number of CPUs, at least 2; 0 is 1) [f]
   passthrough=on|off     let the kernel read and write regular files on the real files
                          (FUSE passthrough; default on where the kernel and privileges allow)
   redirect_dir=on|off|follow|nofollow, index=on|off, metacopy=on|off, xino=on|auto|off
-                         the kernel overlay's features (defaults: redirect_dir=on, index=on,
-                         metacopy=on, xino=on); userxattr keeps records in user.overlay.*
-  fsname=NAME            the source shown in the mount table (default: SOURCE)
+                         the kernel overlay's features [k] (defaults: redirect_dir=on,
+                         index=on, metacopy=on, xino=on)
+  userxattr              keep records in user.overlay.* (default: trusted.overlay.* where
+                         the daemon may write them) [k]
+  fsname=NAME            the source shown in the mount table (default: SOURCE) [f]
   uidmapping=D:S:N[:D:S:N...], gidmapping=...
-                         ids D.. on disk show as S.. in the mount (N of them)
+                         ids D.. on disk show as S.. in the mount (N of them) [f]
   squash_to_root, squash_to_uid=N, squash_to_gid=N
-                         show every file as owned by root, or by uid/gid N
+                         show every file as owned by root, or by uid/gid N [f]
   static_nlink, noxattrs=1
-                         as in fuse-overlayfs: directories report one link; no xattrs
-  noacl                  the kernel does not enforce POSIX ACLs (they stay plain xattrs)
-  xattr_permissions=1|2  as in fuse-overlayfs: owners and modes of files and directories
-                         live in a security.* (1) or user.containers.* (2) xattr record
-  debug                  same as -d
+                         directories report one link; no xattrs through the mount [f]
+  noacl                  the kernel does not enforce POSIX ACLs (they stay plain xattrs) [f]
+  xattr_permissions=1|2  owners and modes of files and directories live in a security.* (1)
+                         or user.containers.* (2) xattr record [f]
+  debug                  same as -d [f]
 
 Without upperdir and workdir the union is read-only. In paths "\," is a comma, "\:" a
 colon inside lowerdir, and "\\" a backslash; relative paths are taken from the current
