@@ -261,7 +261,10 @@ fn parse_with(opts: &[&str], cwd: &Path, mounting: bool) -> Result<Options, Opti
             match key {
                 "lowerdir" => lowers.set(parse_lowerdirs(required(key, raw)?, cwd)?),
                 "lowerdir+" | "datadir+" => {
-                    let path = parse_path(key, required(key, raw)?, cwd)?;
+                    // One directory each, taken as the kernel takes it: a colon needs no
+                    // escape, so `\:` is a backslash and a colon (xfstests `overlay/086`).
+                    let raw = required(key, raw)?.replace(r"\:", r"\\:");
+                    let path = parse_path(key, &raw, cwd)?;
                     lowers.add(path, key == "datadir+")?;
                 }
                 "upperdir" => options.upperdir = Some(parse_path(key, required(key, raw)?, cwd)?),
@@ -674,6 +677,16 @@ mod tests {
                 item: r#"b="c,d"#.into()
             })
         );
+    }
+
+    #[test]
+    fn lowerdir_add_takes_colons_literally() {
+        let o = parse_ok(&[r"lowerdir+=/l2\:with\:\:colons,lowerdir+=/a:b,datadir+=/d\,e"]);
+        assert_eq!(
+            o.lowerdirs,
+            [PathBuf::from(r"/l2\:with\:\:colons"), PathBuf::from("/a:b")]
+        );
+        assert_eq!(o.datadirs, [PathBuf::from("/d,e")]);
     }
 
     #[test]
