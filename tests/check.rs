@@ -817,3 +817,39 @@ fn the_index_entry_goes_with_the_last_name() {
         assert_eq!(run.status.and_then(|s| s.code()), Some(0), "{side}:\n{run}");
     }
 }
+
+/// The kernel overlay keeps one whiteout in `WORKDIR/work` (without the index) to link new
+/// whiteouts to: part of a stack it wrote, not a leftover (every xfstests overlay test's layer
+/// check failed on it). A lower layer that shows a directory at two names through a redirect
+/// (an image made so, as `overlay/055` makes one) is not the upper's missing whiteout either.
+#[test]
+fn the_kernels_shared_whiteout_and_lower_redirects_check_clean() {
+    if skip_check("the_kernels_shared_whiteout_and_lower_redirects_check_clean") {
+        return;
+    }
+    let s = Stack::new();
+    s.touch("lower/a");
+    s.touch("lower/b");
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        s.p("lower").display(),
+        s.p("upper").display(),
+        s.p("work").display()
+    );
+    {
+        let _k = KernelOverlay::mount(&format!("{opts},index=off"), &s.p("m"), &s.base);
+        fs::remove_file(s.p("m/a")).expect("rm a");
+        fs::remove_file(s.p("m/b")).expect("rm b");
+    }
+    let shared = s
+        .names("work/work")
+        .into_iter()
+        .any(|n| n.starts_with('#') && s.is_whiteout(&format!("work/work/{n}")));
+    assert!(shared, "the kernel left no shared whiteout: {:?}", s.names("work/work"));
+    s.expect(false, "-n", 0);
+
+    let s = Stack::new();
+    s.mkdir("lower2/origin/dir");
+    s.redirect("lower/merged", "origin");
+    s.expect(true, "-n", 0);
+}
