@@ -33,11 +33,15 @@ fn acl_skip(test: &str) -> bool {
     let probe = t.path().join("probe");
     std::fs::write(&probe, b"").expect("probe file");
     let run = run_bounded(
-        Command::new("setfacl").args(["-m", "u:65534:r"]).arg(&probe),
+        Command::new("setfacl")
+            .args(["-m", "u:65534:r"])
+            .arg(&probe),
         CMD_TIMEOUT,
     );
     if !run.success() {
-        say(&format!("SKIP {test}: no ACLs on /tmp's filesystem:\n{run}"));
+        say(&format!(
+            "SKIP {test}: no ACLs on /tmp's filesystem:\n{run}"
+        ));
         return true;
     }
     false
@@ -118,7 +122,8 @@ fn an_upper_files_acl_grants_access() {
 }
 
 /// What each new entry looks like: mode and ACLs.
-const SHOW: &str = "for p in \"$@\"; do echo \"$p: $(stat -c %A \"$p\")\"; getfacl -c -p \"$p\"; done";
+const SHOW: &str =
+    "for p in \"$@\"; do echo \"$p: $(stat -c %A \"$p\")\"; getfacl -c -p \"$p\"; done";
 
 #[test]
 fn new_entries_inherit_default_acls_in_place() {

@@ -845,7 +845,11 @@ fn the_kernels_shared_whiteout_and_lower_redirects_check_clean() {
         .names("work/work")
         .into_iter()
         .any(|n| n.starts_with('#') && s.is_whiteout(&format!("work/work/{n}")));
-    assert!(shared, "the kernel left no shared whiteout: {:?}", s.names("work/work"));
+    assert!(
+        shared,
+        "the kernel left no shared whiteout: {:?}",
+        s.names("work/work")
+    );
     s.expect(false, "-n", 0);
 
     let s = Stack::new();
