@@ -245,11 +245,12 @@ impl Overlay {
         }
         match sys::getxattr(udir, acl::DEFAULT) {
             Ok(v) => Ok(Some(v)),
-            Err(e) if e.errno() == libc::ENODATA => {
+            // No default ACL, or no ACLs on the upper's filesystem at all: both stay so until
+            // an xattr of the directory is set through the mount (which forgets the absence).
+            Err(e) if e.errno() == libc::ENODATA || e.errno() == libc::EOPNOTSUPP => {
                 pnode.remember_absent(name);
                 Ok(None)
             }
-            Err(e) if e.errno() == libc::EOPNOTSUPP => Ok(None),
             Err(e) => Err(e),
         }
     }

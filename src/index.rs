@@ -209,7 +209,8 @@ impl Overlay {
         if work.index.is_none()
             || child.kind == Kind::Directory
             || top.layer != upper
-            || top.stat()?.st_nlink <= 1
+            // The top entry's own link count (the index entry is one of its links).
+            || child.stat.st_nlink <= 1
         {
             return Ok(None);
         }
