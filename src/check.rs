@@ -222,22 +222,13 @@ enum Redirect {
     Absolute(LPath),
 }
 
-/// Parses a redirect record as the kernel validates it: one name, or `/` and names separated
-/// by single slashes; `.`, `..` and empty names lead out of or around the layers and are
-/// refused.
+/// Parses a redirect record as the kernel validates it, with the mount's own validation
+/// ([`crate::redirect::Target::redirect`]): one name, or `/` and names separated by single
+/// slashes; `.`, `..` and empty names lead out of or around the layers and are refused.
 fn parse_redirect(r: &[u8]) -> Option<Redirect> {
-    let name = |c: &[u8]| match c {
-        b"" | b"." | b".." => None,
-        _ => CString::new(c).ok(),
-    };
-    match r.strip_prefix(b"/") {
-        Some(rest) => rest
-            .split(|&b| b == b'/')
-            .map(name)
-            .collect::<Option<Vec<_>>>()
-            .map(Redirect::Absolute),
-        None if r.contains(&b'/') => None,
-        None => name(r).map(Redirect::Relative),
+    match crate::redirect::Target::redirect(r).ok()? {
+        crate::redirect::Target::Name { name, .. } => Some(Redirect::Relative(name)),
+        crate::redirect::Target::Path(names) => Some(Redirect::Absolute(names)),
     }
 }
 
