@@ -348,6 +348,7 @@ impl UfsFs {
     /// names that lead to it.
     fn ttls(&self, node: u64, attr: &libc::stat) -> (Duration, Duration) {
         let (attrs, names) = self.ov.volatile(node, attr);
+        let attrs = attrs || self.passthrough.attrs_volatile(node);
         let ttl = |volatile: bool| if volatile { Duration::ZERO } else { self.ttl };
         (ttl(attrs), ttl(names))
     }
@@ -497,6 +498,7 @@ impl Filesystem for UfsFs {
         let want = Want {
             allowed: o.passthrough,
             direct: o.direct_io,
+            writes: flags.0 & libc::O_ACCMODE != libc::O_RDONLY,
         };
         let mode = self.passthrough.choose(
             ino.0,
@@ -507,6 +509,11 @@ impl Filesystem for UfsFs {
         );
         match mode {
             Mode::Passthrough(id) => {
+                if want.writes {
+                    // The attributes the kernel holds were sent with the long timeout; from now
+                    // on it must ask (see `Passthrough::attrs_volatile`).
+                    self.ov.invalidate(ino.0, false);
+                }
                 reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id)
             }
             Mode::Direct => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO),
@@ -871,6 +878,7 @@ impl Filesystem for UfsFs {
         let want = Want {
             allowed: true,
             direct: flags & libc::O_DIRECT != 0,
+            writes: flags & libc::O_ACCMODE != libc::O_RDONLY,
         };
         let mode = self.passthrough.choose(
             e.node,
@@ -880,14 +888,22 @@ impl Filesystem for UfsFs {
             || reply.open_backing(handle()?.file.as_fd()),
         );
         match mode {
-            Mode::Passthrough(id) => reply.created_passthrough(
-                &self.ttl,
-                &attr,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-                &id,
-            ),
+            Mode::Passthrough(id) => {
+                reply.created_passthrough(
+                    &self.ttl,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                    &id,
+                );
+                if want.writes {
+                    // The reply has one timeout for the name and the attributes, and the name's
+                    // must stay long; the attributes are made stale right after it (see
+                    // `Passthrough::attrs_volatile`), before the caller can have mapped the file.
+                    self.ov.invalidate(e.node, false);
+                }
+            }
             Mode::Direct => reply.created(
                 &self.ttl,
                 &attr,

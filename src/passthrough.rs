@@ -46,6 +46,11 @@ enum NodeIo {
         id: Arc<BackingId>,
         real: (u64, u64),
         opens: usize,
+        /// Of `opens`, the handles open for writing. While there are any, the node's
+        /// attributes are not cached in the kernel ([`Passthrough::attrs_volatile`]): a write
+        /// through a shared mapping changes the real file's `mtime` and `ctime` in the kernel
+        /// without a request, so only asking ufs again shows it.
+        writers: usize,
     },
 }
 
@@ -69,14 +74,16 @@ pub struct Want {
     pub allowed: bool,
     /// Opened with `O_DIRECT`.
     pub direct: bool,
+    /// Opened for writing (`O_WRONLY` or `O_RDWR`).
+    pub writes: bool,
 }
 
 /// The mount's passthrough state: whether it is on, and each open node's backing.
 pub struct Passthrough {
     state: AtomicU8,
     nodes: DashMap<u64, NodeIo>,
-    /// The node of each handle counted in `nodes`.
-    handles: DashMap<u64, u64>,
+    /// The node of each handle counted in `nodes`, and whether the handle counts as a writer.
+    handles: DashMap<u64, (u64, bool)>,
 }
 
 impl Default for Passthrough {
@@ -119,9 +126,15 @@ impl Passthrough {
         if !self.is_on() {
             return neutral;
         }
+        let mut writer = false;
         let mode = match self.nodes.entry(node) {
             Entry::Occupied(mut e) => match e.get_mut() {
-                NodeIo::Backed { id, real: r, opens } => {
+                NodeIo::Backed {
+                    id,
+                    real: r,
+                    opens,
+                    writers,
+                } => {
                     if !(want.allowed && real() == Some(*r)) {
                         log::warn!(
                             "node {node} is open for passthrough on another real file; \
@@ -130,6 +143,10 @@ impl Passthrough {
                         return Mode::Refused;
                     }
                     *opens += 1;
+                    if want.writes {
+                        *writers += 1;
+                        writer = true;
+                    }
                     Mode::Passthrough(id.clone())
                 }
                 // `O_DIRECT` handles are neutral beside cached ones.
@@ -154,7 +171,9 @@ impl Passthrough {
                             id: id.clone(),
                             real,
                             opens: 1,
+                            writers: usize::from(want.writes),
                         });
+                        writer = want.writes;
                         Mode::Passthrough(id)
                     }
                     Err(e) => {
@@ -169,8 +188,18 @@ impl Passthrough {
                 Mode::Cached
             }
         };
-        self.handles.insert(fh, node);
+        self.handles.insert(fh, (node, writer));
         mode
+    }
+
+    /// Whether the kernel must not cache node `node`'s attributes now: it has passthrough
+    /// handles open for writing, whose writes through a shared mapping change the real file's
+    /// times with no request to ufs (the kernel updates them on the backing file only). Each
+    /// `getattr` then asks ufs, which reads them from the real file.
+    pub fn attrs_volatile(&self, node: u64) -> bool {
+        self.nodes
+            .get(&node)
+            .is_some_and(|io| matches!(*io, NodeIo::Backed { writers, .. } if writers > 0))
     }
 
     /// A backing file could not be registered: before any was, passthrough is turned off for
@@ -195,12 +224,19 @@ impl Passthrough {
     /// Handle `fh` was released: the node's count drops, and its backing file goes with its
     /// last passthrough handle.
     pub fn release(&self, fh: u64) {
-        let Some((_, node)) = self.handles.remove(&fh) else {
+        let Some((_, (node, writer))) = self.handles.remove(&fh) else {
             return;
         };
         if let Entry::Occupied(mut e) = self.nodes.entry(node) {
             let opens = match e.get_mut() {
-                NodeIo::Cached { opens } | NodeIo::Backed { opens, .. } => {
+                NodeIo::Cached { opens } => {
+                    *opens = opens.saturating_sub(1);
+                    *opens
+                }
+                NodeIo::Backed { opens, writers, .. } => {
+                    if writer {
+                        *writers = writers.saturating_sub(1);
+                    }
                     *opens = opens.saturating_sub(1);
                     *opens
                 }
