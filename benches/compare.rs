@@ -48,6 +48,10 @@ struct Config {
     ufs_bin: PathBuf,
     /// Extra `-o` options for ufs only (for trying out tuning options).
     ufs_opts: Option<String>,
+    /// The fuse-overlayfs 2.x (Rust) binary, if one was built (`UFS_BENCH_FO2`).
+    fo2_bin: Option<PathBuf>,
+    /// Run ufs a second time with `passthrough=off` (`UFS_BENCH_NO_PASSTHROUGH`, default on).
+    ufs_without_passthrough: bool,
 }
 
 impl Config {
@@ -83,6 +87,10 @@ impl Config {
         let ufs_opts = std::env::var("UFS_BENCH_UFS_OPTS")
             .ok()
             .filter(|s| !s.is_empty());
+        let fo2_bin = std::env::var_os("UFS_BENCH_FO2")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        let ufs_without_passthrough = env_parse("UFS_BENCH_NO_PASSTHROUGH", 1_u8)? != 0;
         Ok(Config {
             scale,
             reps,
@@ -90,6 +98,8 @@ impl Config {
             only,
             ufs_bin,
             ufs_opts,
+            fo2_bin,
+            ufs_without_passthrough,
         })
     }
 }
@@ -567,21 +577,59 @@ fn is_tmpfs(path: &Path) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum FsKind {
     Kernel,
+    /// Debian's fuse-overlayfs 1.x (C, libfuse), from `PATH`.
     FuseOverlayfs,
+    /// fuse-overlayfs 2.x (Rust, with passthrough), built from its public source.
+    FuseOverlayfs2,
+    /// ufs as it mounts by default (passthrough on where the kernel allows it).
     Ufs,
+    /// ufs with `passthrough=off`: every read and write through the daemon.
+    UfsNoPassthrough,
 }
 
 impl FsKind {
-    const ALL: [FsKind; 3] = [FsKind::Kernel, FsKind::FuseOverlayfs, FsKind::Ufs];
+    const ALL: [FsKind; 5] = [
+        FsKind::Kernel,
+        FsKind::FuseOverlayfs,
+        FsKind::FuseOverlayfs2,
+        FsKind::Ufs,
+        FsKind::UfsNoPassthrough,
+    ];
+    /// The FUSE daemons, whose memory is reported.
+    const FUSE: [FsKind; 4] = [
+        FsKind::FuseOverlayfs,
+        FsKind::FuseOverlayfs2,
+        FsKind::Ufs,
+        FsKind::UfsNoPassthrough,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             FsKind::Kernel => "kernel",
             FsKind::FuseOverlayfs => "fuse-overlayfs",
+            FsKind::FuseOverlayfs2 => "fuse-overlayfs-2",
             FsKind::Ufs => "ufs",
+            FsKind::UfsNoPassthrough => "ufs-nopt",
         }
     }
+
+    fn is_ufs(self) -> bool {
+        matches!(self, FsKind::Ufs | FsKind::UfsNoPassthrough)
+    }
 }
+
+/// The ratios of the times table: each file system to the kernel, then ufs to both
+/// fuse-overlayfs builds (the one to watch: is ufs doing well *as a FUSE file system*).
+const RATIOS: [(FsKind, FsKind); 8] = [
+    (FsKind::Ufs, FsKind::Kernel),
+    (FsKind::UfsNoPassthrough, FsKind::Kernel),
+    (FsKind::FuseOverlayfs, FsKind::Kernel),
+    (FsKind::FuseOverlayfs2, FsKind::Kernel),
+    (FsKind::Ufs, FsKind::FuseOverlayfs),
+    (FsKind::Ufs, FsKind::FuseOverlayfs2),
+    (FsKind::UfsNoPassthrough, FsKind::FuseOverlayfs),
+    (FsKind::UfsNoPassthrough, FsKind::FuseOverlayfs2),
+];
 
 /// One contestant: how to mount it and where its upper, work and merged directories are.
 struct Fs {
@@ -607,7 +655,20 @@ impl Fs {
                 Some(p) => (Some(p), None),
                 None => (None, Some("fuse-overlayfs is not installed".to_string())),
             },
-            FsKind::Ufs => match find_program(&config.ufs_bin) {
+            FsKind::FuseOverlayfs2 => match &config.fo2_bin {
+                None => (
+                    None,
+                    Some("UFS_BENCH_FO2 not set (see benches/README.md)".to_string()),
+                ),
+                Some(bin) => match find_program(bin) {
+                    Some(p) => (Some(p), None),
+                    None => (None, Some(format!("{} not found", bin.display()))),
+                },
+            },
+            FsKind::UfsNoPassthrough if !config.ufs_without_passthrough => {
+                (None, Some("UFS_BENCH_NO_PASSTHROUGH=0".to_string()))
+            }
+            FsKind::Ufs | FsKind::UfsNoPassthrough => match find_program(&config.ufs_bin) {
                 Some(p) => (Some(p), None),
                 None => (
                     None,
@@ -616,12 +677,20 @@ impl Fs {
             },
         };
         // A stand-in such as UFS_BENCH_BIN=fuse-overlayfs has no `mount` subcommand.
-        let mount_subcommand = kind == FsKind::Ufs
+        let mount_subcommand = kind.is_ufs()
             && program.as_deref().and_then(Path::file_name) != Some(OsStr::new("fuse-overlayfs"));
-        let extra_opts = if kind == FsKind::Ufs {
-            config.ufs_opts.clone()
-        } else {
-            None
+        let extra_opts = match kind {
+            FsKind::Ufs => config.ufs_opts.clone(),
+            FsKind::UfsNoPassthrough => Some(
+                config
+                    .ufs_opts
+                    .iter()
+                    .map(String::as_str)
+                    .chain(["passthrough=off"])
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            _ => None,
         };
         let state = ds.path().join("state").join(kind.label());
         let merged = fs::canonicalize(ds.path())
@@ -2016,7 +2085,7 @@ fn render_report(
     }
     if contestants
         .iter()
-        .any(|f| f.kind == FsKind::Ufs && !f.mount_subcommand)
+        .any(|f| f.kind.is_ufs() && f.program.is_some() && !f.mount_subcommand)
     {
         out += "- NOTE: the ufs column runs a stand-in (UFS_BENCH_BIN), not ufs\n";
     }
@@ -2078,30 +2147,27 @@ fn render_report(
                 }
                 _ => "-".to_string(),
             };
-            row.push(ratio(FsKind::Ufs, FsKind::Kernel));
-            row.push(ratio(FsKind::FuseOverlayfs, FsKind::Kernel));
-            row.push(ratio(FsKind::Ufs, FsKind::FuseOverlayfs));
+            for (a, b) in RATIOS {
+                row.push(ratio(a, b));
+            }
             rows.push(row);
         }
     }
-    let header: Vec<String> = [
-        "workload",
-        "cache",
-        "kernel",
-        "fuse-overlayfs",
-        "ufs",
-        "ufs/kernel",
-        "fuse-overlayfs/kernel",
-        "ufs/fuse-overlayfs",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let header: Vec<String> = ["workload", "cache"]
+        .into_iter()
+        .map(String::from)
+        .chain(FsKind::ALL.iter().map(|k| k.label().to_string()))
+        .chain(
+            RATIOS
+                .iter()
+                .map(|(a, b)| format!("{}/{}", a.label(), b.label())),
+        )
+        .collect();
     out += "\n## Times (median; ratios > 1 mean the first is slower)\n\n";
     out += &markdown_table(&header, &rows);
 
     // Memory.
-    let fuse_kinds = [FsKind::FuseOverlayfs, FsKind::Ufs];
+    let fuse_kinds = FsKind::FUSE;
     let mib = |kib: Option<&u64>| {
         kib.map(|k| format!("{:.1} MiB", *k as f64 / 1024.0))
             .unwrap_or_else(|| "-".to_string())
@@ -2129,9 +2195,10 @@ fn render_report(
         overall.push(mib(peak.as_ref()));
     }
     rows.push(overall);
-    let header: Vec<String> = ["workload", "fuse-overlayfs", "ufs"]
-        .iter()
-        .map(|s| s.to_string())
+    let header: Vec<String> = ["workload"]
+        .into_iter()
+        .map(String::from)
+        .chain(fuse_kinds.iter().map(|k| k.label().to_string()))
         .collect();
     out += "\n## Peak daemon memory (VmHWM of the daemon, per mount, max over the mounts of a workload)\n\n";
     out += &markdown_table(&header, &rows);
