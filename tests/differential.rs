@@ -38,6 +38,10 @@
 //!   through the passthrough too). Every comparison then also covers a lower whose `d_ino`
 //!   lies: ufs must show the kernel's objects, contents and hard-link groups, and its own
 //!   `d_ino` must still be its `st_ino`.
+//! - `UFS_DIFF_PASSTHROUGH=on|off`: whether ufs mounts with FUSE passthrough (its default) or
+//!   `passthrough=off`; by default half the cases each, drawn from the seed apart from its
+//!   layers and operations (`generate::passthrough_of`). The regression targets mount as ufs
+//!   does by default unless this says `off`.
 //! - `UFS_DIFF_SECS=600`: fresh random seeds for that long, each seed printed, each failure
 //!   reported as it is found (it stops taking new seeds after 10 failures).
 //! - `UFS_DIFF_SHRINK=N`: shrink at most N failures (default 4; the others are reported with

@@ -43,6 +43,8 @@ pub fn regression(name: &str, config: Config, lowers: Vec<Layer>, ops: Vec<Op>) 
         },
         ops,
         dino: None,
+        // As ufs mounts by default, unless `UFS_DIFF_PASSTHROUGH=off`.
+        passthrough: std::env::var("UFS_DIFF_PASSTHROUGH").map_or(true, |v| v.trim() != "off"),
     };
     let picks: Vec<usize> = (0..case.ops.len()).collect();
     if let Err(f) = run_case(&case, &picks, true) {

@@ -10,6 +10,8 @@
 //! - `UFS_TEST_BIN`: run this binary instead of the crate's `ufs` (for example `fuse-overlayfs`).
 //!   A binary whose file name is not `ufs` is a *stand-in*: it is mounted with form 2
 //!   (`BIN -o OPTS MERGED`), the only form fuse-overlayfs accepts.
+//! - `UFS_TEST_MOUNT_OPTS=passthrough=off`: options added to every ufs mount the harness makes
+//!   with its standard form (the suite in another configuration).
 //! - `UFS_TEST_KERNEL_MARKERS=1`: materialize the ufs side of oracle tests with kernel marker
 //!   formats only (the stand-in does not read `.wh.NAME` files or `user.overlay.opaque`).
 
@@ -322,9 +324,21 @@ pub fn standard_mount_args(opts: &str, mnt: &Path) -> Vec<OsString> {
         v.push("mount".into());
     }
     v.push("-o".into());
-    v.push(opts.into());
+    match extra_mount_options() {
+        Some(extra) => v.push(format!("{opts},{extra}").into()),
+        None => v.push(opts.into()),
+    }
     v.push(mnt.as_os_str().to_owned());
     v
+}
+
+/// `UFS_TEST_MOUNT_OPTS`: options added to every mount made with [`standard_mount_args`] (so
+/// [`UfsMount::mount`]), for running the suite in another configuration, e.g.
+/// `UFS_TEST_MOUNT_OPTS=passthrough=off cargo test --release`.
+pub fn extra_mount_options() -> Option<String> {
+    std::env::var("UFS_TEST_MOUNT_OPTS")
+        .ok()
+        .filter(|s| !s.trim().is_empty() && !is_stand_in())
 }
 
 // ---------------------------------------------------------------------------------------------

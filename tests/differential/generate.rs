@@ -110,6 +110,8 @@ pub struct Case {
     /// The bottom lower of the ufs mount is served through the passthrough whose `readdir`
     /// lies about `d_ino` this way (`crate::dinofs`), or is the directory itself.
     pub dino: Option<DinoMode>,
+    /// ufs mounts with FUSE passthrough as by default (`true`), or `passthrough=off`.
+    pub passthrough: bool,
 }
 
 pub fn gen_case(seed: u64) -> Case {
@@ -125,6 +127,26 @@ pub fn gen_case(seed: u64) -> Case {
         stack,
         ops,
         dino: dino_of(seed, config),
+        passthrough: passthrough_of(seed),
+    }
+}
+
+/// Half of the cases mount ufs with `passthrough=off` (where the kernel and privileges allow
+/// passthrough, the other half use it for upper files): the same operations must give the same
+/// outcomes either way. Drawn from a stream of its own, like [`dino_of`];
+/// `UFS_DIFF_PASSTHROUGH=on|off` overrides the draw (replay commands carry it).
+pub fn passthrough_of(seed: u64) -> bool {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x9a55_7407);
+    let drawn = rng.random_bool(0.5);
+    match std::env::var("UFS_DIFF_PASSTHROUGH")
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("") => drawn,
+        Some("on") => true,
+        Some("off") => false,
+        Some(v) => panic!("UFS_DIFF_PASSTHROUGH={v:?}: expected on or off"),
     }
 }
 

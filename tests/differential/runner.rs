@@ -216,6 +216,8 @@ pub struct Bench {
     /// How many rotations happened: the first `rotations` lowers of each side are former
     /// uppers of that side.
     pub rotations: usize,
+    /// ufs's mounts add `passthrough=off` when this is false ([`Case::passthrough`]).
+    pub passthrough: bool,
     kernel: Option<KernelOverlay>,
     ufs: Option<UfsMount>,
 }
@@ -269,8 +271,18 @@ impl Bench {
             ufs_flavor,
             config: case.config,
             rotations: 0,
+            passthrough: case.passthrough,
             kernel: None,
             ufs: None,
+        }
+    }
+
+    /// The option ufs's mounts add for [`Bench::passthrough`].
+    fn passthrough_option(&self) -> &'static str {
+        if self.passthrough {
+            ""
+        } else {
+            ",passthrough=off"
         }
     }
 
@@ -285,11 +297,12 @@ impl Bench {
         );
         self.kernel = Some(mount_kernel(&kopts, &self.k.mnt, b));
         let uopts = format!(
-            "lowerdir={},upperdir={},workdir={},{}",
+            "lowerdir={},upperdir={},workdir={},{}{}",
             ufs_lowerdir(&self.u.lowers),
             self.u.upper.display(),
             self.u.work.display(),
-            self.config.options()
+            self.config.options(),
+            self.passthrough_option()
         );
         self.ufs = Some(UfsMount::mount(&uopts, &self.u.mnt));
     }
@@ -301,9 +314,10 @@ impl Bench {
         let kopts = kernel_options(self.config, &self.k.read_only_lowers(), None, b);
         self.kernel = Some(mount_kernel(&kopts, &self.k.mnt, b));
         let uopts = format!(
-            "lowerdir={},{}",
+            "lowerdir={},{}{}",
             ufs_lowerdir(&self.u.read_only_lowers()),
-            self.config.options()
+            self.config.options(),
+            self.passthrough_option()
         );
         self.ufs = Some(UfsMount::mount(&uopts, &self.u.mnt));
     }
@@ -804,7 +818,12 @@ pub fn replay_command(seed: u64, picks: &[usize]) -> String {
         .map(|i| i.to_string())
         .collect();
     let mut s = String::new();
-    for var in ["UFS_DIFF_CONFIG", "UFS_DIFF_DINO", "UFS_DIFF_DINO_KERNEL"] {
+    for var in [
+        "UFS_DIFF_CONFIG",
+        "UFS_DIFF_DINO",
+        "UFS_DIFF_DINO_KERNEL",
+        "UFS_DIFF_PASSTHROUGH",
+    ] {
         if let Ok(v) = std::env::var(var) {
             let _ = write!(s, "{var}={v} ");
         }
@@ -881,7 +900,16 @@ fn dino_note(case: &Case) -> String {
 
 /// A readable listing of the layers of a case (for replays).
 pub fn describe_stack(case: &Case) -> String {
-    let mut s = format!("options: {}{}\n", case.config.options(), dino_note(case));
+    let mut s = format!(
+        "options: {}{}{}\n",
+        case.config.options(),
+        if case.passthrough {
+            ""
+        } else {
+            ",passthrough=off (ufs)"
+        },
+        dino_note(case)
+    );
     let mut layers: Vec<(String, &Layer)> = Vec::new();
     if let Some(u) = &case.stack.upper {
         layers.push(("upper".into(), u));
