@@ -262,13 +262,13 @@ impl Overlay {
             .layers()
             .copied_up(st.st_ino)
             .unwrap_or_else(|| self.layers().map_ino(real.layer, st.st_ino));
-        let (node, _) = self
+        let (node, created) = self
             .inodes()
             .lookup_or_insert(ino, kind, parent, name, || NodeState {
                 reals: Arc::new(vec![real]),
                 lower_data: None,
             })?;
-        self.entry_for(&node)
+        self.entry_from(&node, created.then_some(st))
     }
 
     fn build_new(
@@ -316,7 +316,16 @@ impl Overlay {
                 None
             }
         };
-        let fd = sys::open_path(wd, tmp)?;
+        // The new file's own descriptor serves for its owner, mode and xattrs; other kinds are
+        // reached by an `O_PATH` open.
+        let path_fd;
+        let fd = match &file {
+            Some(f) => f.as_fd(),
+            None => {
+                path_fd = sys::open_path(wd, tmp)?;
+                path_fd.as_fd()
+            }
+        };
         if let Some(name) = owner.record {
             let o = StatOverride {
                 uid: owner.uid,

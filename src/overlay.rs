@@ -271,18 +271,27 @@ impl Overlay {
 
     /// Attributes of a node as the mount reports them.
     pub(crate) fn attr(&self, node: &Inode) -> Result<libc::stat> {
-        let mut st = self.real_attr(node)?;
+        self.attr_from(node, None)
+    }
+
+    /// [`Overlay::attr`], from `top_stat` when it is given: the `stat` of the node's top real
+    /// entry, just taken by the request that made the node (which then spends no second one).
+    fn attr_from(&self, node: &Inode, top_stat: Option<libc::stat>) -> Result<libc::stat> {
+        let mut st = self.real_attr(node, top_stat)?;
         self.present(&mut st);
         Ok(st)
     }
 
-    fn real_attr(&self, node: &Inode) -> Result<libc::stat> {
+    fn real_attr(&self, node: &Inode, top_stat: Option<libc::stat>) -> Result<libc::stat> {
         let (reals, lower_data) = {
             let state = node.state.read();
             (state.reals.clone(), state.lower_data.clone())
         };
         let top = reals.top()?;
-        let mut st = top.stat()?;
+        let mut st = match top_stat {
+            Some(st) => st,
+            None => top.stat()?,
+        };
         if let Some(name) = self.layers.stat_override(top.layer) {
             // Reaching a named entry's fd costs an open: only where records are kept.
             stat_override::apply(top.fd()?.as_fd(), Some(name), node.kind, &mut st)?;
@@ -348,6 +357,8 @@ impl Overlay {
             _ => self.ino_of(resolved.reals.top()?, &resolved.stat)?,
         };
         let kind = resolved.kind;
+        // The `stat` of the top real entry (after `find_in_index`, of the index entry).
+        let top_stat = resolved.stat;
         let fresh = resolved.reals.top()?.clone();
         // A name resolved through the index: the index entry with the lower file beside it.
         let indexed =
@@ -364,13 +375,17 @@ impl Overlay {
                 None => self.refresh_name(&node, fresh),
             }
         }
-        self.entry_for(&node)
+        // A node made from this walk has its top `stat` already; a live one may have other
+        // real entries than the walk found (a copy-up since), so it is asked again.
+        self.entry_from(&node, created.then_some(top_stat))
     }
 
-    /// The entry answer for a node that was just counted one lookup: its attributes, or the
-    /// error with the count undone (the kernel never sees the node).
-    pub(crate) fn entry_for(&self, node: &Inode) -> Result<Entry> {
-        match self.attr(node) {
+    /// The entry answer for a node that was just counted one lookup: its attributes (from
+    /// `top_stat`, the node's top `stat`, when the caller just took it: see
+    /// [`Overlay::attr_from`]), or the error with the count undone (the kernel never sees the
+    /// node).
+    pub(crate) fn entry_from(&self, node: &Inode, top_stat: Option<libc::stat>) -> Result<Entry> {
+        match self.attr_from(node, top_stat) {
             Ok(attr) => Ok(Entry {
                 node: node.id,
                 attr,
