@@ -434,11 +434,11 @@ impl Overlay {
         }
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
         let udir = preals.top()?.dir_fd()?;
-        let needs_whiteout = self.lower_has(&preals, name)?;
         self.pin_if_alive(&child)?;
         if child.reals.top()?.layer == upper {
             let index_key = self.index_key_of(&child)?;
-            if needs_whiteout {
+            // Only an upper name can lack a lower one below (a lower name needs the whiteout).
+            if self.lower_has(&preals, name)? {
                 self.whiteout_over(work, udir, name)?;
             } else {
                 sys::unlinkat(udir, &sys::cstr(name)?, 0)?;
@@ -472,9 +472,9 @@ impl Overlay {
         }
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
         let udir = preals.top()?.dir_fd()?;
-        let needs_whiteout = self.lower_has(&preals, name)?;
         if child.reals.top()?.layer == upper {
-            if needs_whiteout {
+            // Only an upper name can lack a lower one below (a lower name needs the whiteout).
+            if self.lower_has(&preals, name)? {
                 self.whiteout_over(work, udir, name)?;
             } else {
                 self.remove_upper_dir(work, udir, &sys::cstr(name)?)?;
