@@ -858,6 +858,13 @@ impl Overlay {
         }
         let reals = node.reals();
         let top = reals.first().ok_or(crate::error::EIO)?;
+        if is_asked(name)
+            && !knows_any_absent(&node)
+            && learn_absent(&node, top)
+            && node.known_absent(name)
+        {
+            return Err(ENODATA);
+        }
         let value = top.getxattr(&sys::cstr(&real_name)?);
         if matches!(&value, Err(e) if e.errno() == libc::ENODATA) {
             node.remember_absent(name);
@@ -1269,4 +1276,43 @@ impl std::fmt::Debug for Overlay {
             .field("read_only", &self.read_only)
             .finish()
     }
+}
+
+/// Whether `name` is one of the xattrs asked of every file ([`crate::inode::ASKED_XATTRS`]).
+fn is_asked(name: &OsStr) -> bool {
+    crate::inode::ASKED_XATTRS
+        .iter()
+        .any(|n| name.as_encoded_bytes() == n.as_bytes())
+}
+
+/// Whether the node remembers the absence of any of the asked xattrs: then their names were
+/// listed already (a file never has all four: the default ACL is a directory's, and no directory
+/// has a file capability), and a name not remembered absent is there.
+fn knows_any_absent(node: &Inode) -> bool {
+    crate::inode::ASKED_XATTRS
+        .iter()
+        .any(|n| node.known_absent(OsStr::new(n)))
+}
+
+/// The first question about one of the [`crate::inode::ASKED_XATTRS`] of a node: one listing of
+/// the names on its top real entry answers it and the others (`ls -l` asks two per file, the
+/// kernel a third before each write), so each absent one is remembered at once. Returns whether
+/// the listing was read (else the caller asks for the one name as before).
+fn learn_absent(node: &Inode, top: &RealEntry) -> bool {
+    let names = match &top.real {
+        crate::inode::Real::Held(fd) => sys::listxattr(fd.as_fd()),
+        crate::inode::Real::Named { dir, name } => sys::listxattr_at(dir.as_fd(), name),
+    };
+    let Ok(names) = names else {
+        return false;
+    };
+    for asked in crate::inode::ASKED_XATTRS {
+        if !names
+            .iter()
+            .any(|n| n.as_encoded_bytes() == asked.as_bytes())
+        {
+            node.remember_absent(OsStr::new(asked));
+        }
+    }
+    true
 }

@@ -256,3 +256,26 @@ fn removing_an_acl_that_is_not_there_succeeds() {
          ls ../u; setfattr -x user.none f",
     );
 }
+
+/// `ls -l` asks every file for `security.selinux` first, then its access ACL (and the kernel asks
+/// `security.capability` before a write): ufs answers the first question about a node from one
+/// listing of its xattr names and remembers the absent ones, so the ACLs, default ACLs and file
+/// capabilities that are there must still be read after an absent name was asked, on lower and
+/// upper files and directories, and a later `setfacl` must be seen.
+#[test]
+fn asked_xattrs_present_after_an_absent_one() {
+    let ask = "for f in lf ld uf ud; do \
+                 for x in security.selinux system.posix_acl_access system.posix_acl_default \
+                          security.capability; do \
+                   printf '%s %s: ' $f $x; getfattr -h --absolute-names -e hex -n $x $f 2>&1 | \
+                     sed -n 's/^[a-z._]*=//p;s/.*: \\(No such attribute\\)$/\\1/p'; \
+                 done; \
+               done";
+    same_as_kernel(
+        "asked_xattrs_present_after_an_absent_one",
+        "echo a > l/lf; setfacl -m u:65534:r l/lf; setcap cap_net_raw+ep l/lf; \
+         mkdir l/ld; setfacl -d -m u:65534:rx l/ld; \
+         echo b > u/uf; setfacl -m u:65534:rw u/uf; mkdir u/ud; setfacl -m u:65534:rx u/ud",
+        &format!("{ask}; ls -l >/dev/null; setfacl -m u:65534:rwx ud; {ask}"),
+    );
+}

@@ -393,20 +393,44 @@ pub fn getxattr_at(dir: BorrowedFd<'_>, name: &CStr, xname: &CStr) -> Result<Vec
     }
 }
 
-/// The names of the xattrs on the object behind `fd`.
+/// The xattr names of the object behind `fd`.
 pub fn listxattr(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
-    let path = proc_path(fd);
+    list_names(&proc_path(fd), false)
+}
+
+/// The xattr names of the entry `name` of directory `dir` (not following it if it is a
+/// symlink), in one syscall when they fit in 1 KiB.
+pub fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<OsString>> {
+    one_name(name)?;
+    let mut path = proc_path(dir).into_bytes();
+    path.push(b'/');
+    path.extend_from_slice(name.to_bytes());
+    let path = CString::new(path).map_err(|_| crate::error::EINVAL)?;
+    list_names(&path, true)
+}
+
+/// `listxattr` (`llistxattr` with `no_follow`) of `path`: first into a 1 KiB buffer (most
+/// objects have a few short names, so one call), then at the size the call reports.
+fn list_names(path: &CStr, no_follow: bool) -> Result<Vec<OsString>> {
+    let list = |buf: &mut [u8]| {
+        let ptr = if buf.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            buf.as_mut_ptr().cast()
+        };
+        // SAFETY: `ptr` is writable for `buf.len()` bytes, or NULL with a size of 0 (which asks
+        // only for the size); `path` is NUL-terminated.
+        cvt_size(unsafe {
+            if no_follow {
+                libc::llistxattr(path.as_ptr(), ptr, buf.len())
+            } else {
+                libc::listxattr(path.as_ptr(), ptr, buf.len())
+            }
+        })
+    };
+    let mut buf = vec![0u8; 1024];
     loop {
-        // SAFETY: a NULL buffer of size 0 asks only for the size.
-        let size = cvt_size(unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) })?;
-        if size == 0 {
-            return Ok(Vec::new());
-        }
-        let mut buf = vec![0u8; size];
-        // SAFETY: `buf` is writable for `buf.len()` bytes.
-        match cvt_size(unsafe {
-            libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-        }) {
+        match list(&mut buf) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf
@@ -415,7 +439,10 @@ pub fn listxattr(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
                     .map(|s| OsString::from_vec(s.to_vec()))
                     .collect());
             }
-            Err(e) if e.errno() == libc::ERANGE => continue,
+            Err(e) if e.errno() == libc::ERANGE => {
+                let size = list(&mut [])?;
+                buf = vec![0u8; size.max(1)];
+            }
             Err(e) => return Err(e),
         }
     }
