@@ -6,10 +6,10 @@
 //! import the same busybox base image; then, round by round, each builds the same Dockerfile
 //! with `--no-cache` (legacy builder, `--network none`): copy in a tarball of a few thousand
 //! small files, unpack it, append to a tenth of them, delete a fifth of the directories,
-//! `chmod` what is in three tenths of them, rename a directory, read everything back. The build's wall time (client start to
-//! exit), and the time of `docker run --rm` of the built image, are taken per round; the report
-//! prints medians and ratios. Between rounds the image is removed so that every round starts
-//! from the same store.
+//! `chmod` what is in three tenths of them, rename a directory, read everything back. The
+//! build's wall time (client start to exit), and the time of `docker run --rm` of the built
+//! image, are taken per round; the report prints medians and ratios. Between rounds the image
+//! is removed so that every round starts from the same store.
 //!
 //! This is a benchmark binary (`harness = false`): it needs root, `/dev/fuse`, dockerd and
 //! busybox-static, and prints `SKIP: <reason>` and exits 0 when they are not there.
