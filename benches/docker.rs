@@ -17,13 +17,10 @@
 //! the number of files in the tarball.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod common;
 #[path = "../tests/common/containers_support.rs"]
-#[allow(dead_code, unused_imports)]
 mod containers_support;
 #[path = "../tests/common/docker_support.rs"]
-#[allow(dead_code, unused_imports)]
 mod docker_support;
 
 use std::fs;
