@@ -306,8 +306,9 @@ fn docker_build_gives_the_image_overlay2_gives() {
 /// exactly the changed files, as under overlay2.
 ///
 /// fuse-overlayfs 1.10 differs on both: its `docker diff` lacks `D /d/x` and `D /d/z` after
-/// `rm -rf /d && mkdir /d`, and the committed image holds `/d/x` and `/d/z/deep` again (the
-/// test prints the difference and asserts ufs against overlay2).
+/// `rm -rf /d && mkdir /d`, and the committed image holds `/d/x` and `/d/z/deep` again (both
+/// read the running container's mount; the test prints the difference and asserts ufs against
+/// overlay2). The same change as a build step comes out right with it.
 #[test]
 fn docker_commit_and_diff_of_a_changed_container() {
     const TEST: &str = "docker_commit_and_diff_of_a_changed_container";
