@@ -123,18 +123,71 @@ fn start(test: &str) -> Option<(std::sync::MutexGuard<'static, ()>, Daemons)> {
     }
     let daemons = Daemons { all };
     for d in &daemons.all {
-        let tar = d.path("base.tar");
-        make_base_tar(&d.path("rootfs"), &tar).unwrap_or_else(|e| panic!("{test}: {e}"));
+        let tar = make_docker_base_tar(d).unwrap_or_else(|e| panic!("{test}: {e}"));
         d.import(&tar, BASE);
     }
     Some((turn, daemons))
 }
 
+/// The podman tier's base rootfs, plus (where `setcap` is installed) `/probe/capped`, a copy
+/// of busybox with the file capability `cap_net_raw+ep` (a `security.capability` xattr, which
+/// docker keeps in layers), tarred with that xattr.
+fn make_docker_base_tar(d: &Daemon) -> Result<PathBuf, String> {
+    let rootfs = d.path("rootfs");
+    make_base_tar(&rootfs, &d.path("podman-base.tar"))?;
+    if which("setcap").is_some() {
+        let capped = rootfs.join("probe/capped");
+        fs::copy(rootfs.join("bin/busybox"), &capped).map_err(|e| format!("copy: {e}"))?;
+        let run = run_bounded(
+            Command::new("setcap").arg("cap_net_raw+ep").arg(&capped),
+            CMD_TIMEOUT,
+        );
+        if !run.success() {
+            return Err(format!("setcap on {}:\n{run}", capped.display()));
+        }
+    } else {
+        say("note: no setcap (Debian package libcap2-bin): no file capability in the base image");
+    }
+    let tar = d.path("base.tar");
+    let run = run_bounded(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .args([
+                "--numeric-owner",
+                "--owner=0",
+                "--group=0",
+                "--xattrs",
+                "--xattrs-include=security.capability",
+                "-cf",
+            ])
+            .arg(&tar)
+            .arg("."),
+        CMD_TIMEOUT,
+    );
+    if run.success() {
+        Ok(tar)
+    } else {
+        Err(format!("tar of the base rootfs failed:\n{run}"))
+    }
+}
+
+/// `/probe/capped`'s file capability in the unpacked export of `image` ([`image_tree`] first),
+/// or why there is none.
+fn exported_capability(d: &Daemon, image: &str) -> Result<Vec<u8>, String> {
+    let p = d.path(&export_name(image)).join("probe/capped");
+    get_xattr(&p, "security.capability").map_err(|e| format!("{}: {e}", p.display()))
+}
+
+fn export_name(image: &str) -> String {
+    format!("export-{}", image.replace([':', '/'], "-"))
+}
+
 /// The files of `image` as a container sees them: `docker create` + `docker export` (through
-/// the driver's mount), unpacked as root with owners, modes and set-id bits kept, and walked
-/// without following symlinks.
+/// the driver's mount), unpacked as root with owners, modes, set-id bits and file capabilities
+/// kept, and walked without following symlinks.
 fn image_tree(d: &Daemon, image: &str) -> BTreeMap<String, Node> {
-    let name = format!("export-{}", image.replace([':', '/'], "-"));
+    let name = export_name(image);
     d.ok(&["create", "--name", &name, image, "true"]);
     let tar = d.path(&format!("{name}.tar"));
     d.ok(&["export", "-o", tar.to_str().unwrap_or_default(), &name]);
@@ -144,7 +197,12 @@ fn image_tree(d: &Daemon, image: &str) -> BTreeMap<String, Node> {
         Command::new("tar")
             .arg("-C")
             .arg(&dir)
-            .args(["--numeric-owner", "-xpf"])
+            .args([
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=security.capability",
+                "-xpf",
+            ])
             .arg(&tar),
         CMD_TIMEOUT,
     );
@@ -241,8 +299,8 @@ fn docker_run_as_root_and_as_other_users() {
 
 /// A `docker build` (legacy builder, `--network none`) of one `RUN` per change of
 /// [`CHANGES`] (delete files and a directory, `rm -rf d && mkdir d`, rename a directory,
-/// `chmod`/`chown`/append): the image holds exactly the expected files, the same as under
-/// overlay2; a second build takes every step from the cache; the image runs as another user;
+/// `chmod`/`chown`/append), and a `chmod` of a file with a file capability: the image holds
+/// exactly the expected files, the capability kept, the same as under overlay2; a second build takes every step from the cache; the image runs as another user;
 /// `docker save` (which reads every layer through a read-only mount of it) writes as many
 /// layers as under overlay2.
 #[test]
@@ -252,10 +310,16 @@ fn docker_build_gives_the_image_overlay2_gives() {
         return;
     };
     let started = Instant::now();
+    let capped = which("setcap").is_some();
     let mut dockerfile = format!("FROM {BASE}\n");
     for change in CHANGES {
         dockerfile.push_str(&format!("RUN {change}\n"));
     }
+    // A copy-up of a file with a capability by a mode change: the capability stays.
+    if capped {
+        dockerfile.push_str("RUN chmod 0750 /probe/capped\n");
+    }
+    let steps = CHANGES.len() + usize::from(capped);
     daemons.compare("the built image", |d| {
         let ctx = d.path("ctx");
         fs::write(ctx.join("Dockerfile"), &dockerfile).expect("write Dockerfile");
@@ -264,13 +328,39 @@ fn docker_build_gives_the_image_overlay2_gives() {
         let again = d.ok(&["build", "--network", "none", "-t", "built", ctx]);
         assert_eq!(
             again.matches("Using cache").count(),
-            CHANGES.len(),
+            steps,
             "[{}] the second build uses the cache for every step:\n{again}",
             d.driver.name()
         );
         let t = image_tree(d, "built");
         check_changed_tree(to_podman_driver(d.driver), &t);
-        t
+        let capability = capped.then(|| {
+            let base = image_tree(d, BASE);
+            let mode = base.get("/probe/capped").map(|n| n.mode);
+            let before = exported_capability(d, BASE);
+            assert!(
+                before.is_ok(),
+                "[{}] the base's capability: {before:?}",
+                d.driver.name()
+            );
+            let after = exported_capability(d, "built");
+            assert_eq!(
+                after,
+                before,
+                "[{}] the capability after chmod",
+                d.driver.name()
+            );
+            (mode, t.get("/probe/capped").map(|n| n.mode), after)
+        });
+        if let Some((before, after, _)) = &capability {
+            assert_eq!(
+                (*before, *after),
+                (Some(0o755), Some(0o750)),
+                "[{}] /probe/capped's mode",
+                d.driver.name()
+            );
+        }
+        (t, capability)
     });
     let ran = daemons.compare("running the built image", |d| {
         d.ok(&[
