@@ -23,6 +23,7 @@ mod docker_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
@@ -131,7 +132,8 @@ fn start(test: &str) -> Option<(std::sync::MutexGuard<'static, ()>, Daemons)> {
 
 /// The podman tier's base rootfs, plus (where `setcap` is installed) `/probe/capped`, a copy
 /// of busybox with the file capability `cap_net_raw+ep` (a `security.capability` xattr, which
-/// docker keeps in layers), tarred with that xattr.
+/// docker keeps in layers), and `/links/a` and `/links/b`, two names of one file; tarred with
+/// that xattr and that hard link.
 fn make_docker_base_tar(d: &Daemon) -> Result<PathBuf, String> {
     let rootfs = d.path("rootfs");
     make_base_tar(&rootfs, &d.path("podman-base.tar"))?;
@@ -148,6 +150,10 @@ fn make_docker_base_tar(d: &Daemon) -> Result<PathBuf, String> {
     } else {
         say("note: no setcap (Debian package libcap2-bin): no file capability in the base image");
     }
+    // Two names of one file.
+    let links = mkdirs(&rootfs.join("links"));
+    fs::write(links.join("a"), "link\n").map_err(|e| format!("links/a: {e}"))?;
+    fs::hard_link(links.join("a"), links.join("b")).map_err(|e| format!("links/b: {e}"))?;
     let tar = d.path("base.tar");
     let run = run_bounded(
         Command::new("tar")
@@ -300,7 +306,8 @@ fn docker_run_as_root_and_as_other_users() {
 /// A `docker build` (legacy builder, `--network none`) of one `RUN` per change of
 /// [`CHANGES`] (delete files and a directory, `rm -rf d && mkdir d`, rename a directory,
 /// `chmod`/`chown`/append), and a `chmod` of a file with a file capability: the image holds
-/// exactly the expected files, the capability kept, the same as under overlay2; a second build takes every step from the cache; the image runs as another user;
+/// exactly the expected files, the capability kept, the same as under overlay2; a change
+/// through one name of a file with two reaches the other (there overlay2 differs); a second build takes every step from the cache; the image runs as another user;
 /// `docker save` (which reads every layer through a read-only mount of it) writes as many
 /// layers as under overlay2.
 #[test]
@@ -319,7 +326,9 @@ fn docker_build_gives_the_image_overlay2_gives() {
     if capped {
         dockerfile.push_str("RUN chmod 0750 /probe/capped\n");
     }
-    let steps = CHANGES.len() + usize::from(capped);
+    // A copy-up of one name of a file with two.
+    dockerfile.push_str("RUN echo more >> /links/a\n");
+    let steps = CHANGES.len() + usize::from(capped) + 1;
     daemons.compare("the built image", |d| {
         let ctx = d.path("ctx");
         fs::write(ctx.join("Dockerfile"), &dockerfile).expect("write Dockerfile");
@@ -360,8 +369,48 @@ fn docker_build_gives_the_image_overlay2_gives() {
                 d.driver.name()
             );
         }
+        // Compared on their own below: there ufs differs from overlay2 on purpose.
+        let t: BTreeMap<String, Node> = t
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("/links/"))
+            .collect();
         (t, capability)
     });
+    // ufs keeps the two names one file across the copy-up (its default `index=on`), as a
+    // kernel overlay with `index=on` does; docker's overlay2 mounts with the kernel's default,
+    // here `index=off`, under which the copied-up name becomes a file of its own and the other
+    // keeps the old data (docs/DIFFERENCES.md, docs/DOCKER.md).
+    let links = |d: &Daemon| {
+        let dir = d.path(&export_name("built")).join("links");
+        let b = fs::read_to_string(dir.join("b")).unwrap_or_else(|e| panic!("links/b: {e}"));
+        let nlink = fs::symlink_metadata(dir.join("a"))
+            .map(|m| m.nlink())
+            .unwrap_or(0);
+        (b, nlink)
+    };
+    assert_eq!(
+        links(daemons.ufs()),
+        ("link\nmore\n".to_string(), 2),
+        "ufs: /links/b after a change through /links/a, and the link count"
+    );
+    for d in &daemons.all[1..] {
+        let kernel_index =
+            fs::read_to_string("/sys/module/overlay/parameters/index").unwrap_or_default();
+        let got = links(d);
+        if d.driver == Driver::Overlay2 && kernel_index.trim() == "N" {
+            assert_eq!(
+                got,
+                ("link\n".to_string(), 1),
+                "overlay2 (index=off): /links/b and the link count"
+            );
+        }
+        say(&format!(
+            "note: after `echo more >> /links/a` in a build step, /links/b and /links/a's link \
+             count: {got:?} under {}, {:?} under ufs",
+            d.driver.name(),
+            links(daemons.ufs())
+        ));
+    }
     let ran = daemons.compare("running the built image", |d| {
         d.ok(&[
             "run",
