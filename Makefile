@@ -3,6 +3,8 @@
 #   make install                      # build (cargo, release) and install under /usr/local
 #   make install PREFIX=/usr DESTDIR=/tmp/pkg
 #   make install-fsck                 # also fsck.overlay, a link to ufs (ufs check's fsck form)
+#   make install-docker               # also BINDIR/fuse-overlayfs, a link to ufs, for docker's
+#                                     # fuse-overlayfs storage driver (docs/DOCKER.md)
 #   make uninstall
 #
 # UFS names the binary to install (default: the release build); NO_BUILD=1 skips cargo.
@@ -17,7 +19,7 @@ FISHDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 CARGO ?= cargo
 UFS ?= target/release/ufs
 
-.PHONY: all build install install-fsck uninstall
+.PHONY: all build install install-fsck install-docker uninstall
 
 all: build
 
@@ -37,6 +39,16 @@ install-fsck: install
 	install -d $(DESTDIR)$(SBINDIR)
 	ln -sf $(abspath $(BINDIR))/ufs $(DESTDIR)$(SBINDIR)/fsck.overlay
 
+# docker runs the program named fuse-overlayfs from its PATH, where /usr/local/bin comes before
+# /usr/bin (Debian's fuse-overlayfs). A real fuse-overlayfs installed here is not replaced.
+install-docker: install
+	@if [ -e $(DESTDIR)$(BINDIR)/fuse-overlayfs ] && [ ! -L $(DESTDIR)$(BINDIR)/fuse-overlayfs ]; then \
+		echo "$(DESTDIR)$(BINDIR)/fuse-overlayfs is not a link; not replacing it" >&2; exit 1; fi
+	ln -sf $(abspath $(BINDIR))/ufs $(DESTDIR)$(BINDIR)/fuse-overlayfs
+
+# The fuse-overlayfs link goes only if it leads to this ufs.
 uninstall:
+	if [ "$$(readlink $(DESTDIR)$(BINDIR)/fuse-overlayfs)" = "$(abspath $(BINDIR))/ufs" ]; then \
+		rm -f $(DESTDIR)$(BINDIR)/fuse-overlayfs; fi
 	rm -f $(DESTDIR)$(BINDIR)/ufs $(DESTDIR)$(MANDIR)/man8/ufs.8 $(DESTDIR)$(BASHDIR)/ufs \
 		$(DESTDIR)$(ZSHDIR)/_ufs $(DESTDIR)$(FISHDIR)/ufs.fish $(DESTDIR)$(SBINDIR)/fsck.overlay

@@ -17,7 +17,8 @@
 //! open, lowers and upper as themselves and the workdir as `WORKDIR/work`, so for one started with
 //! relative paths the directories its process holds open stand in (and for a `work` one, its
 //! parent). Only mounts in this mount namespace are seen, and only processes this user may
-//! inspect.
+//! inspect. Processes of ufs's own binary are never taken for fuse-overlayfs, even when ufs runs
+//! under that name (as docker's `fuse-overlayfs` storage driver runs it).
 
 use std::ffi::OsString;
 use std::fmt;
@@ -255,11 +256,20 @@ fn fuse_overlayfs_layers() -> Vec<Layer> {
         return Vec::new();
     };
     let mut layers = Vec::new();
+    // ufs itself may run under the name fuse-overlayfs (docker's fuse-overlayfs driver runs the
+    // program of that name from PATH). Its own command line names exactly the directories it is
+    // about to mount, and other daemons of this same binary are ufs mounts, which the layer
+    // locks keep off already (and which, unmounted, still show their command line for a moment
+    // after releasing the locks: taking them for fuse-overlayfs would refuse a remount of the
+    // same layers in that window).
+    let me = std::process::id();
+    let my_exe = exe_of(Path::new("/proc/self"));
     for entry in procs.flatten() {
         let Some(pid) = entry
             .file_name()
             .to_str()
             .and_then(|s| s.parse::<u32>().ok())
+            .filter(|pid| *pid != me)
         else {
             continue;
         };
@@ -267,6 +277,9 @@ fn fuse_overlayfs_layers() -> Vec<Layer> {
         // A process that exits meanwhile simply has nothing to read.
         let comm = std::fs::read(dir.join("comm")).unwrap_or_default();
         if comm.trim_ascii_end() != b"fuse-overlayfs" {
+            continue;
+        }
+        if my_exe.is_some() && exe_of(&dir) == my_exe {
             continue;
         }
         let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
@@ -305,6 +318,15 @@ fn fuse_overlayfs_layers() -> Vec<Layer> {
         }
     }
     layers
+}
+
+/// The identity of a process's executable (`None` when it cannot be inspected).
+fn exe_of(proc_dir: &Path) -> Option<Id> {
+    let meta = std::fs::metadata(proc_dir.join("exe")).ok()?;
+    Some(Id {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
 }
 
 /// The layer paths in a fuse-overlayfs command line (`-o OPTS` or `-oOPTS`, commas separate

@@ -846,6 +846,8 @@ fn readme_help_and_man_page_agree() {
 
 /// `make install` puts the binary, the manual page and the three shells' completions where the
 /// README says, generated from the binary being installed; `make uninstall` removes them.
+/// `make install-docker` links `fuse-overlayfs` to ufs, never over a real file, and `make
+/// uninstall` removes only that link.
 #[test]
 fn make_install_installs_binary_man_page_and_completions() {
     if is_stand_in() {
@@ -891,8 +893,41 @@ fn make_install_installs_binary_man_page_and_completions() {
         std::fs::read_link(dest.join("usr/sbin/fsck.overlay")).expect("fsck.overlay link"),
         std::path::Path::new("/usr/bin/ufs")
     );
+    make("install-docker");
+    let docker_link = dest.join("usr/bin/fuse-overlayfs");
+    assert_eq!(
+        std::fs::read_link(&docker_link).expect("fuse-overlayfs link"),
+        std::path::Path::new("/usr/bin/ufs")
+    );
     make("uninstall");
     assert!(!bin.exists() && !dest.join("usr/share/man/man8/ufs.8").exists());
+    assert!(
+        std::fs::symlink_metadata(&docker_link).is_err(),
+        "uninstall removes the fuse-overlayfs link to ufs"
+    );
+    // A fuse-overlayfs that is not ufs's link is neither replaced nor removed.
+    std::fs::write(&docker_link, "a real fuse-overlayfs").expect("write a stand-in");
+    let refused = run_bounded(
+        std::process::Command::new("make")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .arg("install-docker")
+            .arg("NO_BUILD=1")
+            .arg(format!("UFS={}", ufs_bin().display()))
+            .arg(format!("DESTDIR={}", dest.display()))
+            .arg("PREFIX=/usr"),
+        CMD_TIMEOUT,
+    );
+    assert!(
+        !refused.success(),
+        "make install-docker over a real file:
+{refused}"
+    );
+    make("uninstall");
+    assert_eq!(
+        std::fs::read_to_string(&docker_link).expect("left in place"),
+        "a real fuse-overlayfs"
+    );
 }
 
 /// The README's pasteable session (mount, status, diff, check, repair) runs as written and

@@ -101,6 +101,39 @@ fn gen_dirs(base: &Path, name: &str) -> Gen {
 // 1. Lifecycle
 // ---------------------------------------------------------------------------------------------
 
+/// docker's deepest image: its fuse-overlayfs driver allows 128 layers and names each by a
+/// long absolute path (`DATA/fuse-overlayfs/l/ID`); a `lowerdir=` of 128 such paths, far past
+/// the page a kernel mount's options must fit in, mounts, and shows what the kernel shows for
+/// the same layers (mounted with relative paths to fit its page).
+#[test]
+fn a_stack_of_128_lowers_named_by_long_paths_reads_as_the_kernels() {
+    if skip("a_stack_of_128_lowers_named_by_long_paths_reads_as_the_kernels") {
+        return;
+    }
+    let t = tempdir();
+    let base = mkdirs(&t.path().join("x".repeat(150)));
+    let dirs: Vec<PathBuf> = (0..128)
+        .map(|i| {
+            let d = mkdirs(&base.join(format!("l{i:03}")));
+            fs::write(d.join(format!("f{i}")), format!("{i}\n")).expect("write");
+            let shared = mkdirs(&d.join("shared"));
+            fs::write(shared.join(format!("s{i}")), format!("{i}\n")).expect("write");
+            // Every even layer hides the next one's file.
+            if i % 2 == 0 {
+                mknod_whiteout(&shared.join(format!("s{}", i + 1))).expect("whiteout");
+            }
+            d
+        })
+        .collect();
+    let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    assert!(abs_lowers(&refs).len() > 16384, "the option string is long");
+    let seen = read_only_views_agree(&base, &refs, "128 lowers");
+    let names = seen.entries[""].names.clone().unwrap_or_default();
+    assert_eq!(names.len(), 129, "128 files and shared/: {names:?}");
+    let shared = seen.entries["shared"].names.clone().unwrap_or_default();
+    assert_eq!(shared.len(), 64, "the even layers' files only: {shared:?}");
+}
+
 /// Regression (the layer-lifecycle reproducer): a `chmod` through ufs makes a metadata-only
 /// copy; read-only on top of its lower, that copy showed 12 NUL bytes instead of its data.
 #[test]

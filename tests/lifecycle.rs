@@ -613,3 +613,58 @@ fn the_mounts_holding_the_layers_stay_unmountable() {
     );
     assert_eq!(uafter, kafter, "the union after its layers' mounts went");
 }
+
+/// Regression: ufs run under the name `fuse-overlayfs` (as docker's `fuse-overlayfs` storage
+/// driver runs the program of that name from its `PATH`, from its layer store directory) took
+/// its own process for a fuse-overlayfs mount of the same directories and refused every mount
+/// as "in use ... Device or resource busy". Mounted, unmounted with `fusermount3 -u` and mounted
+/// again at once (docker mounts a container's layers again for each `start`, `diff`, `commit`),
+/// with absolute paths and with relative ones.
+#[test]
+fn ufs_named_fuse_overlayfs_mounts_and_mounts_again() {
+    const TEST: &str = "ufs_named_fuse_overlayfs_mounts_and_mounts_again";
+    if skip(TEST) || is_stand_in() {
+        return;
+    }
+    let t = tempdir();
+    let bin = mkdirs(&t.path().join("bin"));
+    let named = bin.join("fuse-overlayfs");
+    std::os::unix::fs::symlink(ufs_bin(), &named).expect("symlink fuse-overlayfs -> ufs");
+    let a = Layers::new(t.path(), "a");
+    for (round, options) in [
+        a.opts(),
+        "lowerdir=a/l,upperdir=a/u,workdir=a/w".to_string(),
+    ]
+    .iter()
+    .cycle()
+    .take(6)
+    .enumerate()
+    {
+        let run = run_bounded(
+            Command::new(&named)
+                .args(["-o", options])
+                .arg(&a.m)
+                .current_dir(t.path()),
+            CMD_TIMEOUT,
+        );
+        assert!(
+            run.success(),
+            "round {round}: fuse-overlayfs (ufs) -o {options}:\n{run}"
+        );
+        let mounted = FuseOverlayfs { mnt: a.m.clone() };
+        let entry = mount_at(&a.m).expect("mounted");
+        assert_eq!(
+            entry.fstype, "fuse.ufs",
+            "round {round}: the mount is ufs's"
+        );
+        let mut want = vec!["a".to_string()];
+        want.extend((0..round).map(|r| format!("w{r}")));
+        assert_eq!(list_names(&a.m), want, "round {round}: the merged view");
+        fs::write(a.m.join(format!("w{round}")), "x").expect("write through the mount");
+        let run = run_bounded(Command::new("fusermount3").arg("-u").arg(&a.m), CMD_TIMEOUT);
+        assert!(run.success(), "round {round}: fusermount3 -u:\n{run}");
+        assert!(wait_unmounted(&a.m), "round {round}: still mounted");
+        drop(mounted);
+    }
+    assert_eq!(list_names(&a.u).len(), 6, "every round wrote its file");
+}
