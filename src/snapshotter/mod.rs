@@ -604,10 +604,17 @@ async fn serve_on(
     let service = containerd_snapshots::server(Arc::new(Service::new(core)));
     log::info!("serving snapshots on {}", address.display());
     on_ready();
-    let result = tonic::transport::Server::builder()
+    // Not a graceful shutdown: containerd keeps its connection open, so waiting for the
+    // connections to close would wait for containerd. Dropping the server cuts the calls in
+    // flight; a mutation already running on the blocking pool still runs to its end, because
+    // dropping the runtime waits for those tasks.
+    let server = tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming(incoming);
+    let result = tokio::select! {
+        r = server => r,
+        () = shutdown => Ok(()),
+    };
     if let Err(e) = std::fs::remove_file(&address) {
         log::warn!("cannot remove {address:?}: {e}");
     }
