@@ -749,3 +749,391 @@ fn root_lock_and_sigterm() {
     Client::connect(&s.sock).walk(&[]).expect("walk");
     d.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The returned mounts, mounted
+// ---------------------------------------------------------------------------------------------
+
+/// A mount made from the snapshotter's answer; unmounted on drop.
+struct Mounted {
+    target: PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if !common::force_unmount(&self.target) {
+            common::say(&format!("cannot unmount {:?}", self.target));
+        }
+    }
+}
+
+/// Mounts `m` on `target` as containerd would: a `fuse3.ufs` mount through
+/// `mount.fuse3 SOURCE TARGET -o OPT... -t ufs` (with the built ufs first in PATH), or, without
+/// mount.fuse3, through `ufs SOURCE TARGET -o OPTS`, the command mount.fuse3 runs.
+fn mount(m: &Mount, target: &Path) -> Mounted {
+    fs::create_dir_all(target).expect("mkdir target");
+    assert_eq!(m.r#type, "fuse3.ufs", "only unions are mounted here");
+    let bin = common::ufs_bin();
+    let mut cmd = match common::which("mount.fuse3") {
+        Some(helper) => {
+            let dir = bin.parent().expect("bin dir").to_path_buf();
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut paths = vec![dir];
+            paths.extend(std::env::split_paths(&path));
+            let mut cmd = Command::new(helper);
+            cmd.env("PATH", std::env::join_paths(paths).expect("PATH"));
+            cmd.arg(&m.source).arg(target);
+            for o in &m.options {
+                cmd.arg("-o").arg(o);
+            }
+            cmd.arg("-t").arg("ufs");
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new(&bin);
+            cmd.arg(&m.source)
+                .arg(target)
+                .arg("-o")
+                .arg(m.options.join(","));
+            cmd
+        }
+    };
+    let run = common::run_bounded(&mut cmd, common::CMD_TIMEOUT);
+    assert!(run.success(), "mounting {m:?} failed: {run:?}");
+    let mounted = Mounted {
+        target: target.to_path_buf(),
+    };
+    assert!(common::wait_mounted(target), "{target:?} is not mounted");
+    mounted
+}
+
+/// The names in `dir`, sorted (read through the mount, no symlink followed).
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {dir:?}: {e}"))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn mounted_three_level_chain() {
+    if common::skip("mounted_three_level_chain") {
+        return;
+    }
+    let s = Setup::new();
+    let mut d = Daemon::start(&s.root, &s.sock);
+    let mut c = Client::connect(&s.sock);
+    let mnt = s.root.with_file_name("mnt");
+
+    // Level 1: no parent, a bind mount of its fs; written directly.
+    let m1 = c.prepare("l1", "", &[]).expect("prepare l1");
+    let fs1 = PathBuf::from(&m1[0].source);
+    fs::write(fs1.join("a"), "one").expect("write");
+    fs::write(fs1.join("gone"), "x").expect("write");
+    fs::create_dir_all(fs1.join("d")).expect("mkdir");
+    fs::write(fs1.join("d/x"), "x").expect("write");
+    fs::write(fs1.join("d/y"), "y").expect("write");
+    fs::create_dir_all(fs1.join("keep")).expect("mkdir");
+    fs::write(fs1.join("keep/k1"), "k").expect("write");
+    c.commit("L1", "l1", &[]).expect("commit l1");
+
+    // Level 2: a union over L1; a whiteout, an opaque directory, a copy-up.
+    let m2 = c.prepare("l2", "L1", &[]).expect("prepare l2");
+    {
+        let _m = mount(&m2[0], &mnt);
+        fs::write(mnt.join("b"), "two").expect("write b");
+        fs::remove_file(mnt.join("gone")).expect("rm gone");
+        fs::remove_dir_all(mnt.join("d")).expect("rm d");
+        fs::create_dir(mnt.join("d")).expect("mkdir d");
+        fs::write(mnt.join("d/new"), "n").expect("write d/new");
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join("a"))
+            .expect("open a");
+        std::io::Write::write_all(&mut f, b"+two").expect("append");
+    }
+    c.commit("L2", "l2", &[]).expect("commit l2");
+
+    // Level 3: a union over L2 and L1.
+    let m3 = c.prepare("l3", "L2", &[]).expect("prepare l3");
+    let upper3 = PathBuf::from(option(&m3[0], "upperdir").expect("upperdir"));
+    {
+        let _m = mount(&m3[0], &mnt);
+        fs::write(mnt.join("c"), "three").expect("write c");
+        assert_eq!(names(&mnt), ["a", "b", "c", "d", "keep"]);
+        assert_eq!(names(&mnt.join("d")), ["new"], "d is opaque");
+        assert_eq!(names(&mnt.join("keep")), ["k1"]);
+        assert_eq!(fs::read_to_string(mnt.join("a")).expect("a"), "one+two");
+        assert_eq!(fs::read_to_string(mnt.join("b")).expect("b"), "two");
+        assert!(fs::symlink_metadata(mnt.join("gone")).is_err(), "the whiteout hides gone");
+    }
+    assert_eq!(names(&upper3), ["c"], "level 3 holds only its own change");
+    assert_eq!(fs::read_to_string(fs1.join("a")).expect("a"), "one", "L1 is untouched");
+    let (inodes, _) = c.usage("l3").expect("usage");
+    assert_eq!(inodes, 2, "fs and c");
+
+    // A view of two parents: a read-only union.
+    let v = c.view("v", "L2", &[]).expect("view");
+    assert_eq!(v[0].r#type, "fuse3.ufs");
+    {
+        let _m = mount(&v[0], &mnt);
+        assert_eq!(names(&mnt), ["a", "b", "d", "keep"]);
+        let err = fs::write(mnt.join("z"), "z").expect_err("a view is read-only");
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    }
+    d.stop();
+}
+
+#[test]
+fn mapping_labels_reach_the_mount() {
+    if common::skip("mapping_labels_reach_the_mount") {
+        return;
+    }
+    let s = Setup::new();
+    let mut d = Daemon::start(&s.root, &s.sock);
+    let mut c = Client::connect(&s.sock);
+    let mnt = s.root.with_file_name("mnt");
+    let m1 = c.prepare("l1", "", &[]).expect("prepare l1");
+    let fs1 = PathBuf::from(&m1[0].source);
+    fs::write(fs1.join("root-owned"), "r").expect("write");
+    fs::write(fs1.join("user-owned"), "u").expect("write");
+    std::os::unix::fs::lchown(fs1.join("user-owned"), Some(5), Some(7)).expect("chown");
+    c.commit("L1", "l1", &[]).expect("commit");
+
+    let before = s.entries();
+    let bad = [("containerd.io/snapshot/uidmapping", "0:100000")];
+    code(c.prepare("bad", "L1", &bad), Code::InvalidArgument);
+    assert_eq!(s.entries(), before, "a refused Prepare creates nothing");
+
+    let map = [
+        ("containerd.io/snapshot/uidmapping", "0:100000:1,1:100001:65535"),
+        ("containerd.io/snapshot/gidmapping", "0:200000:65536"),
+    ];
+    let m = c.prepare("c", "L1", &map).expect("prepare with mappings");
+    assert_eq!(m[0].r#type, "fuse3.ufs");
+    assert_eq!(option(&m[0], "uidmapping"), Some("0:100000:1:1:100001:65535"));
+    assert_eq!(option(&m[0], "gidmapping"), Some("0:200000:65536"));
+    assert_eq!(c.mounts("c").expect("mounts"), m);
+    {
+        let _m = mount(&m[0], &mnt);
+        let owner = |p: &str| {
+            let md = fs::symlink_metadata(mnt.join(p)).expect("lstat");
+            (md.uid(), md.gid())
+        };
+        assert_eq!(owner("root-owned"), (100000, 200000));
+        assert_eq!(owner("user-owned"), (100005, 200007));
+        assert_eq!(owner(""), (100000, 200000), "the root keeps the image's owner, mapped");
+    }
+    // A view of one parent with a mapping cannot be a bind mount.
+    let v = c.view("v", "L1", &map[..1]).expect("view with a mapping");
+    assert_eq!(v[0].r#type, "fuse3.ufs");
+    assert_eq!(
+        v[0].options,
+        [
+            format!("lowerdir={}", fs1.display()),
+            "uidmapping=0:100000:1:1:100001:65535".to_string()
+        ]
+    );
+    {
+        let _m = mount(&v[0], &mnt);
+        let md = fs::symlink_metadata(mnt.join("user-owned")).expect("lstat");
+        assert_eq!((md.uid(), md.gid()), (100005, 7));
+    }
+    d.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crash consistency
+// ---------------------------------------------------------------------------------------------
+
+/// After a crash: checks the invariant on the store, then that Cleanup removes exactly the
+/// entries of `snapshots/` that no record names, and nothing else.
+fn check_after_crash(s: &Setup) -> BTreeSet<String> {
+    let ids = s.check_invariant();
+    let named: BTreeSet<String> = ids.values().map(|id| id.to_string()).collect();
+    let entries = s.entries();
+    let orphans: BTreeSet<String> = entries.difference(&named).cloned().collect();
+    let mut d = Daemon::start(&s.root, &s.sock);
+    let mut c = Client::connect(&s.sock);
+    let listed: BTreeSet<String> = c.walk(&[]).expect("walk").into_iter().collect();
+    assert_eq!(listed, ids.keys().cloned().collect(), "Walk lists every record");
+    for name in ids.keys() {
+        c.stat(name).expect("stat");
+    }
+    c.cleanup().expect("cleanup");
+    d.stop();
+    assert_eq!(s.entries(), named, "Cleanup removes exactly the orphans {orphans:?}");
+    s.check_invariant();
+    orphans
+}
+
+#[test]
+fn crash_at_each_point() {
+    for point in ufs::snapshotter::CRASH_POINTS {
+        let s = Setup::new();
+        {
+            let mut d = Daemon::start(&s.root, &s.sock);
+            let mut c = Client::connect(&s.sock);
+            c.prepare("base-key", "", &[]).expect("prepare");
+            c.commit("base", "base-key", &[]).expect("commit");
+            c.prepare("k", "base", &[]).expect("prepare k");
+            d.stop();
+        }
+        let ids_before = s.check_invariant();
+        let k_id = ids_before["k"];
+        let mut d = Daemon::start_with(&s.root, &s.sock, Some(point));
+        let mut c = Client::connect(&s.sock);
+        let op = point.split('-').next().unwrap_or("");
+        let result = match op {
+            "prepare" => c.prepare("new", "base", &[]).map(drop),
+            "commit" => c.commit("k-done", "k", &[]),
+            "remove" => c.remove("k"),
+            other => panic!("unknown operation {other}"),
+        };
+        assert!(result.is_err(), "{point}: the call answered {result:?}");
+        let status = d.wait_exit();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGABRT),
+            "{point}: the daemon did not abort ({status})"
+        );
+        drop(c);
+        let ids = s.check_invariant();
+        let orphans = check_after_crash(&s);
+        let next = k_id + 1;
+        let (want_names, want_orphans): (&[&str], Vec<String>) = match *point {
+            "prepare-after-mkdir" => (&["base", "k"], vec![format!("new-{next}-0")]),
+            "prepare-after-rename" => (&["base", "k"], vec![next.to_string()]),
+            "prepare-after-commit" => (&["base", "k", "new"], vec![]),
+            "commit-after-usage" => (&["base", "k"], vec![]),
+            "commit-after-commit" => (&["base", "k-done"], vec![]),
+            "remove-after-commit" => (&["base"], vec![k_id.to_string()]),
+            "remove-after-rename" => (&["base"], vec![format!("rm-{k_id}")]),
+            "remove-after-delete" => (&["base"], vec![]),
+            other => panic!("no expectation for {other}"),
+        };
+        assert_eq!(ids.keys().collect::<Vec<_>>(), want_names, "{point}: records");
+        assert_eq!(
+            orphans,
+            want_orphans.into_iter().collect::<BTreeSet<_>>(),
+            "{point}: orphans"
+        );
+        if *point == "commit-after-commit" {
+            assert_eq!(ids["k-done"], k_id, "Commit keeps the directory");
+        }
+        // The daemon goes on after the crash: the interrupted call can be made again.
+        let mut d = Daemon::start(&s.root, &s.sock);
+        let mut c = Client::connect(&s.sock);
+        match op {
+            "prepare" if !ids.contains_key("new") => {
+                let m = c.prepare("new", "base", &[]).expect("prepare again");
+                assert!(id_of(option(&m[0], "upperdir").expect("upper")) > k_id);
+            }
+            "commit" if ids.contains_key("k") => c.commit("k-done", "k", &[]).expect("again"),
+            "remove" => code(c.remove("k"), Code::NotFound),
+            _ => {}
+        }
+        d.stop();
+        s.check_invariant();
+    }
+}
+
+/// SIGKILL at random moments while a client runs Prepare, View, Commit and Remove in a loop.
+#[test]
+fn kill_at_random_moments() {
+    let s = Setup::new();
+    let seed = std::env::var("UFS_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    common::say(&format!("kill_at_random_moments: seed {seed} (UFS_TEST_SEED)"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut total_orphans = 0;
+    for round in 0..12 {
+        let mut d = Daemon::start(&s.root, &s.sock);
+        let done = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let client_seed: u64 = rng.random();
+        let worker = {
+            let (done, stop, sock) = (done.clone(), stop.clone(), s.sock.clone());
+            std::thread::spawn(move || busy_client(&sock, client_seed, round, &done, &stop))
+        };
+        // Kill once the client has made a random number of calls: the next call is in flight.
+        let target = rng.random_range(1..40);
+        let reached = common::wait_until(START_TIMEOUT, || {
+            done.load(Ordering::Relaxed) >= target || worker.is_finished()
+        });
+        assert!(reached, "round {round}: the client made no progress");
+        d.kill9();
+        stop.store(true, Ordering::Relaxed);
+        worker.join().expect("client thread");
+        let ids = s.check_invariant();
+        let orphans = check_after_crash(&s);
+        total_orphans += orphans.len();
+        common::say(&format!(
+            "round {round}: {} calls, {} records, orphans {orphans:?}",
+            done.load(Ordering::Relaxed),
+            ids.len()
+        ));
+    }
+    common::say(&format!("kill_at_random_moments: {total_orphans} orphans cleaned up"));
+}
+
+/// Random calls until the daemon dies or `stop` is set; counts the calls answered.
+fn busy_client(sock: &Path, seed: u64, round: usize, done: &AtomicUsize, stop: &AtomicBool) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut c = Client::connect(sock);
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let names = c.walk(&[]);
+        let Ok(names) = names else { return };
+        let committed: Vec<String> = c
+            .walk(&["kind==committed"])
+            .unwrap_or_default();
+        let active: Vec<String> = c.walk(&["kind==active"]).unwrap_or_default();
+        let pick = |rng: &mut rand::rngs::StdRng, v: &[String]| -> String {
+            if v.is_empty() {
+                String::new()
+            } else {
+                v[rng.random_range(0..v.len())].clone()
+            }
+        };
+        n += 1;
+        let key = format!("r{round}-{n}");
+        let result = match rng.random_range(0..10) {
+            0..=2 => {
+                let parent = if rng.random_bool(0.7) { pick(&mut rng, &committed) } else { String::new() };
+                c.prepare(&key, &parent, &[]).map(|m| {
+                    // Some content, so that Commit has something to measure.
+                    if let Some(upper) = m.first().and_then(|m| {
+                        option(m, "upperdir").map(String::from).or(Some(m.source.clone()))
+                    }) {
+                        let _ = fs::write(Path::new(&upper).join("f"), &key); // may race a kill
+                    }
+                })
+            }
+            3 => {
+                let parent = pick(&mut rng, &committed);
+                c.view(&key, &parent, &[]).map(drop)
+            }
+            4..=6 => {
+                let a = pick(&mut rng, &active);
+                c.commit(&format!("{a}-c"), &a, &[]).map(drop)
+            }
+            _ => {
+                let victim = pick(&mut rng, &names);
+                c.remove(&victim)
+            }
+        };
+        if let Err(e) = result {
+            if matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled)
+                && c.walk(&[]).is_err()
+            {
+                return; // the daemon is gone
+            }
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+}
