@@ -11,6 +11,9 @@
 //!   Remove, and killed with SIGKILL at random moments of a busy loop; after each crash every
 //!   record's directory exists and Cleanup removes exactly the orphans.
 
+// The client answers what the API answers, a tonic `Status`: boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -867,10 +870,17 @@ fn mounted_three_level_chain() {
         assert_eq!(names(&mnt.join("keep")), ["k1"]);
         assert_eq!(fs::read_to_string(mnt.join("a")).expect("a"), "one+two");
         assert_eq!(fs::read_to_string(mnt.join("b")).expect("b"), "two");
-        assert!(fs::symlink_metadata(mnt.join("gone")).is_err(), "the whiteout hides gone");
+        assert!(
+            fs::symlink_metadata(mnt.join("gone")).is_err(),
+            "the whiteout hides gone"
+        );
     }
     assert_eq!(names(&upper3), ["c"], "level 3 holds only its own change");
-    assert_eq!(fs::read_to_string(fs1.join("a")).expect("a"), "one", "L1 is untouched");
+    assert_eq!(
+        fs::read_to_string(fs1.join("a")).expect("a"),
+        "one",
+        "L1 is untouched"
+    );
     let (inodes, _) = c.usage("l3").expect("usage");
     assert_eq!(inodes, 2, "fs and c");
 
@@ -908,12 +918,18 @@ fn mapping_labels_reach_the_mount() {
     assert_eq!(s.entries(), before, "a refused Prepare creates nothing");
 
     let map = [
-        ("containerd.io/snapshot/uidmapping", "0:100000:1,1:100001:65535"),
+        (
+            "containerd.io/snapshot/uidmapping",
+            "0:100000:1,1:100001:65535",
+        ),
         ("containerd.io/snapshot/gidmapping", "0:200000:65536"),
     ];
     let m = c.prepare("c", "L1", &map).expect("prepare with mappings");
     assert_eq!(m[0].r#type, "fuse3.ufs");
-    assert_eq!(option(&m[0], "uidmapping"), Some("0:100000:1:1:100001:65535"));
+    assert_eq!(
+        option(&m[0], "uidmapping"),
+        Some("0:100000:1:1:100001:65535")
+    );
     assert_eq!(option(&m[0], "gidmapping"), Some("0:200000:65536"));
     assert_eq!(c.mounts("c").expect("mounts"), m);
     {
@@ -924,7 +940,11 @@ fn mapping_labels_reach_the_mount() {
         };
         assert_eq!(owner("root-owned"), (100000, 200000));
         assert_eq!(owner("user-owned"), (100005, 200007));
-        assert_eq!(owner(""), (100000, 200000), "the root keeps the image's owner, mapped");
+        assert_eq!(
+            owner(""),
+            (100000, 200000),
+            "the root keeps the image's owner, mapped"
+        );
     }
     // A view of one parent with a mapping cannot be a bind mount.
     let v = c.view("v", "L1", &map[..1]).expect("view with a mapping");
@@ -958,13 +978,21 @@ fn check_after_crash(s: &Setup) -> BTreeSet<String> {
     let mut d = Daemon::start(&s.root, &s.sock);
     let mut c = Client::connect(&s.sock);
     let listed: BTreeSet<String> = c.walk(&[]).expect("walk").into_iter().collect();
-    assert_eq!(listed, ids.keys().cloned().collect(), "Walk lists every record");
+    assert_eq!(
+        listed,
+        ids.keys().cloned().collect(),
+        "Walk lists every record"
+    );
     for name in ids.keys() {
         c.stat(name).expect("stat");
     }
     c.cleanup().expect("cleanup");
     d.stop();
-    assert_eq!(s.entries(), named, "Cleanup removes exactly the orphans {orphans:?}");
+    assert_eq!(
+        s.entries(),
+        named,
+        "Cleanup removes exactly the orphans {orphans:?}"
+    );
     s.check_invariant();
     orphans
 }
@@ -1014,7 +1042,11 @@ fn crash_at_each_point() {
             "remove-after-delete" => (&["base"], vec![]),
             other => panic!("no expectation for {other}"),
         };
-        assert_eq!(ids.keys().collect::<Vec<_>>(), want_names, "{point}: records");
+        assert_eq!(
+            ids.keys().collect::<Vec<_>>(),
+            want_names,
+            "{point}: records"
+        );
         assert_eq!(
             orphans,
             want_orphans.into_iter().collect::<BTreeSet<_>>(),
@@ -1048,7 +1080,9 @@ fn kill_at_random_moments() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(rand::random::<u64>);
-    common::say(&format!("kill_at_random_moments: seed {seed} (UFS_TEST_SEED)"));
+    common::say(&format!(
+        "kill_at_random_moments: seed {seed} (UFS_TEST_SEED)"
+    ));
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut total_orphans = 0;
     for round in 0..12 {
@@ -1078,7 +1112,9 @@ fn kill_at_random_moments() {
             ids.len()
         ));
     }
-    common::say(&format!("kill_at_random_moments: {total_orphans} orphans cleaned up"));
+    common::say(&format!(
+        "kill_at_random_moments: {total_orphans} orphans cleaned up"
+    ));
 }
 
 /// Random calls until the daemon dies or `stop` is set; counts the calls answered.
@@ -1089,9 +1125,7 @@ fn busy_client(sock: &Path, seed: u64, round: usize, done: &AtomicUsize, stop: &
     while !stop.load(Ordering::Relaxed) {
         let names = c.walk(&[]);
         let Ok(names) = names else { return };
-        let committed: Vec<String> = c
-            .walk(&["kind==committed"])
-            .unwrap_or_default();
+        let committed: Vec<String> = c.walk(&["kind==committed"]).unwrap_or_default();
         let active: Vec<String> = c.walk(&["kind==active"]).unwrap_or_default();
         let pick = |rng: &mut rand::rngs::StdRng, v: &[String]| -> String {
             if v.is_empty() {
@@ -1104,11 +1138,17 @@ fn busy_client(sock: &Path, seed: u64, round: usize, done: &AtomicUsize, stop: &
         let key = format!("r{round}-{n}");
         let result = match rng.random_range(0..10) {
             0..=2 => {
-                let parent = if rng.random_bool(0.7) { pick(&mut rng, &committed) } else { String::new() };
+                let parent = if rng.random_bool(0.7) {
+                    pick(&mut rng, &committed)
+                } else {
+                    String::new()
+                };
                 c.prepare(&key, &parent, &[]).map(|m| {
                     // Some content, so that Commit has something to measure.
                     if let Some(upper) = m.first().and_then(|m| {
-                        option(m, "upperdir").map(String::from).or(Some(m.source.clone()))
+                        option(m, "upperdir")
+                            .map(String::from)
+                            .or(Some(m.source.clone()))
                     }) {
                         let _ = fs::write(Path::new(&upper).join("f"), &key); // may race a kill
                     }
@@ -1127,12 +1167,14 @@ fn busy_client(sock: &Path, seed: u64, round: usize, done: &AtomicUsize, stop: &
                 c.remove(&victim)
             }
         };
-        if let Err(e) = result {
-            if matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled)
-                && c.walk(&[]).is_err()
-            {
-                return; // the daemon is gone
-            }
+        if let Err(e) = result
+            && matches!(
+                e.code(),
+                Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+            )
+            && c.walk(&[]).is_err()
+        {
+            return; // the daemon is gone
         }
         done.fetch_add(1, Ordering::Relaxed);
     }
