@@ -325,7 +325,7 @@ impl<'a> Parser<'a> {
             Op::Matches => match Regex::new(&value) {
                 Ok(re) => Some(re),
                 Err(err) => {
-                    log::error!("error compiling regexp {value:?}: {err}");
+                    log::warn!("error compiling regexp {value:?}: {err}");
                     None
                 }
             },

@@ -40,6 +40,9 @@ pub use error::{Error, Result};
 use layout::{Layout, parse_id};
 use store::{Kind, Record, Tables};
 
+/// How long [`Snapshots::open`] waits for another process to release the root's lock.
+pub const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The environment variable naming a fault-injection point.
 pub const CRASH_ENV: &str = "UFS_SNAPSHOTTER_CRASH_AT";
 
@@ -92,15 +95,24 @@ impl Snapshots {
             )));
         }
         let lock = File::open(&root).map_err(unknown(format!("opening {root:?}")))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "{root:?} is in use by another snapshotter"
-                )));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(unknown(format!("locking {root:?}"))(e));
+        // A daemon restarted right after its predecessor was killed may find the lock still
+        // held for a moment (by the exiting process, or by a child forked before an exec
+        // closed the descriptor); only a lock held past the grace period means another daemon.
+        let deadline = std::time::Instant::now() + LOCK_GRACE;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{root:?} is in use by another snapshotter"
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(unknown(format!("locking {root:?}"))(e));
+                }
             }
         }
         let layout = Layout::open(&root)?;
