@@ -428,17 +428,27 @@ impl Snapshots {
                 .collect()
         };
         let mut removed = Vec::new();
+        let mut first_error = None;
         for name in self.layout.entries()? {
             if parse_id(&name).is_some_and(|id| ids.contains(&id)) {
                 continue;
             }
             log::info!("cleanup: removing snapshots/{}", name.to_string_lossy());
-            self.layout.remove_tree(&name)?;
-            removed.push(name);
+            // One orphan that cannot go (still mounted, say) must not keep the others.
+            match self.layout.remove_tree(&name) {
+                Ok(()) => removed.push(name),
+                Err(e) => {
+                    log::warn!("cleanup: {e}");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
         // Nothing was written: dropping the transaction only releases the lock.
         drop(txn);
-        Ok(removed)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
     }
 
     /// The names the store gives directories, for consistency checks: `(name, id)`.
