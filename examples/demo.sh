@@ -29,6 +29,11 @@ say "building ufs"
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
     PATH=$HOME/.cargo/bin:$PATH
 fi
+# The containerd snapshotter's API is generated at build time by protoc.
+if ! command -v protoc >/dev/null; then
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y protobuf-compiler
+fi
 cargo build --release
 
 # The fuse module is built into most kernels; load it if the device is missing.

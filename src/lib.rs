@@ -35,6 +35,7 @@ pub mod readdir;
 pub mod records;
 pub mod redirect;
 pub mod setup;
+pub mod snapshotter;
 pub mod stat_override;
 pub mod stats;
 pub mod status;

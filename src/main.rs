@@ -34,6 +34,10 @@ use ufs::sys::process::{self, ForkResult};
 /// Exit status when the command line itself is wrong, as clap and most tools use.
 const USAGE_STATUS: u8 = 2;
 
+/// `ufs snapshotter`'s defaults, beside containerd's own directories.
+const DEFAULT_ROOT: &str = "/var/lib/ufs-snapshotter";
+const DEFAULT_ADDRESS: &str = "/run/ufs-snapshotter/ufs-snapshotter.sock";
+
 /// The byte a daemon child writes to its parent once the mount is live.
 const READY: u8 = 1;
 
@@ -44,6 +48,7 @@ const USAGE: &str = "ufs mount -o OPTIONS MERGED
        ufs status [--json] MERGED
        ufs diff [--json] -o lowerdir=...,upperdir=...
        ufs check [--repair] -o lowerdir=...[,upperdir=...,workdir=...]
+       ufs snapshotter [--root DIR] [--address SOCKET]
        ufs help | ufs man | ufs completions bash|zsh|fish";
 
 /// The words that name a command rather than a SOURCE or MERGED when no `-o` is given.
@@ -53,6 +58,7 @@ const COMMANDS: &[&str] = &[
     "status",
     "diff",
     "check",
+    "snapshotter",
     "help",
     "man",
     "completions",
@@ -116,6 +122,10 @@ the same report to the daemon's log (its stderr, with -f).
 `ufs check` reads a stack offline and prints one line per problem; --repair fixes what keeps
 the union's view; -n, -p, -y (or running as fsck.overlay) take fsck.overlay's command line and
 exit codes. `ufs diff` lists what an upper changes in its lowers.
+
+`ufs snapshotter` serves containerd's snapshots API on a unix socket (a proxy snapshotter
+plugin, `[proxy_plugins.ufs] type = "snapshot"`), laid out as containerd's overlay snapshotter
+under --root, with `fuse3.ufs` mounts; it runs in the foreground until SIGTERM or SIGINT.
 
 Exit status: 0 once the mount is live (or unmounted, for umount), 1 if mounting or
 unmounting failed, 2 if the command line or an option is wrong."#;
@@ -187,6 +197,24 @@ fn cli() -> clap::Command {
                 .help("ufs check: also say what was checked"),
         )
         .arg(
+            Arg::new("root")
+                .long("root")
+                .value_name("DIR")
+                .value_parser(value_parser!(PathBuf))
+                .help(format!(
+                    "ufs snapshotter: where snapshots and their metadata live [default: {DEFAULT_ROOT}]"
+                )),
+        )
+        .arg(
+            Arg::new("address")
+                .long("address")
+                .value_name("SOCKET")
+                .value_parser(value_parser!(PathBuf))
+                .help(format!(
+                    "ufs snapshotter: the unix socket to serve on [default: {DEFAULT_ADDRESS}]"
+                )),
+        )
+        .arg(
             Arg::new("args")
                 .value_name("ARGS")
                 .num_args(1..)
@@ -221,6 +249,11 @@ enum Invocation {
     },
     /// `ufs check [--repair|-n|-p|-y] -o OPTIONS`, also run as `fsck.overlay`.
     Check(CheckArgs),
+    /// `ufs snapshotter [--root DIR] [--address SOCKET]`: containerd's snapshots API.
+    Snapshotter {
+        root: PathBuf,
+        address: PathBuf,
+    },
 }
 
 /// What `ufs check` is asked to do.
@@ -285,6 +318,20 @@ where
         .unwrap_or_default();
 
     let first = args.first().and_then(|a| a.to_str());
+    let root = matches.remove_one::<PathBuf>("root");
+    let address = matches.remove_one::<PathBuf>("address");
+    if first == Some("snapshotter") && args.len() == 1 && options.is_empty() {
+        return Ok(Invocation::Snapshotter {
+            root: root.unwrap_or_else(|| DEFAULT_ROOT.into()),
+            address: address.unwrap_or_else(|| DEFAULT_ADDRESS.into()),
+        });
+    }
+    if root.is_some() || address.is_some() {
+        return Err(cmd.error(
+            ErrorKind::ArgumentConflict,
+            "--root and --address are for ufs snapshotter",
+        ));
+    }
     let json = matches.get_flag("json");
     let check_flags = [
         matches.get_flag("repair"),
@@ -569,6 +616,14 @@ fn run(argv: impl IntoIterator<Item = OsString>) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Invocation::Check(args) => check(args),
+        Invocation::Snapshotter { root, address } => {
+            init_logging(false);
+            let cwd = std::env::current_dir()
+                .map_err(Failure::io("cannot read the current directory"))?;
+            ufs::snapshotter::serve(&cwd.join(root), &cwd.join(address), || {})
+                .map_err(Failure::Message)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Invocation::Completions(shell) => {
             // Into a buffer first: the generator panics on a write error (a closed pipe).
             let mut script = Vec::new();
@@ -671,7 +726,7 @@ fn init_logging(debug: bool) {
     let default = if debug {
         "debug"
     } else {
-        "warn,ufs::status=info"
+        "warn,ufs::status=info,ufs::snapshotter=info"
     };
     let env = env_logger::Env::default().default_filter_or(default);
     if let Err(err) = env_logger::Builder::from_env(env).try_init() {
@@ -954,6 +1009,40 @@ mod tests {
             text.starts_with("unknown command \"unmount\"; the commands are mount, umount"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn snapshotter_command() {
+        let cases = [
+            (
+                "snapshotter",
+                Invocation::Snapshotter {
+                    root: DEFAULT_ROOT.into(),
+                    address: DEFAULT_ADDRESS.into(),
+                },
+            ),
+            (
+                "snapshotter --root /r --address s.sock",
+                Invocation::Snapshotter {
+                    root: "/r".into(),
+                    address: "s.sock".into(),
+                },
+            ),
+        ];
+        for (line, want) in cases {
+            match classify_words(line) {
+                Ok(got) => assert_eq!(got, want, "{line:?}"),
+                Err(err) => panic!("{line:?}: {err}"),
+            }
+        }
+        for line in [
+            "--root /r /m",
+            "status --address /s /m",
+            "-o a --root /r snapshotter",
+        ] {
+            let err = classify_words(line).expect_err(line);
+            assert_eq!(err.kind(), ErrorKind::ArgumentConflict, "{line:?}: {err}");
+        }
     }
 
     #[test]
