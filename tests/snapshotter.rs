@@ -433,6 +433,7 @@ fn calls_and_error_codes() {
     fs::hard_link(s.fs(a_id).join("data"), s.fs(a_id).join("dir/link")).expect("link");
     let want = expected_usage(&s.fs(a_id));
     assert_eq!(want.0, 3, "root, data (twice linked) and dir");
+    assert!(want.1 >= 10_000 + 2 * 512, "allocated bytes: {}", want.1);
     assert_eq!(c.usage("a").expect("usage a"), want);
 
     // Commit: same directory, the labels replaced, the usage kept.

@@ -459,10 +459,6 @@ impl Snapshots {
             .map(|(n, r)| (n, r.id))
             .collect())
     }
-
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
 }
 
 /// The gRPC glue: each call runs the core on the blocking pool (the core does file-system I/O
@@ -496,10 +492,6 @@ impl Service {
             Err(e) => Err(tonic::Status::internal(format!("the call failed: {e}"))),
         }
     }
-}
-
-fn kind_of(key: &str, kind: Kind) -> String {
-    format!("{} {key:?}", kind.word())
 }
 
 #[tonic::async_trait]
@@ -536,7 +528,7 @@ impl containerd_snapshots::Snapshotter for Service {
         parent: String,
         labels: HashMap<String, String>,
     ) -> std::result::Result<Vec<Mount>, Self::Error> {
-        log::debug!("prepare {} parent {parent:?}", kind_of(&key, Kind::Active));
+        log::debug!("prepare {key:?} parent {parent:?}");
         self.run(move |c| c.create(Kind::Active, &key, &parent, labels))
             .await
     }
@@ -547,7 +539,7 @@ impl containerd_snapshots::Snapshotter for Service {
         parent: String,
         labels: HashMap<String, String>,
     ) -> std::result::Result<Vec<Mount>, Self::Error> {
-        log::debug!("prepare {} parent {parent:?}", kind_of(&key, Kind::View));
+        log::debug!("view {key:?} parent {parent:?}");
         self.run(move |c| c.create(Kind::View, &key, &parent, labels))
             .await
     }
