@@ -252,7 +252,7 @@ fn chain(c: &Ctrd, sn: &str) -> Result<Vec<BTreeMap<String, String>>, String> {
         let mnt = c.path(&format!("mnt/{sn}-{key}"));
         c.mount_snapshot(sn, &key, &mnt)?;
         let script = format!("{} && {LIST}", level_script(k));
-        let out = c.run_rootfs(&mnt, &format!("{sn}-{key}"), &["sh", "-c", &script]);
+        let out = c.run_rootfs(&mnt, &format!("{sn}-{key}"), &["/bin/sh", "-c", &script]);
         let unmounted = c.unmount(&mnt);
         listings.push(parse_listing(&out?)?);
         unmounted?;
@@ -383,16 +383,18 @@ fn snapshot_commands_behave_as_on_overlayfs() {
         // Usage of the active snapshot: at least the 1 MiB file the container wrote.
         let usage = snap(&["usage", &id]);
         assert!(usage.success(), "[{sn}] usage: {usage}");
-        let size_of = |out: &str| -> Vec<String> {
-            out.lines().skip(1).flat_map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>()).collect()
-        };
-        let words = size_of(&usage.stdout);
-        common::say(&format!("[{sn}] usage of the level-1 container's snapshot: {words:?}"));
-        assert!(
-            words.iter().any(|w| w.ends_with("MiB") && w.trim_end_matches("MiB").parse::<f64>().is_ok_and(|m| m >= 1.0)),
-            "[{sn}] usage should count the 1 MiB file: {}",
-            usage.stdout
-        );
+        // `KEY  1.0 MiB  N`: the size is two words.
+        let mib = usage.stdout.lines().nth(1).and_then(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let n: f64 = w.get(1)?.parse().ok()?;
+            Some(match *w.get(2)? {
+                "MiB" => n,
+                "GiB" => n * 1024.0,
+                _ => n / 1024.0,
+            })
+        });
+        common::say(&format!("[{sn}] usage of the level-1 container's snapshot: {}", usage.stdout.trim()));
+        assert!(mib.is_some_and(|m| m >= 1.0), "[{sn}] usage should count the 1 MiB file: {}", usage.stdout);
         assert!(snap(&["commit", "L1", &id]).success(), "[{sn}] commit");
         ok(&["containers", "rm", &id]);
         for (key, parent) in [("c2", "L1"), ("c3", "L2")] {

@@ -355,7 +355,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.ctr_ok(&args)
     }
 
-    /// `ctr run --rm --rootfs DIR`: a container on a directory the test mounted itself.
+    /// `ctr run --rm --rootfs DIR`: a container on a directory the test mounted itself (with
+    /// no image config, so no `PATH` from an image: give programs by absolute path).
     pub fn run_rootfs(&self, rootfs: &Path, id: &str, cmd: &[&str]) -> Result<String, String> {
         let fifo = self.path("fifo");
         let runc = self.path("runc");
@@ -374,19 +375,45 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.ctr_ok(&args)
     }
 
-    /// Mounts snapshot `key` of `snapshotter` at `target` by running the command `ctr
-    /// snapshots mounts` prints (so `mount(8)`, and for ufs `mount.fuse3`, do the mounting).
+    /// Mounts snapshot `key` of `snapshotter` at `target` as containerd mounts what `ctr
+    /// snapshots mounts` prints (`mount -t TYPE SOURCE TARGET -o OPTIONS`): `mount(8)` for a
+    /// kernel type, and for `fuse3.NAME` `mount.fuse3 SOURCE TARGET -o OPTIONS -t NAME`, as
+    /// containerd runs it (`mount -t fuse3.NAME` itself would not work: mount.fuse3 strips only
+    /// a `fuse.` prefix and would run a program named `fuse3.NAME`). Returns the printed line.
     pub fn mount_snapshot(&self, snapshotter: &str, key: &str, target: &Path) -> Result<String, String> {
         fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
         let line = self.ctr_ok(&["snapshots", "--snapshotter", snapshotter, "mounts", path_str(target), key])?;
-        let out = run(
-            Command::new("sh").arg("-c").arg(line.trim()).env("PATH", &self.path_env),
-            CTR_TIMEOUT,
-        );
-        if !out.success() {
-            return Err(format!("mounting {key} ({}): {out}", line.trim()));
+        let line = line.trim().to_string();
+        let words: Vec<&str> = line.split(' ').collect();
+        let ["mount", "-t", fstype, source, tgt, "-o", options] = words[..] else {
+            return Err(format!("unexpected mount line {line:?}"));
+        };
+        if tgt != path_str(target) {
+            return Err(format!("mount line for another target: {line:?}"));
         }
-        Ok(line.trim().to_string())
+        let mut cmd = match fstype.strip_prefix("fuse3.") {
+            Some(program) => {
+                let mut c = Command::new("mount.fuse3");
+                c.args([source, tgt, "-o", options, "-t", program]);
+                c
+            }
+            // containerd turns `bind` into MS_BIND; mount(8) takes it from `-o rbind`.
+            None if fstype == "bind" => {
+                let mut c = Command::new("mount");
+                c.args(["-o", options, source, tgt]);
+                c
+            }
+            None => {
+                let mut c = Command::new("mount");
+                c.args(["-t", fstype, source, tgt, "-o", options]);
+                c
+            }
+        };
+        let out = run(cmd.env("PATH", &self.path_env), CTR_TIMEOUT);
+        if !out.success() {
+            return Err(format!("mounting {key} ({line}): {out}"));
+        }
+        Ok(line)
     }
 
     /// Unmounts `target` (a FUSE mount through fusermount3, as containerd does).
