@@ -433,6 +433,7 @@ fn calls_and_error_codes() {
     fs::hard_link(s.fs(a_id).join("data"), s.fs(a_id).join("dir/link")).expect("link");
     let want = expected_usage(&s.fs(a_id));
     assert_eq!(want.0, 3, "root, data (twice linked) and dir");
+    assert!(want.1 >= 10_000 + 2 * 512, "allocated bytes: {}", want.1);
     assert_eq!(c.usage("a").expect("usage a"), want);
 
     // Commit: same directory, the labels replaced, the usage kept.
@@ -1178,4 +1179,49 @@ fn busy_client(sock: &Path, seed: u64, round: usize, done: &AtomicUsize, stop: &
         }
         done.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Regression: a daemon restarted while the root's lock was still held for a moment (the
+/// killed predecessor exiting, or a forked child not yet past its exec) refused to start at
+/// once; it now waits a short grace. The lock is released only once the new daemon has opened
+/// the root to lock it.
+#[test]
+fn root_lock_held_for_a_moment_is_waited_for() {
+    let s = Setup::new();
+    fs::create_dir_all(&s.root).expect("mkdir root");
+    let holder = fs::File::open(&s.root).expect("open root");
+    holder.lock().expect("lock the root");
+    let mut child = Command::new(common::ufs_bin())
+        .args(["snapshotter", "--root"])
+        .arg(&s.root)
+        .arg("--address")
+        .arg(&s.sock)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the daemon");
+    let root = s.root.canonicalize().expect("root");
+    let fd_dir = PathBuf::from(format!("/proc/{}/fd", child.id()));
+    let opened = common::wait_until(START_TIMEOUT, || {
+        fs::read_dir(&fd_dir).is_ok_and(|fds| {
+            fds.filter_map(|e| e.ok())
+                .any(|e| fs::read_link(e.path()).is_ok_and(|t| t == root))
+        })
+    });
+    drop(holder);
+    assert!(opened, "the daemon never opened its root");
+    let up = common::wait_until(START_TIMEOUT, || {
+        matches!(child.try_wait(), Ok(Some(_)))
+            || std::os::unix::net::UnixStream::connect(&s.sock).is_ok()
+    });
+    let exited = child.try_wait().ok().flatten();
+    let mut d = Daemon {
+        child: Some(child),
+        sock: s.sock.clone(),
+    };
+    assert!(
+        up && exited.is_none(),
+        "the daemon gave up on the lock: {exited:?}"
+    );
+    Client::connect(&s.sock).walk(&[]).expect("walk");
+    d.stop();
 }

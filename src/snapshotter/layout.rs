@@ -114,8 +114,19 @@ impl Layout {
                 Err(e) => return Err(Error::io(format!("creating snapshots/{name:?}"))(e)),
             }
         };
+        let built = self.fill_new(&name, work, owner);
+        if built.is_err()
+            && let Err(e) = remove_entry(self.dir(), &name)
+        {
+            log::warn!("cannot remove snapshots/{name:?} (Cleanup will retry): {e}");
+        }
+        built?;
+        Ok(OsStr::from_bytes(name.as_bytes()).to_os_string())
+    }
+
+    fn fill_new(&self, name: &CString, work: bool, owner: Option<(u32, u32)>) -> Result<()> {
         let what = |sub: &str| format!("creating snapshots/{}/{sub}", name.to_string_lossy());
-        let new = sys::open_path(self.dir(), &name).map_err(Error::io(what("")))?;
+        let new = sys::open_path(self.dir(), name).map_err(Error::io(what("")))?;
         sys::mkdirat(new.as_fd(), c"fs", FS_MODE).map_err(Error::io(what("fs")))?;
         if let Some((uid, gid)) = owner {
             let fs = sys::open_path(new.as_fd(), c"fs").map_err(Error::io(what("fs")))?;
@@ -124,7 +135,7 @@ impl Layout {
         if work {
             sys::mkdirat(new.as_fd(), c"work", WORK_MODE).map_err(Error::io(what("work")))?;
         }
-        Ok(OsStr::from_bytes(name.as_bytes()).to_os_string())
+        Ok(())
     }
 
     /// Renames `snapshots/<from>` to `snapshots/<to>` (never over an existing entry) and makes

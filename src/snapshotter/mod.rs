@@ -428,17 +428,27 @@ impl Snapshots {
                 .collect()
         };
         let mut removed = Vec::new();
+        let mut first_error = None;
         for name in self.layout.entries()? {
             if parse_id(&name).is_some_and(|id| ids.contains(&id)) {
                 continue;
             }
             log::info!("cleanup: removing snapshots/{}", name.to_string_lossy());
-            self.layout.remove_tree(&name)?;
-            removed.push(name);
+            // One orphan that cannot go (still mounted, say) must not keep the others.
+            match self.layout.remove_tree(&name) {
+                Ok(()) => removed.push(name),
+                Err(e) => {
+                    log::warn!("cleanup: {e}");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
         // Nothing was written: dropping the transaction only releases the lock.
         drop(txn);
-        Ok(removed)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
     }
 
     /// The names the store gives directories, for consistency checks: `(name, id)`.
@@ -448,10 +458,6 @@ impl Snapshots {
             .into_iter()
             .map(|(n, r)| (n, r.id))
             .collect())
-    }
-
-    pub fn layout(&self) -> &Layout {
-        &self.layout
     }
 }
 
@@ -488,10 +494,6 @@ impl Service {
     }
 }
 
-fn kind_of(key: &str, kind: Kind) -> String {
-    format!("{} {key:?}", kind.word())
-}
-
 #[tonic::async_trait]
 impl containerd_snapshots::Snapshotter for Service {
     type Error = tonic::Status;
@@ -526,7 +528,7 @@ impl containerd_snapshots::Snapshotter for Service {
         parent: String,
         labels: HashMap<String, String>,
     ) -> std::result::Result<Vec<Mount>, Self::Error> {
-        log::debug!("prepare {} parent {parent:?}", kind_of(&key, Kind::Active));
+        log::debug!("prepare {key:?} parent {parent:?}");
         self.run(move |c| c.create(Kind::Active, &key, &parent, labels))
             .await
     }
@@ -537,7 +539,7 @@ impl containerd_snapshots::Snapshotter for Service {
         parent: String,
         labels: HashMap<String, String>,
     ) -> std::result::Result<Vec<Mount>, Self::Error> {
-        log::debug!("prepare {} parent {parent:?}", kind_of(&key, Kind::View));
+        log::debug!("view {key:?} parent {parent:?}");
         self.run(move |c| c.create(Kind::View, &key, &parent, labels))
             .await
     }

@@ -97,7 +97,7 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Out {
         let _ = child.kill();
         let _ = child.wait();
     }
-    let mut read = |f: &mut fs::File| {
+    let read = |f: &mut fs::File| {
         let mut b = Vec::new();
         // A failed read shows as missing output in the failure message.
         let _ = f.rewind().and_then(|_| f.read_to_end(&mut b));
@@ -232,8 +232,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         );
         fs::write(c.path("config.toml"), config).map_err(|e| format!("config: {e}"))?;
 
+        let dir = c.dir.clone();
         let log = |name: &str| {
-            fs::File::create(c.path(name)).map_err(|e| format!("log {name}: {e}"))
+            fs::File::create(dir.join(name)).map_err(|e| format!("log {name}: {e}"))
         };
         let snap = Command::new(ufs)
             .arg("snapshotter")
