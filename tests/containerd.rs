@@ -169,7 +169,7 @@ fn parse_listing(out: &str) -> Result<BTreeMap<String, String>, String> {
         }
     }
     // A container that printed nothing (or half) must not compare equal to another one.
-    if !tree.contains_key("./bin/busybox md5") || !tree.contains_key(".") {
+    if !tree.contains_key("./bin/busybox") || !tree.contains_key(".") {
         return Err(format!("listing without / or /bin/busybox:\n{out}"));
     }
     Ok(tree)
@@ -616,4 +616,46 @@ echo "=== end"
         }
         assert!(trees[0].1.contains_key("./data/new-name"), "rootless {what} on ufs");
     }
+}
+
+/// `ctr run --uidmap/--gidmap --remap-labels` on ufs: the container, in a user namespace whose
+/// root is host uid 100000, sees the same tree as one without a user namespace (owners are the
+/// image's, 0), and what it writes lands in the layer with container ids (0), not host ids.
+#[test]
+fn remap_labels_give_a_user_namespace_the_image_owners() {
+    const TEST: &str = "remap_labels_give_a_user_namespace_the_image_owners";
+    let Some(_turn) = start(TEST) else { return };
+    let c = setup(&["ufs"]).unwrap_or_else(|e| panic!("{e}"));
+    let script = format!("{} && {LIST}", level_script(1));
+    let plain = c.run_rm("ufs", IMAGE, "plain", &["sh", "-c", &script]).unwrap_or_else(|e| panic!("{e}"));
+    let fifo = c.path("fifo");
+    let runc = c.path("runc");
+    let mapped = c
+        .ctr_ok(&[
+            "run", "--snapshotter", "ufs", "--fifo-dir", path_str(&fifo), "--runc-root", path_str(&runc),
+            "--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536", "--remap-labels",
+            IMAGE, "mapped", "sh", "-c", &format!("cat /proc/self/uid_map; {script}"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        mapped.lines().next().is_some_and(|l| l.split_whitespace().collect::<Vec<_>>() == ["0", "100000", "65536"]),
+        "not in a user namespace: {mapped}"
+    );
+    let mapped_tree = parse_listing(mapped.split_once('\n').map(|(_, r)| r).unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+    let plain_tree = parse_listing(&plain).unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = same_listings("level 1 with and without a user namespace", &[("no userns", plain_tree), ("userns", mapped_tree)]) {
+        panic!("{e}");
+    }
+    let info = c.ctr_ok(&["snapshots", "--snapshotter", "ufs", "info", "mapped"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(info.contains("containerd.io/snapshot/uidmapping"), "{info}");
+    // The container's upper: the one snapshot directory holding data/made-1.
+    let uppers: Vec<std::path::PathBuf> = std::fs::read_dir(c.ufs_snapshots())
+        .map(|d| d.flatten().map(|e| e.path().join("fs/data/made-1")).collect())
+        .unwrap_or_default();
+    let made: Vec<&std::path::PathBuf> = uppers.iter().filter(|p| p.symlink_metadata().is_ok()).collect();
+    assert_eq!(made.len(), 1, "uppers with data/made-1: {made:?}");
+    use std::os::unix::fs::MetadataExt;
+    let md = made[0].symlink_metadata().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((md.uid(), md.gid()), (0, 0), "owner on disk of a file the mapped root wrote");
+    c.ctr_ok(&["containers", "rm", "mapped"]).unwrap_or_else(|e| panic!("{e}"));
 }
