@@ -335,7 +335,9 @@ fn chain_of_committed_layers_same_as_overlayfs_and_native() {
     let out = run(
         std::process::Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o"])
-            .arg(format!("ro,lowerdir={lowers}"))
+            // ufs copies up metadata changes (chmod, a file's rename) as metadata-only
+            // copies (its default metacopy=on), which the kernel reads only when asked to.
+            .arg(format!("ro,metacopy=on,lowerdir={lowers}"))
             .arg(&kernel_mnt),
         CTR_TIMEOUT,
     );
