@@ -46,7 +46,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn fill_files(root: &Path, layer: usize, files: usize) -> Result<(), String> {
     let body = "x".repeat(200);
     for i in 0..files {
-        put(root, &format!("l{layer}/d{:03}/f{i:05}", i / 100), &body, 0o644)?;
+        put(
+            root,
+            &format!("l{layer}/d{:03}/f{i:05}", i / 100),
+            &body,
+            0o644,
+        )?;
     }
     Ok(())
 }
@@ -127,7 +132,9 @@ fn bench() -> Result<(), String> {
         "containerd {}; `ctr run --rm` of `true`: median of {runs}; `ctr images import` of 3 layers x {files} files: median of {rounds}",
         containerd_version()
     );
-    println!("| snapshotter | ctr run --rm true (ms) | vs overlayfs | import (ms) | vs overlayfs |");
+    println!(
+        "| snapshotter | ctr run --rm true (ms) | vs overlayfs | import (ms) | vs overlayfs |"
+    );
     println!("|---|---:|---:|---:|---:|");
     for (i, sn) in SNAPSHOTTERS.iter().enumerate() {
         println!(
@@ -142,6 +149,13 @@ fn bench() -> Result<(), String> {
 }
 
 fn containerd_version() -> String {
-    let out = run(std::process::Command::new("containerd").arg("--version"), CTR_TIMEOUT);
-    out.stdout.split_whitespace().nth(2).unwrap_or("?").to_string()
+    let out = run(
+        std::process::Command::new("containerd").arg("--version"),
+        CTR_TIMEOUT,
+    );
+    out.stdout
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or("?")
+        .to_string()
 }

@@ -133,7 +133,8 @@ fn parse_listing(out: &str) -> Result<BTreeMap<String, String>, String> {
                 let [name, mode, size, nlink, uid, gid, ino] = f[..] else {
                     return Err(format!("bad listing line {line:?}"));
                 };
-                let mode = u32::from_str_radix(mode, 16).map_err(|_| format!("bad mode in {line:?}"))?;
+                let mode =
+                    u32::from_str_radix(mode, 16).map_err(|_| format!("bad mode in {line:?}"))?;
                 let is_dir = mode & 0o170000 == 0o040000;
                 let desc = if is_dir {
                     format!("dir {:o} {uid}:{gid}", mode & 0o7777)
@@ -141,7 +142,10 @@ fn parse_listing(out: &str) -> Result<BTreeMap<String, String>, String> {
                     format!("{:o} size={size} nlink={nlink} {uid}:{gid}", mode)
                 };
                 if !is_dir && nlink != "1" {
-                    inodes.entry(ino.to_string()).or_default().push(name.to_string());
+                    inodes
+                        .entry(ino.to_string())
+                        .or_default()
+                        .push(name.to_string());
                 }
                 raw.push((name.to_string(), desc, ino.to_string(), is_dir));
             }
@@ -161,7 +165,11 @@ fn parse_listing(out: &str) -> Result<BTreeMap<String, String>, String> {
     }
     for (name, mut desc, ino, is_dir) in raw {
         if let (false, Some(names)) = (is_dir, inodes.get(&ino)) {
-            let others: Vec<&str> = names.iter().map(String::as_str).filter(|n| *n != name).collect();
+            let others: Vec<&str> = names
+                .iter()
+                .map(String::as_str)
+                .filter(|n| *n != name)
+                .collect();
             desc.push_str(&format!(" links={others:?}"));
         }
         if tree.insert(name.clone(), desc).is_some() {
@@ -176,7 +184,12 @@ fn parse_listing(out: &str) -> Result<BTreeMap<String, String>, String> {
 }
 
 /// The differences between two parsed listings, one line each.
-fn differences(a_label: &str, a: &BTreeMap<String, String>, b_label: &str, b: &BTreeMap<String, String>) -> Vec<String> {
+fn differences(
+    a_label: &str,
+    a: &BTreeMap<String, String>,
+    b_label: &str,
+    b: &BTreeMap<String, String>,
+) -> Vec<String> {
     let mut out = Vec::new();
     for (k, va) in a {
         match b.get(k) {
@@ -199,7 +212,10 @@ fn same_listings(what: &str, trees: &[(&str, BTreeMap<String, String>)]) -> Resu
     for (label, tree) in &trees[1..] {
         let d = differences(first, reference, label, tree);
         if !d.is_empty() {
-            msg.push_str(&format!("{what}: {} difference(s) between {first} and {label}:\n", d.len()));
+            msg.push_str(&format!(
+                "{what}: {} difference(s) between {first} and {label}:\n",
+                d.len()
+            ));
             for line in d.iter().take(20) {
                 msg.push_str(&format!("  {line}\n"));
             }
@@ -257,7 +273,14 @@ fn chain(c: &Ctrd, sn: &str) -> Result<Vec<BTreeMap<String, String>>, String> {
         let unmounted = c.unmount(&mnt);
         listings.push(parse_listing(&out?)?);
         unmounted?;
-        c.ctr_ok(&["snapshots", "--snapshotter", sn, "commit", &format!("L{k}"), &key])?;
+        c.ctr_ok(&[
+            "snapshots",
+            "--snapshotter",
+            sn,
+            "commit",
+            &format!("L{k}"),
+            &key,
+        ])?;
     }
     Ok(listings)
 }
@@ -293,7 +316,11 @@ fn chain_of_committed_layers_same_as_overlayfs_and_native() {
         ("./data/opq/c", Some("100644 size=2 nlink=1 0:0")),
         ("./data/d/x2", Some("100644 size=3 nlink=1 0:0")),
     ] {
-        assert_eq!(img.get(name).map(String::as_str), want, "{name} in the image on ufs");
+        assert_eq!(
+            img.get(name).map(String::as_str),
+            want,
+            "{name} in the image on ufs"
+        );
     }
     if let Err(e) = same_listings("the image", &image_trees) {
         panic!("{e}");
@@ -305,30 +332,52 @@ fn chain_of_committed_layers_same_as_overlayfs_and_native() {
     }
     let mut failures = String::new();
     for level in 0..4 {
-        let trees: Vec<(&str, BTreeMap<String, String>)> =
-            chains.iter().map(|(sn, l)| (*sn, l[level].clone())).collect();
+        let trees: Vec<(&str, BTreeMap<String, String>)> = chains
+            .iter()
+            .map(|(sn, l)| (*sn, l[level].clone()))
+            .collect();
         if let Err(e) = same_listings(&format!("level {}", level + 1), &trees) {
             failures.push_str(&e);
         }
     }
     assert!(failures.is_empty(), "{failures}");
     let top = &chains[0].1[3];
-    assert!(top.contains_key("./data/made-3-renamed"), "level 4 on ufs: {top:?}");
-    assert!(top["./data/mk3"].contains("links=[\"./data/made-3-renamed\"]"), "{}", top["./data/mk3"]);
+    assert!(
+        top.contains_key("./data/made-3-renamed"),
+        "level 4 on ufs: {top:?}"
+    );
+    assert!(
+        top["./data/mk3"].contains("links=[\"./data/made-3-renamed\"]"),
+        "{}",
+        top["./data/mk3"]
+    );
 
     // The committed ufs layers under the kernel's overlay, beside ufs's own view of them.
-    c.ctr_ok(&["snapshots", "--snapshotter", "ufs", "view", "v-top", "L4"]).unwrap_or_else(|e| panic!("{e}"));
+    c.ctr_ok(&["snapshots", "--snapshotter", "ufs", "view", "v-top", "L4"])
+        .unwrap_or_else(|e| panic!("{e}"));
     let ufs_mnt = c.path("mnt/ufs-view");
-    let line = c.mount_snapshot("ufs", "v-top", &ufs_mnt).unwrap_or_else(|e| panic!("{e}"));
-    assert!(line.contains("fuse3.ufs"), "a view of a chain is a ufs mount: {line}");
+    let line = c
+        .mount_snapshot("ufs", "v-top", &ufs_mnt)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        line.contains("fuse3.ufs"),
+        "a view of a chain is a ufs mount: {line}"
+    );
     let lowers = line
         .split([',', ' '])
         .find_map(|w| w.strip_prefix("lowerdir="))
         .unwrap_or_else(|| panic!("no lowerdir in {line}"))
         .to_string();
-    assert_eq!(lowers.split(':').count(), 7, "4 levels and 3 image layers: {lowers}");
+    assert_eq!(
+        lowers.split(':').count(),
+        7,
+        "4 levels and 3 image layers: {lowers}"
+    );
     for l in lowers.split(':') {
-        assert!(Path::new(l).starts_with(c.ufs_snapshots()), "{l} outside the snapshotter's root");
+        assert!(
+            Path::new(l).starts_with(c.ufs_snapshots()),
+            "{l} outside the snapshotter's root"
+        );
     }
     let kernel_mnt = c.path("mnt/kernel-view");
     std::fs::create_dir_all(&kernel_mnt).unwrap_or_else(|e| panic!("mkdir: {e}"));
@@ -345,7 +394,13 @@ fn chain_of_committed_layers_same_as_overlayfs_and_native() {
     let ufs_tree = common::snapshot(&ufs_mnt);
     let kernel_tree = common::snapshot(&kernel_mnt);
     let unmounted = (c.unmount(&kernel_mnt), c.unmount(&ufs_mnt));
-    common::assert_same_tree("ufs", &ufs_tree, "kernel overlay", &kernel_tree, "view of L4");
+    common::assert_same_tree(
+        "ufs",
+        &ufs_tree,
+        "kernel overlay",
+        &kernel_tree,
+        "view of L4",
+    );
     assert!(ufs_tree.entries.contains_key("data/made-3-renamed"));
     unmounted.0.unwrap_or_else(|e| panic!("{e}"));
     unmounted.1.unwrap_or_else(|e| panic!("{e}"));
@@ -353,7 +408,10 @@ fn chain_of_committed_layers_same_as_overlayfs_and_native() {
 
 /// The lines of a `ctr snapshots ls`/`tree` output, sorted (their order is the store's).
 fn sorted_lines(s: &str) -> Vec<String> {
-    let mut v: Vec<String> = s.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    let mut v: Vec<String> = s
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
     v.sort();
     v
 }
@@ -375,8 +433,18 @@ fn snapshot_commands_behave_as_on_overlayfs() {
         let id = format!("{sn}-c1");
         let script = level_script(1);
         ok(&[
-            "run", "--snapshotter", sn, "--fifo-dir", path_str(&fifo), "--runc-root", path_str(&runc),
-            IMAGE, &id, "sh", "-c", &script,
+            "run",
+            "--snapshotter",
+            sn,
+            "--fifo-dir",
+            path_str(&fifo),
+            "--runc-root",
+            path_str(&runc),
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            &script,
         ]);
         let snap = |args: &[&str]| {
             let mut all = vec!["snapshots", "--snapshotter", sn];
@@ -396,8 +464,15 @@ fn snapshot_commands_behave_as_on_overlayfs() {
                 _ => n / 1024.0,
             })
         });
-        common::say(&format!("[{sn}] usage of the level-1 container's snapshot: {}", usage.stdout.trim()));
-        assert!(mib.is_some_and(|m| m >= 1.0), "[{sn}] usage should count the 1 MiB file: {}", usage.stdout);
+        common::say(&format!(
+            "[{sn}] usage of the level-1 container's snapshot: {}",
+            usage.stdout.trim()
+        ));
+        assert!(
+            mib.is_some_and(|m| m >= 1.0),
+            "[{sn}] usage should count the 1 MiB file: {}",
+            usage.stdout
+        );
         assert!(snap(&["commit", "L1", &id]).success(), "[{sn}] commit");
         ok(&["containers", "rm", &id]);
         for (key, parent) in [("c2", "L1"), ("c3", "L2")] {
@@ -407,21 +482,53 @@ fn snapshot_commands_behave_as_on_overlayfs() {
             let cm = snap(&["commit", &name, key]);
             assert!(cm.success(), "[{sn}] commit {name}: {cm}");
         }
+    }
+    // containerd's garbage collector (which every deletion schedules) removes snapshots without
+    // a `containerd.io/gc.root` label, and `ctr snapshots view` sets none (prepare does): the
+    // views get one by hand, made after the deletions above.
+    for sn in sns {
+        let snap = |args: &[&str]| {
+            let mut all = vec!["snapshots", "--snapshotter", sn];
+            all.extend_from_slice(args);
+            c.ctr(&all)
+        };
         assert!(snap(&["prepare", "active", "L3"]).success());
         assert!(snap(&["view", "a-view", "L3"]).success());
+        assert!(snap(&["label", "a-view", "containerd.io/gc.root=test"]).success());
         // Labels: set, read back in info (as JSON), replaced.
         let l = snap(&["label", "L2", "ufs.test/colour=blue", "ufs.test/size=3"]);
         assert!(l.success(), "[{sn}] label: {l}");
         let info = snap(&["info", "L2"]);
         assert!(info.success(), "[{sn}] info: {info}");
-        for want in ["\"Name\": \"L2\"", "\"Parent\": \"L1\"", "\"Kind\": \"Committed\"", "\"ufs.test/colour\": \"blue\"", "\"ufs.test/size\": \"3\""] {
-            assert!(info.stdout.contains(want), "[{sn}] info L2 lacks {want}:\n{}", info.stdout);
+        for want in [
+            "\"Name\": \"L2\"",
+            "\"Parent\": \"L1\"",
+            "\"Kind\": \"Committed\"",
+            "\"ufs.test/colour\": \"blue\"",
+            "\"ufs.test/size\": \"3\"",
+        ] {
+            assert!(
+                info.stdout.contains(want),
+                "[{sn}] info L2 lacks {want}:\n{}",
+                info.stdout
+            );
         }
-        assert!(snap(&["label", "L2", "ufs.test/colour="]).success(), "[{sn}] label removal");
+        assert!(
+            snap(&["label", "L2", "ufs.test/colour="]).success(),
+            "[{sn}] label removal"
+        );
         let info = snap(&["info", "L2"]);
-        assert!(!info.stdout.contains("ufs.test/colour"), "[{sn}] label not removed:\n{}", info.stdout);
+        assert!(
+            !info.stdout.contains("ufs.test/colour"),
+            "[{sn}] label not removed:\n{}",
+            info.stdout
+        );
         let active = snap(&["info", "active"]);
-        assert!(active.stdout.contains("\"Kind\": \"Active\"") && active.stdout.contains("\"Parent\": \"L3\""), "[{sn}] {active}");
+        assert!(
+            active.stdout.contains("\"Kind\": \"Active\"")
+                && active.stdout.contains("\"Parent\": \"L3\""),
+            "[{sn}] {active}"
+        );
         let view = snap(&["info", "a-view"]);
         assert!(view.stdout.contains("\"Kind\": \"View\""), "[{sn}] {view}");
         // A parent cannot go while a child is there.
@@ -431,17 +538,33 @@ fn snapshot_commands_behave_as_on_overlayfs() {
             common::say(&format!("[{sn}] rm {parent}: {}", rm.stderr.trim()));
         }
         let missing = snap(&["info", "no-such-key"]);
-        assert!(!missing.success() && missing.stderr.contains("not found"), "[{sn}] info of a missing key: {missing}");
+        assert!(
+            !missing.success() && missing.stderr.contains("not found"),
+            "[{sn}] info of a missing key: {missing}"
+        );
     }
     let ls = |sn: &str| sorted_lines(&ok(&["snapshots", "--snapshotter", sn, "ls"]));
     let tree = |sn: &str| sorted_lines(&ok(&["snapshots", "--snapshotter", sn, "tree"]));
     assert_eq!(ls("ufs"), ls("overlayfs"), "ctr snapshots ls");
     assert_eq!(tree("ufs"), tree("overlayfs"), "ctr snapshots tree");
-    assert!(ls("ufs").iter().any(|l| l == "active L3 Active"), "{:?}", ls("ufs"));
-    // Usage of committed layers is the same on both (the same files in each upper).
-    for key in ["L2", "L3"] {
+    assert!(
+        ls("ufs").iter().any(|l| l == "active L3 Active"),
+        "{:?}",
+        ls("ufs")
+    );
+    // Usage of the committed layers: L2 and L3 hold nothing but their root on both; L1 differs
+    // by design (ufs renames a directory with a redirect, the kernel under containerd copies it).
+    for key in ["L1", "L2", "L3"] {
         let u = |sn: &str| ok(&["snapshots", "--snapshotter", sn, "usage", key]);
-        assert_eq!(u("ufs"), u("overlayfs"), "usage of {key}");
+        let (a, b) = (u("ufs"), u("overlayfs"));
+        common::say(&format!(
+            "usage of {key}: ufs {:?}, overlayfs {:?}",
+            a.lines().nth(1),
+            b.lines().nth(1)
+        ));
+        if key != "L1" {
+            assert_eq!(a, b, "usage of {key}");
+        }
     }
     // From the top down, every removal works; the store is then as before the test's commits.
     for sn in sns {
@@ -450,10 +573,25 @@ fn snapshot_commands_behave_as_on_overlayfs() {
             assert!(rm.success(), "[{sn}] rm {key}: {rm}");
         }
     }
-    assert_eq!(ls("ufs"), ls("overlayfs"), "ctr snapshots ls after the removals");
-    // Nothing of the removed snapshots is left on disk: only the image's three layers.
-    let left = std::fs::read_dir(c.ufs_snapshots()).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(left, 3, "entries left in the ufs snapshotter's snapshots/");
+    assert_eq!(
+        ls("ufs"),
+        ls("overlayfs"),
+        "ctr snapshots ls after the removals"
+    );
+    // Nothing of the removed snapshots is left on disk once containerd's garbage collector has
+    // passed on them to the snapshotter (a removal through containerd removes its own record at
+    // once and the snapshotter's later): only the image's three layers.
+    let left = || {
+        std::fs::read_dir(c.ufs_snapshots())
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    poll(DAEMON_TIMEOUT, || left() == 3);
+    assert_eq!(
+        left(),
+        3,
+        "entries left in the ufs snapshotter's snapshots/"
+    );
 }
 
 /// The user rootless containerd runs as; it exists only in the test's private copies of
@@ -491,33 +629,60 @@ fn rootless_containerd_same_trees_as_overlayfs() {
     let Some(_turn) = start(TEST) else { return };
     for tool in ["unshare", "setpriv", "mknod", "newuidmap", "newgidmap"] {
         if which(tool).is_none() {
-            common::say(&format!("SKIP {TEST}: no {tool} in PATH (Debian packages util-linux, uidmap)"));
+            common::say(&format!(
+                "SKIP {TEST}: no {tool} in PATH (Debian packages util-linux, uidmap)"
+            ));
             return;
         }
     }
-    let help = run(std::process::Command::new("unshare").arg("--help"), CTR_TIMEOUT);
+    let help = run(
+        std::process::Command::new("unshare").arg("--help"),
+        CTR_TIMEOUT,
+    );
     if !help.stdout.contains("--map-users") {
-        common::say(&format!("SKIP {TEST}: unshare has no --map-users (util-linux < 2.38)"));
+        common::say(&format!(
+            "SKIP {TEST}: unshare has no --map-users (util-linux < 2.38)"
+        ));
         return;
     }
     let uid = ROOTLESS_UID;
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    if passwd.lines().any(|l| l.split(':').nth(2) == Some(&uid.to_string())) {
+    if passwd
+        .lines()
+        .any(|l| l.split(':').nth(2) == Some(&uid.to_string()))
+    {
         common::say(&format!("SKIP {TEST}: uid {uid} exists already"));
         return;
     }
-    let tmp = tempfile::Builder::new().prefix("ufs-ctrd-rootless-").tempdir_in("/tmp").expect("temp dir");
+    let tmp = tempfile::Builder::new()
+        .prefix("ufs-ctrd-rootless-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
     let dir = RootlessDir(tmp.keep());
     let d = dir.0.clone();
-    let write = |name: &str, text: String| std::fs::write(d.join(name), text).unwrap_or_else(|e| panic!("write {name}: {e}"));
+    let write = |name: &str, text: String| {
+        std::fs::write(d.join(name), text).unwrap_or_else(|e| panic!("write {name}: {e}"))
+    };
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     std::os::unix::fs::chown(&d, Some(uid), Some(uid)).expect("chown");
-    oci_archive(&d.join("image-work"), IMAGE, &image_layers(), &d.join("image.tar")).unwrap_or_else(|e| panic!("{e}"));
+    oci_archive(
+        &d.join("image-work"),
+        IMAGE,
+        &image_layers(),
+        &d.join("image.tar"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     common::mkdirs(&d.join("bin"));
     std::fs::copy(common::ufs_bin(), d.join("bin/ufs")).expect("copy ufs");
     let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    write("passwd", format!("{passwd}ufs-rootless:x:{uid}:{uid}::{}:/bin/sh\n", d.display()));
+    write(
+        "passwd",
+        format!(
+            "{passwd}ufs-rootless:x:{uid}:{uid}::{}:/bin/sh\n",
+            d.display()
+        ),
+    );
     write("group", format!("{group}ufs-rootless:x:{uid}:\n"));
     write("subuid", "ufs-rootless:200000:65536\n".into());
     write("subgid", "ufs-rootless:200000:65536\n".into());
@@ -580,17 +745,35 @@ echo "=== end"
            --map-users=200000,1,65536 --map-groups=200000,1,65536 --mount --fork sh {dd}/inner.sh"
     );
     let out = run(
-        std::process::Command::new("unshare").args(["--mount", "--propagation", "private", "--fork", "sh", "-c", &outer]),
+        std::process::Command::new("unshare").args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--fork",
+            "sh",
+            "-c",
+            &outer,
+        ]),
         std::time::Duration::from_secs(600),
     );
     let logs = || {
         format!(
             "{out}\n--- containerd log (tail) ---\n{}\n--- ufs snapshotter log (tail) ---\n{}",
-            tail(&std::fs::read_to_string(d.join("containerd.log")).unwrap_or_default(), 20),
-            tail(&std::fs::read_to_string(d.join("ufs.log")).unwrap_or_default(), 20)
+            tail(
+                &std::fs::read_to_string(d.join("containerd.log")).unwrap_or_default(),
+                20
+            ),
+            tail(
+                &std::fs::read_to_string(d.join("ufs.log")).unwrap_or_default(),
+                20
+            )
         )
     };
-    assert!(out.success() && out.stdout.contains("=== end"), "rootless containerd:\n{}", logs());
+    assert!(
+        out.success() && out.stdout.contains("=== end"),
+        "rootless containerd:\n{}",
+        logs()
+    );
     let mut sections: BTreeMap<String, String> = BTreeMap::new();
     let mut current = String::new();
     for line in out.stdout.lines() {
@@ -603,20 +786,64 @@ echo "=== end"
             s.push('\n');
         }
     }
-    let id_line = sections.keys().find(|k| k.starts_with("id ")).cloned().unwrap_or_default();
-    assert!(id_line.contains(&format!("0 {uid} 1")), "not in the user's namespace: {id_line}");
+    let id_line = sections
+        .keys()
+        .find(|k| k.starts_with("id "))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        id_line.contains(&format!("0 {uid} 1")),
+        "not in the user's namespace: {id_line}"
+    );
     for what in ["image", "level1"] {
         let trees: Vec<(&str, BTreeMap<String, String>)> = ["ufs", "overlayfs"]
             .iter()
             .map(|sn| {
-                let text = sections.get(&format!("{sn} {what}")).cloned().unwrap_or_default();
-                (*sn, parse_listing(&text).unwrap_or_else(|e| panic!("[{sn}] {what}: {e}\n{}", logs())))
+                let text = sections
+                    .get(&format!("{sn} {what}"))
+                    .cloned()
+                    .unwrap_or_default();
+                (
+                    *sn,
+                    parse_listing(&text)
+                        .unwrap_or_else(|e| panic!("[{sn}] {what}: {e}\n{}", logs())),
+                )
             })
             .collect();
-        if let Err(e) = same_listings(&format!("rootless, {what}"), &trees) {
+        // The kernel overlay in a user namespace (containerd mounts it with `userxattr` there)
+        // gives the two names of a file hard-linked in the upper different inode numbers; ufs
+        // gives them one, as in every other case. Compared without which names share an inode,
+        // and that checked on ufs alone.
+        let strip = |t: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            t.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.split(" links=").next().unwrap_or(v).to_string(),
+                    )
+                })
+                .collect()
+        };
+        let stripped: Vec<(&str, BTreeMap<String, String>)> =
+            trees.iter().map(|(sn, t)| (*sn, strip(t))).collect();
+        if let Err(e) = same_listings(&format!("rootless, {what}"), &stripped) {
             panic!("{e}");
         }
-        assert!(trees[0].1.contains_key("./data/new-name"), "rootless {what} on ufs");
+        if what == "level1" {
+            assert!(
+                trees[0].1["./data/hl2"].ends_with("links=[\"./data/hl\"]"),
+                "{}",
+                trees[0].1["./data/hl2"]
+            );
+            common::say(&format!(
+                "rootless overlayfs: /data/hl2 {}",
+                trees[1].1["./data/hl2"]
+            ));
+        }
+        assert!(
+            trees[0].1.contains_key("./data/new-name"),
+            "rootless {what} on ufs"
+        );
     }
 }
 
@@ -629,35 +856,72 @@ fn remap_labels_give_a_user_namespace_the_image_owners() {
     let Some(_turn) = start(TEST) else { return };
     let c = setup(&["ufs"]).unwrap_or_else(|e| panic!("{e}"));
     let script = format!("{} && {LIST}", level_script(1));
-    let plain = c.run_rm("ufs", IMAGE, "plain", &["sh", "-c", &script]).unwrap_or_else(|e| panic!("{e}"));
+    let plain = c
+        .run_rm("ufs", IMAGE, "plain", &["sh", "-c", &script])
+        .unwrap_or_else(|e| panic!("{e}"));
     let fifo = c.path("fifo");
     let runc = c.path("runc");
     let mapped = c
         .ctr_ok(&[
-            "run", "--snapshotter", "ufs", "--fifo-dir", path_str(&fifo), "--runc-root", path_str(&runc),
-            "--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536", "--remap-labels",
-            IMAGE, "mapped", "sh", "-c", &format!("cat /proc/self/uid_map; {script}"),
+            "run",
+            "--snapshotter",
+            "ufs",
+            "--fifo-dir",
+            path_str(&fifo),
+            "--runc-root",
+            path_str(&runc),
+            "--uidmap",
+            "0:100000:65536",
+            "--gidmap",
+            "0:100000:65536",
+            "--remap-labels",
+            IMAGE,
+            "mapped",
+            "sh",
+            "-c",
+            &format!("cat /proc/self/uid_map; {script}"),
         ])
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        mapped.lines().next().is_some_and(|l| l.split_whitespace().collect::<Vec<_>>() == ["0", "100000", "65536"]),
+        mapped
+            .lines()
+            .next()
+            .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>() == ["0", "100000", "65536"]),
         "not in a user namespace: {mapped}"
     );
-    let mapped_tree = parse_listing(mapped.split_once('\n').map(|(_, r)| r).unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+    let mapped_tree = parse_listing(mapped.split_once('\n').map(|(_, r)| r).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
     let plain_tree = parse_listing(&plain).unwrap_or_else(|e| panic!("{e}"));
-    if let Err(e) = same_listings("level 1 with and without a user namespace", &[("no userns", plain_tree), ("userns", mapped_tree)]) {
+    if let Err(e) = same_listings(
+        "level 1 with and without a user namespace",
+        &[("no userns", plain_tree), ("userns", mapped_tree)],
+    ) {
         panic!("{e}");
     }
-    let info = c.ctr_ok(&["snapshots", "--snapshotter", "ufs", "info", "mapped"]).unwrap_or_else(|e| panic!("{e}"));
+    let info = c
+        .ctr_ok(&["snapshots", "--snapshotter", "ufs", "info", "mapped"])
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(info.contains("containerd.io/snapshot/uidmapping"), "{info}");
     // The container's upper: the one snapshot directory holding data/made-1.
     let uppers: Vec<std::path::PathBuf> = std::fs::read_dir(c.ufs_snapshots())
-        .map(|d| d.flatten().map(|e| e.path().join("fs/data/made-1")).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("fs/data/made-1"))
+                .collect()
+        })
         .unwrap_or_default();
-    let made: Vec<&std::path::PathBuf> = uppers.iter().filter(|p| p.symlink_metadata().is_ok()).collect();
+    let made: Vec<&std::path::PathBuf> = uppers
+        .iter()
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect();
     assert_eq!(made.len(), 1, "uppers with data/made-1: {made:?}");
     use std::os::unix::fs::MetadataExt;
     let md = made[0].symlink_metadata().unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!((md.uid(), md.gid()), (0, 0), "owner on disk of a file the mapped root wrote");
-    c.ctr_ok(&["containers", "rm", "mapped"]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (0, 0),
+        "owner on disk of a file the mapped root wrote"
+    );
+    c.ctr_ok(&["containers", "rm", "mapped"])
+        .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -190,9 +190,14 @@ impl Ctrd {
             dir,
             containerd: None,
             snapshotter: None,
-            path_env: format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", bin_dir.display()),
+            path_env: format!(
+                "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                bin_dir.display()
+            ),
         };
-        for sub in ["root", "state", "fifo", "runc", "plugins", "opt", "mnt", "ufs-root"] {
+        for sub in [
+            "root", "state", "fifo", "runc", "plugins", "opt", "mnt", "ufs-root",
+        ] {
             fs::create_dir_all(c.path(sub)).map_err(|e| format!("mkdir {sub}: {e}"))?;
         }
         let config = format!(
@@ -233,9 +238,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         fs::write(c.path("config.toml"), config).map_err(|e| format!("config: {e}"))?;
 
         let dir = c.dir.clone();
-        let log = |name: &str| {
-            fs::File::create(dir.join(name)).map_err(|e| format!("log {name}: {e}"))
-        };
+        let log =
+            |name: &str| fs::File::create(dir.join(name)).map_err(|e| format!("log {name}: {e}"));
         let snap = Command::new(ufs)
             .arg("snapshotter")
             .arg("--root")
@@ -337,7 +341,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// `ctr run --rm` of `cmd` in a container on `image`, with the FIFOs in our directory and
     /// runc's state under it.
-    pub fn run_rm(&self, snapshotter: &str, image: &str, id: &str, cmd: &[&str]) -> Result<String, String> {
+    pub fn run_rm(
+        &self,
+        snapshotter: &str,
+        image: &str,
+        id: &str,
+        cmd: &[&str],
+    ) -> Result<String, String> {
         let fifo = self.path("fifo");
         let runc = self.path("runc");
         let mut args = vec![
@@ -381,9 +391,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// kernel type, and for `fuse3.NAME` `mount.fuse3 SOURCE TARGET -o OPTIONS -t NAME`, as
     /// containerd runs it (`mount -t fuse3.NAME` itself would not work: mount.fuse3 strips only
     /// a `fuse.` prefix and would run a program named `fuse3.NAME`). Returns the printed line.
-    pub fn mount_snapshot(&self, snapshotter: &str, key: &str, target: &Path) -> Result<String, String> {
+    pub fn mount_snapshot(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        target: &Path,
+    ) -> Result<String, String> {
         fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
-        let line = self.ctr_ok(&["snapshots", "--snapshotter", snapshotter, "mounts", path_str(target), key])?;
+        let line = self.ctr_ok(&[
+            "snapshots",
+            "--snapshotter",
+            snapshotter,
+            "mounts",
+            path_str(target),
+            key,
+        ])?;
         let line = line.trim().to_string();
         let words: Vec<&str> = line.split(' ').collect();
         let ["mount", "-t", fstype, source, tgt, "-o", options] = words[..] else {
@@ -419,9 +441,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Unmounts `target` (a FUSE mount through fusermount3, as containerd does).
     pub fn unmount(&self, target: &Path) -> Result<(), String> {
-        let fuse = mounts_under(target).first().is_some_and(|(_, t)| t.starts_with("fuse"));
+        let fuse = mounts_under(target)
+            .first()
+            .is_some_and(|(_, t)| t.starts_with("fuse"));
         let out = if fuse {
-            run(Command::new("fusermount3").arg("-u").arg(target), CTR_TIMEOUT)
+            run(
+                Command::new("fusermount3").arg("-u").arg(target),
+                CTR_TIMEOUT,
+            )
         } else {
             run(Command::new("umount").arg(target), CTR_TIMEOUT)
         };
@@ -499,7 +526,11 @@ pub fn mounts_under(dir: &Path) -> Vec<(PathBuf, String)> {
             continue;
         };
         // mountinfo escapes space, tab, newline and backslash as octal.
-        let mp = mp.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\");
+        let mp = mp
+            .replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\012", "\n")
+            .replace("\\134", "\\");
         let mp = PathBuf::from(mp);
         if mp.starts_with(dir) {
             out.push((mp, fstype.to_string()));
@@ -574,8 +605,13 @@ pub fn busybox_rootfs(root: &Path) -> Result<(), String> {
     if !list.success() {
         return Err(format!("busybox --list failed:\n{list}"));
     }
-    for applet in list.stdout.lines().filter(|a| !a.is_empty() && *a != "busybox") {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).map_err(io_err(applet))?;
+    for applet in list
+        .stdout
+        .lines()
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
+            .map_err(io_err(applet))?;
     }
     put(root, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
     put(root, "etc/group", "root:x:0:\n", 0o644)
@@ -583,7 +619,12 @@ pub fn busybox_rootfs(root: &Path) -> Result<(), String> {
 
 fn sha256(p: &Path) -> Result<String, String> {
     let out = run(Command::new("sha256sum").arg(p), CTR_TIMEOUT);
-    let hex = out.stdout.split_whitespace().next().unwrap_or_default().to_string();
+    let hex = out
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     if out.success() && hex.len() == 64 {
         Ok(hex)
     } else {
@@ -620,14 +661,21 @@ pub fn oci_archive(work: &Path, name: &str, fills: &[LayerFill], tar: &Path) -> 
     for (i, fill) in fills.iter().enumerate() {
         let dir = work.join(format!("layer{i}"));
         fs::create_dir_all(&dir).map_err(io_err("layer dir"))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io_err("layer dir"))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+            .map_err(io_err("layer dir"))?;
         fill(&dir)?;
         let layer_tar = work.join(format!("layer{i}.tar"));
         let out = run(
             Command::new("tar")
                 .arg("-C")
                 .arg(&dir)
-                .args(["--sort=name", "--numeric-owner", "--owner=0", "--group=0", "-cf"])
+                .args([
+                    "--sort=name",
+                    "--numeric-owner",
+                    "--owner=0",
+                    "--group=0",
+                    "-cf",
+                ])
                 .arg(&layer_tar)
                 .arg("."),
             CTR_TIMEOUT,
@@ -665,7 +713,11 @@ pub fn oci_archive(work: &Path, name: &str, fills: &[LayerFill], tar: &Path) -> 
         r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{manifest_size},"platform":{{"architecture":"{arch}","os":"linux"}},"annotations":{{"io.containerd.image.name":"{name}","org.opencontainers.image.ref.name":"{tag}"}}}}]}}"#
     );
     fs::write(layout.join("index.json"), index).map_err(io_err("index"))?;
-    fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err("oci-layout"))?;
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .map_err(io_err("oci-layout"))?;
     let out = run(
         Command::new("tar")
             .arg("-C")
