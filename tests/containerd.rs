@@ -355,6 +355,16 @@ fn chain_of_committed_layers_same_as_overlayfs_and_native() {
     // The committed ufs layers under the kernel's overlay, beside ufs's own view of them.
     c.ctr_ok(&["snapshots", "--snapshotter", "ufs", "view", "v-top", "L4"])
         .unwrap_or_else(|e| panic!("{e}"));
+    // A gc root, or containerd's collector (scheduled by the containers' removals) takes it.
+    c.ctr_ok(&[
+        "snapshots",
+        "--snapshotter",
+        "ufs",
+        "label",
+        "v-top",
+        "containerd.io/gc.root=test",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
     let ufs_mnt = c.path("mnt/ufs-view");
     let line = c
         .mount_snapshot("ufs", "v-top", &ufs_mnt)
