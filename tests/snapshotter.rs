@@ -477,6 +477,8 @@ fn calls_and_error_codes() {
     assert_eq!(
         p2[0].options,
         [
+            "index=off".to_string(),
+            "metacopy=off".to_string(),
             format!(
                 "workdir={}",
                 s.snapshots().join(format!("{p2_id}/work")).display()
@@ -490,11 +492,15 @@ fn calls_and_error_codes() {
     assert_eq!(v2[0].r#type, "fuse3.ufs");
     assert_eq!(
         v2[0].options,
-        [format!(
-            "lowerdir={}:{}",
-            s.fs(p2_id).display(),
-            s.fs(a_id).display()
-        )]
+        [
+            "index=off".to_string(),
+            "metacopy=off".to_string(),
+            format!(
+                "lowerdir={}:{}",
+                s.fs(p2_id).display(),
+                s.fs(a_id).display()
+            )
+        ]
     );
     let p3 = c.prepare("p3", "c2", &[]).expect("prepare p3");
     assert_eq!(
@@ -953,6 +959,8 @@ fn mapping_labels_reach_the_mount() {
     assert_eq!(
         v[0].options,
         [
+            "index=off".to_string(),
+            "metacopy=off".to_string(),
             format!("lowerdir={}", fs1.display()),
             "uidmapping=0:100000:1:1:100001:65535".to_string()
         ]

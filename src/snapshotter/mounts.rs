@@ -4,8 +4,8 @@
 //! - no parent: a bind mount of the snapshot's own `fs` (`rw`, or `ro` for a view), because a
 //!   union of nothing is just the directory;
 //! - a view of one parent: a read-only bind mount of the parent's `fs`;
-//! - otherwise `type=fuse3.ufs`: `lowerdir=` the parents' `fs`, closest first, plus
-//!   `upperdir=`/`workdir=` for an active snapshot. containerd runs such a mount as
+//! - otherwise `type=fuse3.ufs`: `index=off,metacopy=off`, `lowerdir=` the parents' `fs`, closest first,
+//!   plus `upperdir=`/`workdir=` for an active snapshot. containerd runs such a mount as
 //!   `mount.fuse3 ufs TARGET -o OPTIONS -t ufs`, which runs `ufs ufs TARGET -o OPTIONS`.
 //!
 //! The labels `containerd.io/snapshot/uidmapping` and `.../gidmapping` (`CONTAINER:HOST:SIZE`,
@@ -105,7 +105,14 @@ pub fn mounts(
     if kind != Kind::Active && parents.len() == 1 && mapping.is_empty() {
         return bind(layout.fs_path(parents[0]), true);
     }
-    let mut options = Vec::new();
+    // `index=off`, as containerd's overlay snapshotter mounts: the index lives in the
+    // snapshot's `work`, which is not part of the layer. An indexed copy-up is also linked
+    // from `work/index`, so once committed, the layer's file has one link more on disk than
+    // names, and every mount that has the layer as a lower shows that count. `metacopy=off`
+    // too, as containerd's overlay mounts: a committed layer is read by mounts of the kernel
+    // overlay with its default options (containerd's own overlayfs snapshotter, a tool
+    // unpacking or diffing the layer directories), which refuse a metadata-only copy (EPERM).
+    let mut options = vec!["index=off".to_string(), "metacopy=off".to_string()];
     if kind == Kind::Active {
         options.push(format!("workdir={}", option_path(&layout.work_path(id))?));
         options.push(format!("upperdir={}", option_path(&layout.fs_path(id))?));
