@@ -312,7 +312,7 @@ impl Inode {
     /// Keeps `listing`, built when the change count was `gen`, unless something changed since.
     pub fn keep_listing(&self, generation: u64, listing: Arc<Listing>) {
         self.listed_len.store(
-            listing.entries.len().min(u32::MAX as usize) as u32,
+            listing.len().min(u32::MAX as usize) as u32,
             Ordering::Relaxed,
         );
         let mut slot = self.listing.lock();

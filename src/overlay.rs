@@ -736,7 +736,7 @@ impl Overlay {
         if merged.stale_impure && !self.read_only {
             self.drop_impure(dir, &reals);
         }
-        let l = Arc::new(Listing::new(merged.entries));
+        let l = Arc::new(Listing::new(merged.entries)?);
         dir.keep_listing(generation, l.clone());
         Ok(l)
     }
