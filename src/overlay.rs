@@ -171,7 +171,7 @@ impl Overlay {
             .inodes
             .get(node)
             .ok()
-            .and_then(|n| n.location.try_lock().map(|l| l.name.clone()));
+            .and_then(|n| n.location.try_lock().map(|l| l.name().to_os_string()));
         match name {
             Some(name) => e.named(&name),
             None => e,
@@ -355,8 +355,8 @@ impl Overlay {
         let (node, created) =
             self.inodes
                 .lookup_or_insert(ino, kind, parent, name, || NodeState {
-                    reals: Arc::new(resolved.reals),
-                    lower_data: resolved.lower_data,
+                    reals: crate::inode::Reals::from(resolved.reals),
+                    lower_data: resolved.lower_data.map(Box::new),
                 })?;
         if !created && kind != Kind::Directory {
             match indexed {
@@ -473,11 +473,11 @@ impl Overlay {
         }
         let mut st = node.state.write();
         if st.reals.first().is_some_and(|c| c.layer >= fresh.layer) {
-            let mut reals = (*st.reals).clone();
+            let mut reals = st.reals.to_vec();
             if let Some(slot) = reals.first_mut() {
                 *slot = fresh;
             }
-            st.reals = Arc::new(reals);
+            st.reals = crate::inode::Reals::from(reals);
         }
     }
 
@@ -555,8 +555,8 @@ impl Overlay {
     pub(crate) fn attr_as_reached(&self, node: &Inode) -> Result<libc::stat> {
         let reached = {
             let l = node.location.lock();
-            l.broken_copy(l.parent, &l.name)
-                .map(|copy| (l.parent, l.name.clone(), copy))
+            l.broken_copy(l.parent, &l.name())
+                .map(|copy| (l.parent, l.name().to_os_string(), copy))
         };
         let Some((parent, name, copy)) = reached else {
             return self.attr(node);
@@ -582,11 +582,11 @@ impl Overlay {
             && matches!(top.real, crate::inode::Real::Named { .. })
         {
             let pinned = RealEntry::new(top.layer, top.fd()?.into_owned()?);
-            let mut reals = (*st.reals).clone();
+            let mut reals = st.reals.to_vec();
             if let Some(slot) = reals.first_mut() {
                 *slot = pinned;
             }
-            st.reals = Arc::new(reals);
+            st.reals = crate::inode::Reals::from(reals);
         }
         Ok(())
     }
@@ -746,7 +746,7 @@ impl Overlay {
     /// is skipped while an entry that needs the marker is being added (which holds the
     /// directory's `impure_marker`), and a failure only leaves a marker that costs a few reads.
     fn drop_impure(&self, dir: &Inode, reals: &crate::inode::Reals) {
-        let Some(_marker) = dir.impure_marker.try_write() else {
+        let Some(_marker) = dir.impure_marker().try_write() else {
             return;
         };
         // Entries published since the listing was read hold the marker no more: look again.

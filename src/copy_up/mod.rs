@@ -130,10 +130,10 @@ impl Overlay {
             return Err(EIO);
         }
         let first = node.location();
-        if let Some(copy) = first.broken_copy(first.parent, &first.name) {
+        if let Some(copy) = first.broken_copy(first.parent, &first.name()) {
             // Reached through a name whose copy already broke away: that copy it is.
             return self
-                .broken_away(first.parent, &first.name, copy, data)
+                .broken_away(first.parent, &first.name(), copy, data)
                 .map(Some);
         }
         // The name to copy up under: where the node was last reached, unless that name no
@@ -141,7 +141,7 @@ impl Overlay {
         // name it was reached by that still does.
         let (parent_id, chosen) = match self.still_names(node, &first, reals.top()?)? {
             Some(pick) => pick,
-            None => (first.parent, first.name.clone()),
+            None => (first.parent, first.name().to_os_string()),
         };
         let parent = self.inodes().get(parent_id)?;
         let preals = self.ensure_upper(&parent, CopyData::All)?;
@@ -149,7 +149,7 @@ impl Overlay {
         let loc = node.location();
         if st.reals.first().is_some_and(|r| r.layer == upper)
             || loc.parent != first.parent
-            || loc.name != first.name
+            || loc.name() != first.name()
         {
             return Ok(None);
         }
@@ -213,12 +213,12 @@ impl Overlay {
         let cname = sys::cstr(plan.name)?;
         // The parent's impure marker is set before the copy is published: no listing may
         // remove it in between.
-        let marker = plan.parent.impure_marker.read();
+        let marker = plan.parent.impure_marker().read();
         let (entry, published) = build::copy_up(&build::CopyCtx {
             work,
             upper_layer: upper,
             src: &plan.src,
-            data_src: data_src.as_ref(),
+            data_src: data_src.as_deref(),
             kind: node.kind,
             upper_dir: plan.preals.top()?.dir_arc()?,
             name: &cname,
@@ -256,12 +256,12 @@ impl Overlay {
         if node.kind == Kind::Directory || plan.indexed {
             new_reals.extend(st.reals.iter().cloned());
         }
-        st.reals = Arc::new(new_reals);
+        st.reals = Reals::from(new_reals);
         st.lower_data = match plan.data {
-            CopyData::Metadata => Some(data_src.unwrap_or_else(|| plan.src.clone())),
+            CopyData::Metadata => Some(data_src.unwrap_or_else(|| Box::new(plan.src.clone()))),
             _ => None,
         };
-        log::debug!("copied up {:?} (node {})", loc.name, node.id);
+        log::debug!("copied up {:?} (node {})", loc.name(), node.id);
         let reals = st.reals.clone();
         drop(st);
         if plan.data == CopyData::Metadata {
@@ -330,8 +330,8 @@ impl Overlay {
         if lst.st_nlink <= 1 {
             return Ok(None);
         }
-        let candidates = std::iter::once((loc.parent, loc.name.clone()))
-            .chain(loc.aliases.iter().rev().cloned());
+        let candidates = std::iter::once((loc.parent, loc.name().to_os_string()))
+            .chain(loc.aliases().iter().rev().cloned());
         for (i, (parent, name)) in candidates.enumerate() {
             if self.names_lower(parent, &name, &lst) {
                 return Ok(if i == 0 { None } else { Some((parent, name)) });
