@@ -869,7 +869,7 @@ impl Overlay {
     /// part of it: the path is walked from the top lower layer, and that layer's own records
     /// take the walk on from there (`lookup::probe`).
     fn lower_path(&self, node: &Inode) -> Result<Vec<u8>> {
-        if node.id == ROOT_ID {
+        if node.id() == ROOT_ID {
             return Ok(Vec::new());
         }
         let reals = node.reals();

@@ -97,7 +97,7 @@ impl Overlay {
             node.set_location(*parent, name);
             return Ok(true);
         }
-        log::warn!("no name left to publish the copy of node {}", node.id);
+        log::warn!("no name left to publish the copy of node {}", node.id());
         Ok(false)
     }
 
@@ -153,7 +153,7 @@ impl Overlay {
         if link_alias(node, preals.top()?.dir_fd()?, &sys::cstr(&loc.name())?)? {
             pnode.listing_changed();
             self.alias_linked(node)?;
-            log::debug!("linked up {:?} of node {}", loc.name(), node.id);
+            log::debug!("linked up {:?} of node {}", loc.name(), node.id());
         }
         Ok(())
     }

@@ -301,10 +301,11 @@ const MAX_ALIASES: usize = 8;
 /// names are held inline ([`Name`]) and one real entry inline ([`Reals`]).
 #[derive(Debug)]
 pub struct Inode {
-    pub id: u64,
-    /// The `st_ino` reported for this object; fixed for the node's life.
+    /// The `st_ino` reported for this object; fixed for the node's life. It is the node id
+    /// too, but for the root's (see [`Inode::id`]).
     pub ino: u64,
     pub kind: Kind,
+    root: bool,
     /// Which of [`ASKED_XATTRS`] the object is known not to have (bit `i` for name `i`): asked
     /// of every file by `ls -l` and the like, answered from here after the first time. Set only
     /// from a real answer, and cleared by every change of the node's xattrs or mode.
@@ -354,17 +355,22 @@ pub const ASKED_XATTRS: [&str; 4] = [
 ];
 
 impl Inode {
-    fn new(id: u64, ino: u64, kind: Kind, state: NodeState, location: Location) -> Inode {
+    fn new(root: bool, ino: u64, kind: Kind, state: NodeState, location: Location) -> Inode {
         Inode {
-            id,
             ino,
             kind,
+            root,
             absent_xattrs: AtomicU8::new(0),
             lookups: AtomicU64::new(1),
             state: RwLock::new(state),
             location: Mutex::new(location),
             dir: (kind == Kind::Directory).then(Box::default),
         }
+    }
+
+    /// The node id the kernel knows this node by.
+    pub fn id(&self) -> u64 {
+        if self.root { ROOT_ID } else { self.ino }
     }
 
     /// The directory part; for a non-directory, one where nothing is ever kept.
@@ -517,19 +523,28 @@ pub struct InodeTable {
     /// Live nodes by node id. A node id is the `st_ino` the mount reports for the object (fuser
     /// sends `attr.ino` as the node id of an entry), except for the root, which is node 1.
     nodes: DashMap<u64, Arc<Inode>>,
+    /// Nodes removed since the allocator was last asked to give freed memory back.
+    removed: AtomicU64,
 }
+
+/// After this many nodes are forgotten (a few hundred KiB of them), the daemon gives the freed
+/// memory back to the system ([`sys::malloc_trim`]): the kernel forgets nodes in large batches
+/// (memory pressure, `drop_caches`), and a daemon that served one large walk would otherwise
+/// keep its peak size for the rest of its life.
+const TRIM_AFTER: u64 = 2048;
 
 impl InodeTable {
     pub fn new() -> Self {
         InodeTable {
             nodes: DashMap::new(),
+            removed: AtomicU64::new(0),
         }
     }
 
     /// Installs the root node, which is never forgotten.
     pub fn insert_root(&self, ino: u64, reals: Vec<RealEntry>) {
         let node = Arc::new(Inode::new(
-            ROOT_ID,
+            true,
             ino,
             Kind::Directory,
             NodeState {
@@ -559,7 +574,7 @@ impl InodeTable {
         let mut slot = self.nodes.entry(ino);
         if let dashmap::Entry::Occupied(o) = &mut slot {
             let node = o.get().clone();
-            if node.kind != kind || node.id == ROOT_ID {
+            if node.kind != kind || node.id() == ROOT_ID {
                 log::error!(
                     "inode number {ino} reused by a {kind:?} while a {:?} holds it",
                     node.kind
@@ -571,7 +586,7 @@ impl InodeTable {
             return Ok((node, false));
         }
         let node = Arc::new(Inode::new(
-            ino,
+            false,
             ino,
             kind,
             state(),
@@ -586,14 +601,25 @@ impl InodeTable {
         if id == ROOT_ID {
             return;
         }
-        match self.nodes.entry(id) {
+        let removed = match self.nodes.entry(id) {
             dashmap::Entry::Occupied(o) => {
                 let prev = o.get().lookups.fetch_sub(n, Ordering::AcqRel);
-                if prev <= n {
-                    o.remove();
-                }
+                (prev <= n).then(|| o.remove())
             }
-            dashmap::Entry::Vacant(_) => log::warn!("forget of unknown node {id}"),
+            dashmap::Entry::Vacant(_) => {
+                log::warn!("forget of unknown node {id}");
+                None
+            }
+        };
+        // The node is freed here, outside the shard lock (unless a request still holds it).
+        if removed.is_some()
+            && self.removed.fetch_add(1, Ordering::Relaxed) + 1 >= TRIM_AFTER
+            && self.removed.swap(0, Ordering::Relaxed) >= TRIM_AFTER
+        {
+            drop(removed);
+            // Only this node's Arc was held above; trimming with no lock held.
+            let released = sys::malloc_trim();
+            log::debug!("forgot {TRIM_AFTER} nodes; memory given back: {released}");
         }
     }
 

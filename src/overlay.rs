@@ -372,11 +372,11 @@ impl Overlay {
     pub(crate) fn entry_for(&self, node: &Inode) -> Result<Entry> {
         match self.attr(node) {
             Ok(attr) => Ok(Entry {
-                node: node.id,
+                node: node.id(),
                 attr,
             }),
             Err(e) => {
-                self.inodes.forget(node.id, 1);
+                self.inodes.forget(node.id(), 1);
                 Err(e)
             }
         }
@@ -650,7 +650,7 @@ impl Overlay {
         let file = top.open_file(pass)?;
         let from_lower = Some(top.layer) != self.layers.upper();
         Ok(Opened {
-            fh: self.add_file(node.id, ino, (file, top.layer), writes, from_lower),
+            fh: self.add_file(node.id(), ino, (file, top.layer), writes, from_lower),
             keep_cache,
             direct_io: flags & libc::O_DIRECT != 0,
             // Not for a copy that broke away from a lower file's other names (`ino` is then
@@ -792,7 +792,7 @@ impl Overlay {
             DirEntry {
                 name: OsString::from(".."),
                 kind: Kind::Directory,
-                ino: if dir.id == ROOT_ID {
+                ino: if dir.id() == ROOT_ID {
                     dir.ino
                 } else {
                     parent_ino
@@ -801,7 +801,7 @@ impl Overlay {
                 real_ino: 0,
             },
         ];
-        Ok(self.handles.add_dir(DirHandle::new(dir.id, dots, merged)))
+        Ok(self.handles.add_dir(DirHandle::new(dir.id(), dots, merged)))
     }
 
     /// The listing of an open directory handle.
@@ -1182,7 +1182,7 @@ impl Overlay {
             mode: Some(st.st_mode & 0o7777 & !libc::S_ISGID),
             ..SetAttr::default()
         };
-        self.setattr_steps(node.id, change).map(|_| ())
+        self.setattr_steps(node.id(), change).map(|_| ())
     }
 }
 

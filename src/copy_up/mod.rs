@@ -49,7 +49,7 @@ impl Overlay {
         data: CopyData,
     ) -> Result<(Arc<Inode>, Reals)> {
         self.writable_with(node, data, true)
-            .map_err(|e| self.named(e.context("copy-up").in_layer(0), node.id))
+            .map_err(|e| self.named(e.context("copy-up").in_layer(0), node.id()))
     }
 
     /// Like [`Overlay::ensure_upper`] for an xattr change: as in the kernel, such a change
@@ -58,7 +58,7 @@ impl Overlay {
     pub(crate) fn ensure_upper_for_xattr(&self, node: &Arc<Inode>) -> Result<Reals> {
         self.writable_with(node, CopyData::Metadata, false)
             .map(|(_, reals)| reals)
-            .map_err(|e| self.named(e.context("copy-up").in_layer(0), node.id))
+            .map_err(|e| self.named(e.context("copy-up").in_layer(0), node.id()))
     }
 
     fn writable_with(
@@ -107,7 +107,7 @@ impl Overlay {
                 )?;
                 st.lower_data = None;
                 self.stats().metacopy_completed(bytes);
-                log::debug!("completed the metadata-only copy of node {}", node.id);
+                log::debug!("completed the metadata-only copy of node {}", node.id());
             }
         }
         if link_up {
@@ -125,7 +125,7 @@ impl Overlay {
         data: CopyData,
     ) -> Result<Option<(Arc<Inode>, Reals)>> {
         let upper = self.upper_layer()?.0;
-        if node.id == ROOT_ID {
+        if node.id() == ROOT_ID {
             // The root's reals always start with the upper root when there is one.
             return Err(EIO);
         }
@@ -242,13 +242,13 @@ impl Overlay {
         plan.parent.listing_changed();
         if plan.breaks {
             let copy = entry.stat()?.st_ino;
-            node.broke_away(plan.parent.id, plan.name, copy);
+            node.broke_away(plan.parent.id(), plan.name, copy);
             drop(st);
             // The name's number changed with no change to the directory the kernel would
             // notice: its cached listing must go.
-            self.invalidate(plan.parent.id, true);
-            log::debug!("copied up {:?} away from node {}", plan.name, node.id);
-            return self.broken_away(plan.parent.id, plan.name, copy, plan.data);
+            self.invalidate(plan.parent.id(), true);
+            log::debug!("copied up {:?} away from node {}", plan.name, node.id());
+            return self.broken_away(plan.parent.id(), plan.name, copy, plan.data);
         }
         self.layers()
             .remember_copy_up(entry.stat()?.st_ino, node.ino);
@@ -261,14 +261,14 @@ impl Overlay {
             CopyData::Metadata => Some(data_src.unwrap_or_else(|| Box::new(plan.src.clone()))),
             _ => None,
         };
-        log::debug!("copied up {:?} (node {})", loc.name(), node.id);
+        log::debug!("copied up {:?} (node {})", loc.name(), node.id());
         let reals = st.reals.clone();
         drop(st);
         if plan.data == CopyData::Metadata {
             // From now on its attributes must not be cached (see `Overlay::volatile`); the
             // kernel may hold them from before, and a failed request (a `setxattr` that copied
             // up, then failed) would not make it ask again.
-            self.invalidate(node.id, false);
+            self.invalidate(node.id(), false);
         }
         if plan.indexed {
             let linked = published || self.link_some_alias(node, loc, &plan.src_st)?;
