@@ -431,10 +431,11 @@ impl Inode {
         self.dir().listing_gen.load(Ordering::Acquire)
     }
 
-    /// Keeps `listing`, built when the change count was `gen`, unless something changed since.
-    pub fn keep_listing(&self, generation: u64, listing: Arc<Listing>) {
+    /// Keeps `listing`, built when the change count was `gen`, unless something changed since;
+    /// returns whether it kept it. See [`InodeTable::keep_listing`].
+    fn keep_listing(&self, generation: u64, listing: Arc<Listing>) -> bool {
         let Some(dir) = self.dir.as_deref() else {
-            return;
+            return false;
         };
         dir.listed_len.store(
             listing.len().min(u32::MAX as usize) as u32,
@@ -443,6 +444,22 @@ impl Inode {
         let mut slot = dir.listing.lock();
         if dir.listing_gen.load(Ordering::Acquire) == generation {
             *slot = Some((generation, listing));
+            return true;
+        }
+        false
+    }
+
+    /// Drops the cached listing if it is still `listing`.
+    fn drop_listing(&self, listing: &std::sync::Weak<Listing>) {
+        let Some(dir) = self.dir.as_deref() else {
+            return;
+        };
+        let mut slot = dir.listing.lock();
+        if slot
+            .as_ref()
+            .is_some_and(|(_, l)| std::ptr::eq(Arc::as_ptr(l), listing.as_ptr()))
+        {
+            *slot = None;
         }
     }
 
@@ -525,7 +542,17 @@ pub struct InodeTable {
     nodes: DashMap<u64, Arc<Inode>>,
     /// Nodes removed since the allocator was last asked to give freed memory back.
     removed: AtomicU64,
+    /// The listings kept in directory nodes, oldest first: (node id, listing, its length).
+    /// Bounded, so that a walk of a large tree does not keep the listing of every directory it
+    /// passed (a listing helps the lookups that follow a `readdir` of the same directory). A
+    /// leaf lock: nothing else is locked while it is held.
+    kept: Mutex<std::collections::VecDeque<(u64, std::sync::Weak<Listing>, usize)>>,
 }
+
+/// At most this many directories keep their listing...
+const KEPT_LISTINGS: usize = 32;
+/// ...and no more entries than this in all (one directory's listing is always kept).
+const KEPT_ENTRIES: usize = 32 * 1024;
 
 /// After this many nodes are forgotten (a few hundred KiB of them), the daemon gives the freed
 /// memory back to the system ([`sys::malloc_trim`]): the kernel forgets nodes in large batches
@@ -538,6 +565,41 @@ impl InodeTable {
         InodeTable {
             nodes: DashMap::new(),
             removed: AtomicU64::new(0),
+            kept: Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// Keeps `listing` in directory node `dir` (built when its change count was `generation`,
+    /// see [`Inode::listing_generation`]), and drops the oldest kept listings beyond the bounds
+    /// ([`KEPT_LISTINGS`], [`KEPT_ENTRIES`]).
+    pub fn keep_listing(&self, dir: &Inode, generation: u64, listing: Arc<Listing>) {
+        let len = listing.len();
+        let weak = Arc::downgrade(&listing);
+        if !dir.keep_listing(generation, listing) {
+            return;
+        }
+        let evicted: Vec<(u64, std::sync::Weak<Listing>, usize)> = {
+            let mut kept = self.kept.lock();
+            kept.push_back((dir.id(), weak, len));
+            let mut total: usize = kept
+                .iter()
+                .filter(|(_, l, _)| l.strong_count() > 0)
+                .map(|(_, _, n)| n)
+                .sum();
+            let mut out = Vec::new();
+            while kept.len() > 1 && (kept.len() > KEPT_LISTINGS || total > KEPT_ENTRIES) {
+                let Some(old) = kept.pop_front() else { break };
+                if old.1.strong_count() > 0 {
+                    total = total.saturating_sub(old.2);
+                }
+                out.push(old);
+            }
+            out
+        };
+        for (id, weak, _) in evicted {
+            if let Some(node) = self.nodes.get(&id).map(|n| n.clone()) {
+                node.drop_listing(&weak);
+            }
         }
     }
 
@@ -617,7 +679,9 @@ impl InodeTable {
             && self.removed.swap(0, Ordering::Relaxed) >= TRIM_AFTER
         {
             drop(removed);
-            // Only this node's Arc was held above; trimming with no lock held.
+            // No lock is held here. The table does not shrink by itself: its slots for the
+            // forgotten nodes would stay allocated.
+            self.nodes.shrink_to_fit();
             let released = sys::malloc_trim();
             log::debug!("forgot {TRIM_AFTER} nodes; memory given back: {released}");
         }

@@ -737,7 +737,7 @@ impl Overlay {
             self.drop_impure(dir, &reals);
         }
         let l = Arc::new(Listing::new(merged.entries)?);
-        dir.keep_listing(generation, l.clone());
+        self.inodes.keep_listing(dir, generation, l.clone());
         Ok(l)
     }
 
