@@ -105,10 +105,9 @@ impl RealEntry {
     pub fn fd(&self) -> Result<ObjFd<'_>> {
         match &self.real {
             Real::Held(fd) => Ok(ObjFd::Borrowed(fd.as_fd())),
-            Real::Named { dir, name } => Ok(ObjFd::Owned(sys::open_path(
-                dir.as_fd(),
-                name.as_cstr(),
-            )?)),
+            Real::Named { dir, name } => {
+                Ok(ObjFd::Owned(sys::open_path(dir.as_fd(), name.as_cstr())?))
+            }
         }
     }
 

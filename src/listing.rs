@@ -175,7 +175,10 @@ mod tests {
         for (i, e) in built.iter().enumerate() {
             let got = l.get(i).unwrap();
             assert_eq!(got.name, e.name.as_os_str());
-            assert_eq!((got.ino, got.layer, got.real_ino), (e.ino, e.layer, e.real_ino));
+            assert_eq!(
+                (got.ino, got.layer, got.real_ino),
+                (e.ino, e.layer, e.real_ino)
+            );
             let found = l.find(&e.name).unwrap();
             assert_eq!(found.ino, e.ino);
         }
@@ -189,8 +192,7 @@ mod tests {
         // 24 bytes an entry plus its name and 4 bytes of index: a regression here grows the
         // memory of every cached directory.
         assert_eq!(std::mem::size_of::<Packed>(), 24);
-        let l = Listing::new((0..100).map(|i| entry(&format!("n{i:03}"), i, 0)).collect())
-            .unwrap();
+        let l = Listing::new((0..100).map(|i| entry(&format!("n{i:03}"), i, 0)).collect()).unwrap();
         assert_eq!(l.heap_bytes(), 100 * (24 + 4 + 4));
     }
 }

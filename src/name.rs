@@ -13,7 +13,10 @@ pub const INLINE: usize = 21;
 
 #[derive(Clone)]
 pub enum Name {
-    Inline { len: u8, buf: [u8; INLINE + 1] },
+    Inline {
+        len: u8,
+        buf: [u8; INLINE + 1],
+    },
     /// The name and its NUL.
     Shared(Arc<[u8]>),
 }
