@@ -68,6 +68,14 @@ static ALLOC: Counting = Counting;
 const MAX_HEAP_PER_NODE: isize = 190;
 
 #[test]
+fn a_node_is_small() {
+    // 136 bytes: one allocation of 152 with its reference counts. Growing it grows the daemon
+    // by as much per cached inode.
+    let size = std::mem::size_of::<ufs::inode::Inode>();
+    assert!(size <= 136, "Inode is {size} bytes (at most 136)");
+}
+
+#[test]
 fn a_cached_file_node_is_small_and_forgetting_frees_it() {
     const N: u64 = 20_000;
     let dir: Arc<OwnedFd> = Arc::new(fs::File::open("/").expect("open /").into());
