@@ -459,6 +459,9 @@ impl Inode {
             .is_some_and(|(_, l)| std::ptr::eq(Arc::as_ptr(l), listing.as_ptr()))
         {
             *slot = None;
+            // Three more lookups earn it back (see `walked`), rather than the next one: else
+            // lookups going round more directories than keep listings would list every time.
+            dir.walks.store(0, Ordering::Relaxed);
         }
     }
 

@@ -224,3 +224,43 @@ fn the_kernel_forgets_a_walked_tree_and_the_daemon_shrinks() {
     );
     mount.unmount();
 }
+
+#[test]
+fn only_the_most_recent_listings_are_kept() {
+    use ufs::listing::{DirEntry, Listing};
+    const DIRS: u64 = 40;
+    const KEPT: u64 = 32;
+    let root: OwnedFd = fs::File::open("/").expect("open /").into();
+    let table = InodeTable::new();
+    table.insert_root(2, vec![RealEntry::new(0, root.try_clone().unwrap())]);
+    let nodes: Vec<_> = (0..DIRS)
+        .map(|i| {
+            let name = OsString::from(format!("d{i}"));
+            let fd = root.try_clone().unwrap();
+            let (node, _) = table
+                .lookup_or_insert(100 + i, Kind::Directory, 1, &name, || NodeState {
+                    reals: Reals::from(vec![RealEntry::new(0, fd)]),
+                    lower_data: None,
+                })
+                .expect("insert");
+            let listing = Listing::new(vec![DirEntry {
+                name: "f".into(),
+                kind: Kind::Regular,
+                ino: 1000 + i,
+                layer: 0,
+                real_ino: 1000 + i,
+            }])
+            .expect("listing");
+            table.keep_listing(&node, node.listing_generation(), Arc::new(listing));
+            node
+        })
+        .collect();
+    for (i, node) in nodes.iter().enumerate() {
+        let kept = node.cached_listing().is_some();
+        assert_eq!(
+            kept,
+            i as u64 >= DIRS - KEPT,
+            "directory {i} of {DIRS}: listing kept {kept}"
+        );
+    }
+}
