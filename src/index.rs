@@ -145,12 +145,12 @@ impl Overlay {
             }
         };
         let loc = node.location();
-        if loc.parent == 0 || !self.names_lower(loc.parent, &loc.name(), &lower.stat()?) {
+        if loc.parent == 0 || !self.names_lower(loc.parent, loc.name(), &lower.stat()?) {
             return Ok(());
         }
         let pnode = self.inodes().get(loc.parent)?;
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
-        if link_alias(node, preals.top()?.dir_fd()?, &sys::cstr(&loc.name())?)? {
+        if link_alias(node, preals.top()?.dir_fd()?, &sys::cstr(loc.name())?)? {
             pnode.listing_changed();
             self.alias_linked(node)?;
             log::debug!("linked up {:?} of node {}", loc.name(), node.id());

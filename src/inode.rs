@@ -425,7 +425,7 @@ impl Inode {
         }
     }
 
-    /// The change count to pass to [`Inode::keep_listing`] for a listing built from now on.
+    /// The change count to pass to [`InodeTable::keep_listing`] for a listing built from now on.
     pub fn listing_generation(&self) -> u64 {
         self.dir().listing_gen.load(Ordering::Acquire)
     }
@@ -573,7 +573,7 @@ impl InodeTable {
 
     /// Keeps `listing` in directory node `dir` (built when its change count was `generation`,
     /// see [`Inode::listing_generation`]), and drops the oldest kept listings beyond the bounds
-    /// ([`KEPT_LISTINGS`], [`KEPT_ENTRIES`]).
+    /// (32 listings, 32 Ki entries in all).
     pub fn keep_listing(&self, dir: &Inode, generation: u64, listing: Arc<Listing>) {
         let len = listing.len();
         let weak = Arc::downgrade(&listing);

@@ -555,7 +555,7 @@ impl Overlay {
     pub(crate) fn attr_as_reached(&self, node: &Inode) -> Result<libc::stat> {
         let reached = {
             let l = node.location.lock();
-            l.broken_copy(l.parent, &l.name())
+            l.broken_copy(l.parent, l.name())
                 .map(|copy| (l.parent, l.name().to_os_string(), copy))
         };
         let Some((parent, name, copy)) = reached else {

@@ -130,10 +130,10 @@ impl Overlay {
             return Err(EIO);
         }
         let first = node.location();
-        if let Some(copy) = first.broken_copy(first.parent, &first.name()) {
+        if let Some(copy) = first.broken_copy(first.parent, first.name()) {
             // Reached through a name whose copy already broke away: that copy it is.
             return self
-                .broken_away(first.parent, &first.name(), copy, data)
+                .broken_away(first.parent, first.name(), copy, data)
                 .map(Some);
         }
         // The name to copy up under: where the node was last reached, unless that name no
