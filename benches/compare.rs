@@ -1854,6 +1854,22 @@ fn run(config: &Config) -> Result<(), String> {
         }
     }
 
+    let memory = if INTERRUPTED.load(Ordering::SeqCst) {
+        Vec::new()
+    } else {
+        contestants
+            .iter()
+            .filter(|fs| fs.kind != FsKind::Kernel && fs.missing.is_none())
+            .filter_map(|fs| match memory_per_inode(fs, &ds) {
+                Ok(m) => Some(m),
+                Err(message) => {
+                    eprintln!("  {}: memory per inode: {message}", fs.kind.label());
+                    None
+                }
+            })
+            .collect()
+    };
+
     let elapsed = started.elapsed();
     let report = render_report(
         config,
@@ -1861,6 +1877,7 @@ fn run(config: &Config) -> Result<(), String> {
         &contestants,
         &selected,
         &results,
+        &memory,
         (elapsed, &load_before),
     );
     println!("{report}");
@@ -2001,6 +2018,7 @@ fn render_report(
     contestants: &[Fs],
     selected: &[(usize, Workload)],
     results: &Results,
+    memory: &[Memory],
     (elapsed, load_before): (Duration, &str),
 ) -> String {
     let mut out = String::from("# ufs vs kernel overlayfs vs fuse-overlayfs\n\n");
@@ -2203,6 +2221,36 @@ fn render_report(
     out += "\n## Peak daemon memory (VmHWM of the daemon, per mount, max over the mounts of a workload)\n\n";
     out += &markdown_table(&header, &rows);
 
+    if !memory.is_empty() {
+        out += "\n## Daemon memory per cached inode (VmRSS: idle mount, after an `lstat` of every \
+                entry, after `drop_caches` made the kernel forget them)\n\n";
+        let header: Vec<String> = [
+            "daemon",
+            "entries",
+            "idle",
+            "walked",
+            "per cached inode",
+            "after forget",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let rows: Vec<Vec<String>> = memory
+            .iter()
+            .map(|m| {
+                vec![
+                    m.kind.label().to_string(),
+                    m.entries.to_string(),
+                    format!("{:.1} MiB", m.idle_kib as f64 / 1024.0),
+                    format!("{:.1} MiB", m.walked_kib as f64 / 1024.0),
+                    format!("{} B", m.per_inode()),
+                    format!("{:.1} MiB", m.forgotten_kib as f64 / 1024.0),
+                ]
+            })
+            .collect();
+        out += &markdown_table(&header, &rows);
+    }
+
     out += "\n## Workloads\n\n";
     for (_, w) in selected {
         out += &format!("- `{}`: {}\n", w.name, w.about);
@@ -2214,6 +2262,69 @@ fn render_report(
         }
     }
     out
+}
+
+/// Daemon memory around one walk of the whole tree (see [`memory_per_inode`]).
+struct Memory {
+    kind: FsKind,
+    /// Entries walked: each is one inode the kernel holds a lookup on.
+    entries: u64,
+    idle_kib: u64,
+    walked_kib: u64,
+    forgotten_kib: u64,
+}
+
+impl Memory {
+    /// Bytes of daemon memory the walk added, per entry walked.
+    fn per_inode(&self) -> u64 {
+        (self.walked_kib.saturating_sub(self.idle_kib) * 1024)
+            .checked_div(self.entries)
+            .unwrap_or(0)
+    }
+}
+
+/// Mounts `fs`, reads the daemon's resident memory idle, after an `lstat` of every entry of the
+/// merged tree (the kernel then holds one node per entry), and after `drop_caches` (the kernel
+/// forgets them all, and the daemon should give their memory back).
+fn memory_per_inode(fs: &Fs, ds: &Dataset) -> Result<Memory, String> {
+    let mount = fs.mount(ds)?;
+    let rss = || -> Result<u64, String> {
+        mount
+            .daemons()
+            .into_iter()
+            .filter_map(|pid| {
+                proc_status_field(pid, "VmRSS:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .ok_or_else(|| "no daemon found".to_string())
+    };
+    let idle_kib = rss()?;
+    let entries = walk_stat(ds, &fs.merged).map_err(|f| f.detail)?;
+    let walked_kib = rss()?;
+    drop_caches()?;
+    // The kernel queues the forgets as it drops the inodes; the daemon serves them after.
+    // Wait (bounded) until the size stops moving.
+    let mut last = rss()?;
+    let mut steady = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while steady < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = rss()?;
+        steady = if now == last { steady + 1 } else { 0 };
+        last = now;
+    }
+    mount.unmount()?;
+    Ok(Memory {
+        kind: fs.kind,
+        entries,
+        idle_kib,
+        walked_kib,
+        forgotten_kib: last,
+    })
 }
 
 /// The 1-minute load average, to tell a quiet machine from a busy one in the report.

@@ -83,7 +83,7 @@ fn entries(ov: &Overlay, node: u64) -> Result<BTreeMap<OsString, (Kind, usize)>>
     let listed = ov.dir_handle(fh).map(|h| {
         (2..h.len())
             .filter_map(|i| h.get(i))
-            .map(|e| (e.name.clone(), (e.kind, e.layer)))
+            .map(|e| (e.name.to_os_string(), (e.kind, e.layer)))
             .collect()
     });
     ov.releasedir(fh);

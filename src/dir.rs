@@ -265,7 +265,7 @@ impl Overlay {
         let (node, created) = self
             .inodes()
             .lookup_or_insert(ino, kind, parent, name, || NodeState {
-                reals: Arc::new(vec![real]),
+                reals: Reals::from(vec![real]),
                 lower_data: None,
             })?;
         self.entry_from(&node, created.then_some(st))
@@ -521,7 +521,7 @@ impl Overlay {
             Err(e) => return Err(e),
         };
         // The marker below must not be removed by a listing before the link is published.
-        let _marker = np.impure_marker.read();
+        let _marker = np.impure_marker().read();
         // A copy (it keeps a number or an origin from below) tells readdir, ufs's and the
         // kernel's, to look for its records in the new name's directory, as the kernel marks it.
         let is_copy = [work.xattr_ns.ino_record(), work.xattr_ns.origin()]
@@ -768,7 +768,7 @@ impl Overlay {
         let (cname, cnewname) = (sys::cstr(n.name)?, sys::cstr(n.newname)?);
         // The new parent is marked impure below, after the entry arrives: no listing may
         // remove the marker between its first check and then.
-        let _marker = (n.parent != n.newparent).then(|| plan.np.impure_marker.read());
+        let _marker = (n.parent != n.newparent).then(|| plan.np.impure_marker().read());
         let needs_whiteout = !plan.exchange && self.lower_has(&m.oreals, n.name)?;
         let real_flags = if plan.exchange {
             libc::RENAME_EXCHANGE
@@ -841,7 +841,7 @@ impl Overlay {
             return Ok(());
         }
         let value = if samedir {
-            node.location().name.as_bytes().to_vec()
+            node.location().name().as_bytes().to_vec()
         } else {
             self.lower_path(node)?
         };
@@ -868,7 +868,7 @@ impl Overlay {
         let parent = self.inodes().get(loc.parent)?;
         let mut path = self.lower_path(&parent)?;
         path.push(b'/');
-        path.extend_from_slice(loc.name.as_bytes());
+        path.extend_from_slice(loc.name().as_bytes());
         sys::setxattr(top.fd()?.as_fd(), work.xattr_ns.redirect(), &path, 0)
     }
 
@@ -878,7 +878,7 @@ impl Overlay {
     /// part of it: the path is walked from the top lower layer, and that layer's own records
     /// take the walk on from there (`lookup::probe`).
     fn lower_path(&self, node: &Inode) -> Result<Vec<u8>> {
-        if node.id == ROOT_ID {
+        if node.id() == ROOT_ID {
             return Ok(Vec::new());
         }
         let reals = node.reals();
@@ -897,7 +897,7 @@ impl Overlay {
         let parent = self.inodes().get(loc.parent)?;
         let mut path = self.lower_path(&parent)?;
         path.push(b'/');
-        path.extend_from_slice(&own.unwrap_or_else(|| loc.name.as_bytes().to_vec()));
+        path.extend_from_slice(&own.unwrap_or_else(|| loc.name().as_bytes().to_vec()));
         Ok(path)
     }
 
@@ -909,7 +909,7 @@ impl Overlay {
         sys::setxattr(top.fd()?.as_fd(), work.xattr_ns.opaque(), b"y", 0)?;
         // The lower parts no longer take part in the merge.
         let mut st = node.state.write();
-        st.reals = Arc::new(vec![top.clone()]);
+        st.reals = Reals::from(vec![top.clone()]);
         drop(st);
         node.listing_changed();
         Ok(())
@@ -928,11 +928,11 @@ fn repoint(node: &Inode, dir: &Arc<OwnedFd>, name: &CStr) {
         && st.reals.len() == 1
         && matches!(top.real, crate::inode::Real::Named { .. })
     {
-        let mut reals = (*st.reals).clone();
+        let mut reals = st.reals.to_vec();
         if let Some(slot) = reals.first_mut() {
             *slot = RealEntry::named(top.layer, dir.clone(), name);
         }
-        st.reals = Arc::new(reals);
+        st.reals = Reals::from(reals);
     }
 }
 

@@ -595,7 +595,7 @@ impl Filesystem for UfsFs {
         };
         for i in offset as usize..h.len() {
             let Some(e) = h.get(i) else { break };
-            if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), &e.name) {
+            if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), e.name) {
                 break;
             }
         }
@@ -630,7 +630,7 @@ impl Filesystem for UfsFs {
                 if reply.add(
                     INodeNo(0),
                     off,
-                    &e.name,
+                    e.name,
                     &Duration::ZERO,
                     &attr,
                     Generation(0),
@@ -639,7 +639,7 @@ impl Filesystem for UfsFs {
                 }
                 continue;
             }
-            let entry = match self.ov.lookup(h.node, &e.name) {
+            let entry = match self.ov.lookup(h.node, e.name) {
                 Ok(entry) => entry,
                 // Gone since the directory was opened (or unreadable): leave it out; a lookup
                 // of the name answers with the error.
@@ -652,7 +652,7 @@ impl Filesystem for UfsFs {
             if reply.add(
                 INodeNo(entry.node),
                 off,
-                &e.name,
+                e.name,
                 &self.attr_ttl(entry.node, &entry.attr),
                 &attr,
                 Generation(0),

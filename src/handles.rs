@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 
 use crate::error::{EBADF, Result};
-use crate::listing::{DirEntry, Listing};
+use crate::listing::{DirEntry, EntryRef, Listing};
 
 /// An open directory: its listing, fixed when it was opened. Entry `i` is `.` and `..` for 0
 /// and 1, then the merged entries; offsets are these indexes.
@@ -31,17 +31,17 @@ impl DirHandle {
     }
 
     pub fn len(&self) -> usize {
-        self.merged.entries.len() + 2
+        self.merged.len() + 2
     }
 
     pub fn is_empty(&self) -> bool {
         false
     }
 
-    pub fn get(&self, i: usize) -> Option<&DirEntry> {
+    pub fn get(&self, i: usize) -> Option<EntryRef<'_>> {
         match i {
-            0 | 1 => Some(&self.dots[i]),
-            _ => self.merged.entries.get(i - 2),
+            0 | 1 => self.dots.get(i).map(EntryRef::from),
+            _ => self.merged.get(i - 2),
         }
     }
 }

@@ -9,7 +9,6 @@
 
 use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
 
 use crate::copy_up::build::CopyData;
 use crate::error::{EIO, Result};
@@ -66,7 +65,7 @@ impl Overlay {
         if st.reals.len() == 1
             && st.reals.first().map(|r| Some(r.layer)) == Some(self.layers().upper())
         {
-            st.reals = Arc::new(reals);
+            st.reals = crate::inode::Reals::from(reals);
         }
     }
 
@@ -78,7 +77,7 @@ impl Overlay {
         loc: &Location,
         lower: &libc::stat,
     ) -> Result<bool> {
-        for (parent, name) in loc.aliases.iter().rev() {
+        for (parent, name) in loc.aliases().iter().rev() {
             let Ok(pnode) = self.inodes().get(*parent) else {
                 continue;
             };
@@ -98,7 +97,7 @@ impl Overlay {
             node.set_location(*parent, name);
             return Ok(true);
         }
-        log::warn!("no name left to publish the copy of node {}", node.id);
+        log::warn!("no name left to publish the copy of node {}", node.id());
         Ok(false)
     }
 
@@ -121,7 +120,7 @@ impl Overlay {
         }
         self.with_child(parent, name, |node| {
             let loc = node.location();
-            if loc.parent != parent || loc.name != name {
+            if loc.parent != parent || loc.name() != name {
                 // Copy up under the name about to go, as the kernel does.
                 node.set_location(parent, name);
             }
@@ -146,15 +145,15 @@ impl Overlay {
             }
         };
         let loc = node.location();
-        if loc.parent == 0 || !self.names_lower(loc.parent, &loc.name, &lower.stat()?) {
+        if loc.parent == 0 || !self.names_lower(loc.parent, loc.name(), &lower.stat()?) {
             return Ok(());
         }
         let pnode = self.inodes().get(loc.parent)?;
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
-        if link_alias(node, preals.top()?.dir_fd()?, &sys::cstr(&loc.name)?)? {
+        if link_alias(node, preals.top()?.dir_fd()?, &sys::cstr(loc.name())?)? {
             pnode.listing_changed();
             self.alias_linked(node)?;
-            log::debug!("linked up {:?} of node {}", loc.name, node.id);
+            log::debug!("linked up {:?} of node {}", loc.name(), node.id());
         }
         Ok(())
     }

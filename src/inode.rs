@@ -13,6 +13,7 @@
 
 use std::ffi::{CStr, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
@@ -22,6 +23,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::{ENOENT, Result};
 use crate::kind::Kind;
 use crate::listing::Listing;
+use crate::name::Name;
 use crate::sys;
 
 /// FUSE's fixed node id for the root directory.
@@ -43,7 +45,7 @@ pub struct RealEntry {
 #[derive(Debug, Clone)]
 pub enum Real {
     Held(Arc<OwnedFd>),
-    Named { dir: Arc<OwnedFd>, name: Arc<CStr> },
+    Named { dir: Arc<OwnedFd>, name: Name },
 }
 
 /// An fd on a real object: borrowed from a held entry or opened for the call.
@@ -94,7 +96,7 @@ impl RealEntry {
             layer,
             real: Real::Named {
                 dir,
-                name: Arc::from(name),
+                name: Name::from_cstr(name),
             },
         }
     }
@@ -103,7 +105,9 @@ impl RealEntry {
     pub fn fd(&self) -> Result<ObjFd<'_>> {
         match &self.real {
             Real::Held(fd) => Ok(ObjFd::Borrowed(fd.as_fd())),
-            Real::Named { dir, name } => Ok(ObjFd::Owned(sys::open_path(dir.as_fd(), name)?)),
+            Real::Named { dir, name } => {
+                Ok(ObjFd::Owned(sys::open_path(dir.as_fd(), name.as_cstr())?))
+            }
         }
     }
 
@@ -124,7 +128,9 @@ impl RealEntry {
     pub fn open_file(&self, flags: i32) -> Result<OwnedFd> {
         match &self.real {
             Real::Held(fd) => sys::reopen(fd.as_fd(), flags),
-            Real::Named { dir, name } => sys::openat(dir.as_fd(), name, flags & !libc::O_CREAT, 0),
+            Real::Named { dir, name } => {
+                sys::openat(dir.as_fd(), name.as_cstr(), flags & !libc::O_CREAT, 0)
+            }
         }
     }
 
@@ -144,7 +150,7 @@ impl RealEntry {
     pub fn stat(&self) -> Result<libc::stat> {
         match &self.real {
             Real::Held(fd) => sys::fstat(fd.as_fd()),
-            Real::Named { dir, name } => sys::fstatat(dir.as_fd(), name),
+            Real::Named { dir, name } => sys::fstatat(dir.as_fd(), name.as_cstr()),
         }
     }
 
@@ -152,7 +158,7 @@ impl RealEntry {
     pub fn getxattr(&self, xname: &CStr) -> Result<Vec<u8>> {
         match &self.real {
             Real::Held(fd) => sys::getxattr(fd.as_fd(), xname),
-            Real::Named { dir, name } => sys::getxattr_at(dir.as_fd(), name, xname),
+            Real::Named { dir, name } => sys::getxattr_at(dir.as_fd(), name.as_cstr(), xname),
         }
     }
 }
@@ -170,8 +176,42 @@ impl Top for [RealEntry] {
 }
 
 /// The real entries of an object, top-down. For a directory: every real directory that takes
-/// part in the merge (cut at an opaque one). For anything else: exactly one.
-pub type Reals = Arc<Vec<RealEntry>>;
+/// part in the merge (cut at an opaque one). For anything else: exactly one (two for a file
+/// found through the index: the index entry and the lower file).
+///
+/// A snapshot, cheap to clone: one entry (nearly every node) is held inline, so that a node
+/// costs no allocation for it; several share one allocation.
+#[derive(Debug, Clone)]
+pub struct Reals(RealsRepr);
+
+#[derive(Debug, Clone)]
+enum RealsRepr {
+    One(RealEntry),
+    Many(Arc<[RealEntry]>),
+}
+
+impl std::ops::Deref for Reals {
+    type Target = [RealEntry];
+    fn deref(&self) -> &[RealEntry] {
+        match &self.0 {
+            RealsRepr::One(e) => std::slice::from_ref(e),
+            RealsRepr::Many(v) => v,
+        }
+    }
+}
+
+impl From<Vec<RealEntry>> for Reals {
+    fn from(mut v: Vec<RealEntry>) -> Reals {
+        match (v.pop(), v.is_empty()) {
+            (Some(one), true) => Reals(RealsRepr::One(one)),
+            (Some(last), false) => {
+                v.push(last);
+                Reals(RealsRepr::Many(Arc::from(v)))
+            }
+            (None, _) => Reals(RealsRepr::Many(Arc::from(v))),
+        }
+    }
+}
 
 /// The real entries of a node, behind the node's lock. Copy-up holds it for writing while it
 /// builds the upper copy, so that one object is copied once.
@@ -179,8 +219,8 @@ pub type Reals = Arc<Vec<RealEntry>>;
 pub struct NodeState {
     pub reals: Reals,
     /// For a regular file whose upper entry is a metadata-only copy (`overlay.metacopy`): the
-    /// lower entry that still holds its data.
-    pub lower_data: Option<RealEntry>,
+    /// lower entry that still holds its data. Boxed: few nodes have one.
+    pub lower_data: Option<Box<RealEntry>>,
 }
 
 /// Where a node was last reached: its parent's node id and its name there. Kept apart from
@@ -188,13 +228,20 @@ pub struct NodeState {
 #[derive(Debug, Clone)]
 pub struct Location {
     pub parent: u64,
-    pub name: OsString,
+    name: Name,
+    /// Only for a non-directory reached by several names: allocated with the second one.
+    links: Option<Box<Links>>,
+}
+
+/// The other names of a node with several links.
+#[derive(Debug, Clone, Default)]
+struct Links {
     /// Other names a non-directory with several links was reached by (most recent last,
     /// bounded): copy-up links the index entry under one that still names the object.
-    pub aliases: Vec<(u64, OsString)>,
+    aliases: Vec<(u64, OsString)>,
     /// Names of a lower file with several links whose copy-up broke away from it (without the
     /// index): an operation that reaches this node through one of them goes to that copy.
-    pub broken: Vec<BrokenName>,
+    broken: Vec<BrokenName>,
 }
 
 /// A name (`name` in directory node `parent`) that broke away from a node, and the real inode
@@ -207,9 +254,29 @@ pub struct BrokenName {
 }
 
 impl Location {
+    fn new(parent: u64, name: &OsStr) -> Location {
+        Location {
+            parent,
+            name: Name::new(name.as_bytes()),
+            links: None,
+        }
+    }
+
+    /// The name in `parent`.
+    pub fn name(&self) -> &OsStr {
+        OsStr::from_bytes(self.name.as_bytes())
+    }
+
+    /// Other names the node was reached by, most recent last.
+    pub fn aliases(&self) -> &[(u64, OsString)] {
+        self.links.as_deref().map_or(&[], |l| &l.aliases)
+    }
+
     /// The real inode number of the copy that `name` in `parent` broke away to, if it did.
     pub fn broken_copy(&self, parent: u64, name: &OsStr) -> Option<u64> {
-        self.broken
+        self.links
+            .as_deref()?
+            .broken
             .iter()
             .find(|b| b.parent == parent && b.name == name)
             .map(|b| b.copy)
@@ -227,33 +294,54 @@ fn asked_bit(name: &std::ffi::OsStr) -> Option<u8> {
 /// How many other names of a hard-linked file a node remembers.
 const MAX_ALIASES: usize = 8;
 
+/// A node. Its size is the daemon's memory per object the kernel caches, so what only some
+/// nodes need lives behind one pointer: a directory's listing cache (`dir`), a file's other
+/// names (`Location::links`), a metadata-only copy's data entry (`NodeState::lower_data`);
+/// names are held inline ([`Name`]) and one real entry inline ([`Reals`]).
 #[derive(Debug)]
 pub struct Inode {
-    pub id: u64,
-    /// The `st_ino` reported for this object; fixed for the node's life.
+    /// The `st_ino` reported for this object; fixed for the node's life. It is the node id
+    /// too, but for the root's (see [`Inode::id`]).
     pub ino: u64,
     pub kind: Kind,
-    lookups: AtomicU64,
-    pub state: RwLock<NodeState>,
-    pub location: Mutex<Location>,
-    /// For a directory: its merged listing, kept while nothing changes in it. `listing_gen`
-    /// counts the changes; a listing built across a change is not kept.
-    listing: Mutex<Option<(u64, Arc<Listing>)>>,
-    listing_gen: AtomicU64,
-    /// For a directory: lookups in it answered without a cached listing since it last changed.
-    walks: AtomicU64,
-    /// For a directory: how many entries its last listing had.
-    listed_len: AtomicU32,
+    root: bool,
     /// Which of [`ASKED_XATTRS`] the object is known not to have (bit `i` for name `i`): asked
     /// of every file by `ls -l` and the like, answered from here after the first time. Set only
     /// from a real answer, and cleared by every change of the node's xattrs or mode.
     absent_xattrs: AtomicU8,
-    /// For a directory: held shared by whoever marks its upper `overlay.impure` and publishes
-    /// the entry that needs the marker (copy-up, link, a rename from another directory), from
-    /// before the mark until after the publish; tried exclusively by a listing that would
-    /// remove a marker no entry needs, which skips the removal when it cannot have it. A leaf.
-    pub impure_marker: RwLock<()>,
+    lookups: AtomicU64,
+    pub state: RwLock<NodeState>,
+    pub location: Mutex<Location>,
+    /// For a directory: its listing cache and markers; `None` for anything else.
+    dir: Option<Box<DirPart>>,
 }
+
+/// What only a directory node needs.
+#[derive(Debug, Default)]
+struct DirPart {
+    /// Its merged listing, kept while nothing changes in it. `listing_gen` counts the changes;
+    /// a listing built across a change is not kept.
+    listing: Mutex<Option<(u64, Arc<Listing>)>>,
+    listing_gen: AtomicU64,
+    /// Lookups in it answered without a cached listing since it last changed.
+    walks: AtomicU64,
+    /// How many entries its last listing had.
+    listed_len: AtomicU32,
+    /// Held shared by whoever marks its upper `overlay.impure` and publishes the entry that
+    /// needs the marker (copy-up, link, a rename from another directory), from before the mark
+    /// until after the publish; tried exclusively by a listing that would remove a marker no
+    /// entry needs, which skips the removal when it cannot have it. A leaf.
+    impure_marker: RwLock<()>,
+}
+
+/// What the directory methods of a non-directory node work on: nothing is ever cached in it.
+static NOT_A_DIR: DirPart = DirPart {
+    listing: Mutex::new(None),
+    listing_gen: AtomicU64::new(0),
+    walks: AtomicU64::new(0),
+    listed_len: AtomicU32::new(0),
+    impure_marker: RwLock::new(()),
+};
 
 /// The xattrs asked of every file (`ls -l`: the SELinux label and the access ACL; the kernel,
 /// before every write: the file capability it would have to drop), whose absence a node
@@ -266,11 +354,43 @@ pub const ASKED_XATTRS: [&str; 4] = [
 ];
 
 impl Inode {
+    fn new(root: bool, ino: u64, kind: Kind, state: NodeState, location: Location) -> Inode {
+        Inode {
+            ino,
+            kind,
+            root,
+            absent_xattrs: AtomicU8::new(0),
+            lookups: AtomicU64::new(1),
+            state: RwLock::new(state),
+            location: Mutex::new(location),
+            dir: (kind == Kind::Directory).then(Box::default),
+        }
+    }
+
+    /// The node id the kernel knows this node by.
+    pub fn id(&self) -> u64 {
+        if self.root { ROOT_ID } else { self.ino }
+    }
+
+    /// The directory part; for a non-directory, one where nothing is ever kept.
+    fn dir(&self) -> &DirPart {
+        self.dir.as_deref().unwrap_or(&NOT_A_DIR)
+    }
+
+    /// For a directory: the lock around marking its upper `overlay.impure` and publishing the
+    /// entry that needs it (see `DirPart::impure_marker`).
+    pub fn impure_marker(&self) -> &RwLock<()> {
+        &self.dir().impure_marker
+    }
+
     /// Where the data of a regular file is read from: the lower entry of a metadata-only copy,
     /// else the top real entry.
     pub fn data_source(&self) -> Option<RealEntry> {
         let st = self.state.read();
-        st.lower_data.clone().or_else(|| st.reals.first().cloned())
+        st.lower_data
+            .as_deref()
+            .cloned()
+            .or_else(|| st.reals.first().cloned())
     }
 
     /// Whether the object is known not to have xattr `name` (see `absent_xattrs`).
@@ -297,27 +417,51 @@ impl Inode {
 
     /// The cached listing of this directory, if it is still current.
     pub fn cached_listing(&self) -> Option<Arc<Listing>> {
-        let generation = self.listing_gen.load(Ordering::Acquire);
-        match &*self.listing.lock() {
+        let dir = self.dir.as_deref()?;
+        let generation = dir.listing_gen.load(Ordering::Acquire);
+        match &*dir.listing.lock() {
             Some((g, l)) if *g == generation => Some(l.clone()),
             _ => None,
         }
     }
 
-    /// The change count to pass to [`Inode::keep_listing`] for a listing built from now on.
+    /// The change count to pass to [`InodeTable::keep_listing`] for a listing built from now on.
     pub fn listing_generation(&self) -> u64 {
-        self.listing_gen.load(Ordering::Acquire)
+        self.dir().listing_gen.load(Ordering::Acquire)
     }
 
-    /// Keeps `listing`, built when the change count was `gen`, unless something changed since.
-    pub fn keep_listing(&self, generation: u64, listing: Arc<Listing>) {
-        self.listed_len.store(
-            listing.entries.len().min(u32::MAX as usize) as u32,
+    /// Keeps `listing`, built when the change count was `gen`, unless something changed since;
+    /// returns whether it kept it. See [`InodeTable::keep_listing`].
+    fn keep_listing(&self, generation: u64, listing: Arc<Listing>) -> bool {
+        let Some(dir) = self.dir.as_deref() else {
+            return false;
+        };
+        dir.listed_len.store(
+            listing.len().min(u32::MAX as usize) as u32,
             Ordering::Relaxed,
         );
-        let mut slot = self.listing.lock();
-        if self.listing_gen.load(Ordering::Acquire) == generation {
+        let mut slot = dir.listing.lock();
+        if dir.listing_gen.load(Ordering::Acquire) == generation {
             *slot = Some((generation, listing));
+            return true;
+        }
+        false
+    }
+
+    /// Drops the cached listing if it is still `listing`.
+    fn drop_listing(&self, listing: &std::sync::Weak<Listing>) {
+        let Some(dir) = self.dir.as_deref() else {
+            return;
+        };
+        let mut slot = dir.listing.lock();
+        if slot
+            .as_ref()
+            .is_some_and(|(_, l)| std::ptr::eq(Arc::as_ptr(l), listing.as_ptr()))
+        {
+            *slot = None;
+            // Three more lookups earn it back (see `walked`), rather than the next one: else
+            // lookups going round more directories than keep listings would list every time.
+            dir.walks.store(0, Ordering::Relaxed);
         }
     }
 
@@ -329,31 +473,40 @@ impl Inode {
     /// earn it: else a loop of renames, each with its two lookups, lists it again every time.
     pub fn walked(&self) -> bool {
         const WORTH_A_LISTING: u64 = 3;
-        let threshold = WORTH_A_LISTING + u64::from(self.listed_len.load(Ordering::Relaxed)) / 64;
-        self.walks.fetch_add(1, Ordering::Relaxed) + 1 >= threshold
+        let Some(dir) = self.dir.as_deref() else {
+            return false;
+        };
+        let threshold = WORTH_A_LISTING + u64::from(dir.listed_len.load(Ordering::Relaxed)) / 64;
+        dir.walks.fetch_add(1, Ordering::Relaxed) + 1 >= threshold
     }
 
     /// Something changed in this directory: its listing must be built again.
     pub fn listing_changed(&self) {
-        self.listing_gen.fetch_add(1, Ordering::AcqRel);
-        *self.listing.lock() = None;
+        let Some(dir) = self.dir.as_deref() else {
+            return;
+        };
+        dir.listing_gen.fetch_add(1, Ordering::AcqRel);
+        *dir.listing.lock() = None;
         // A directory changed between lookups (a loop of creates or unlinks) would otherwise
         // be listed again for every lookup.
-        self.walks.store(0, Ordering::Relaxed);
+        dir.walks.store(0, Ordering::Relaxed);
     }
 
     /// Records that the copy-up of this node's name `name` in `parent` broke away from it, to
     /// the upper object with real inode number `copy`.
     pub fn broke_away(&self, parent: u64, name: &OsStr, copy: u64) {
         let mut l = self.location.lock();
-        l.broken.retain(|b| !(b.parent == parent && b.name == name));
-        l.broken.push(BrokenName {
+        let links = l.links.get_or_insert_with(Box::default);
+        links
+            .broken
+            .retain(|b| !(b.parent == parent && b.name == name));
+        links.broken.push(BrokenName {
             parent,
             name: name.to_os_string(),
             copy,
         });
-        if l.broken.len() > MAX_ALIASES {
-            l.broken.remove(0);
+        if links.broken.len() > MAX_ALIASES {
+            links.broken.remove(0);
         }
     }
 
@@ -363,19 +516,24 @@ impl Inode {
 
     pub fn set_location(&self, parent: u64, name: &OsStr) {
         let mut l = self.location.lock();
-        if self.kind != Kind::Directory && (l.parent != parent || l.name != name) {
-            let old = (l.parent, std::mem::take(&mut l.name));
-            l.aliases
+        if l.parent == parent && l.name() == name {
+            return;
+        }
+        if self.kind != Kind::Directory {
+            let old = (l.parent, l.name().to_os_string());
+            let links = l.links.get_or_insert_with(Box::default);
+            links
+                .aliases
                 .retain(|(p, n)| !(*p == parent && n == name) && *p != 0);
             if !old.1.is_empty() {
-                l.aliases.push(old);
+                links.aliases.push(old);
             }
-            if l.aliases.len() > MAX_ALIASES {
-                l.aliases.remove(0);
+            if links.aliases.len() > MAX_ALIASES {
+                links.aliases.remove(0);
             }
         }
         l.parent = parent;
-        l.name = name.to_os_string();
+        l.name = Name::new(name.as_bytes());
     }
 }
 
@@ -384,39 +542,81 @@ pub struct InodeTable {
     /// Live nodes by node id. A node id is the `st_ino` the mount reports for the object (fuser
     /// sends `attr.ino` as the node id of an entry), except for the root, which is node 1.
     nodes: DashMap<u64, Arc<Inode>>,
+    /// Nodes removed since the allocator was last asked to give freed memory back.
+    removed: AtomicU64,
+    /// The listings kept in directory nodes, oldest first: (node id, listing, its length).
+    /// Bounded, so that a walk of a large tree does not keep the listing of every directory it
+    /// passed (a listing helps the lookups that follow a `readdir` of the same directory). A
+    /// leaf lock: nothing else is locked while it is held.
+    kept: Mutex<std::collections::VecDeque<(u64, std::sync::Weak<Listing>, usize)>>,
 }
+
+/// At most this many directories keep their listing...
+const KEPT_LISTINGS: usize = 32;
+/// ...and no more entries than this in all (one directory's listing is always kept).
+const KEPT_ENTRIES: usize = 32 * 1024;
+
+/// After this many nodes are forgotten (a few hundred KiB of them), the daemon gives the freed
+/// memory back to the system ([`sys::malloc_trim`]): the kernel forgets nodes in large batches
+/// (memory pressure, `drop_caches`), and a daemon that served one large walk would otherwise
+/// keep its peak size for the rest of its life.
+const TRIM_AFTER: u64 = 2048;
 
 impl InodeTable {
     pub fn new() -> Self {
         InodeTable {
             nodes: DashMap::new(),
+            removed: AtomicU64::new(0),
+            kept: Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// Keeps `listing` in directory node `dir` (built when its change count was `generation`,
+    /// see [`Inode::listing_generation`]), and drops the oldest kept listings beyond the bounds
+    /// (32 listings, 32 Ki entries in all).
+    pub fn keep_listing(&self, dir: &Inode, generation: u64, listing: Arc<Listing>) {
+        let len = listing.len();
+        let weak = Arc::downgrade(&listing);
+        if !dir.keep_listing(generation, listing) {
+            return;
+        }
+        let evicted: Vec<(u64, std::sync::Weak<Listing>, usize)> = {
+            let mut kept = self.kept.lock();
+            kept.push_back((dir.id(), weak, len));
+            let mut total: usize = kept
+                .iter()
+                .filter(|(_, l, _)| l.strong_count() > 0)
+                .map(|(_, _, n)| n)
+                .sum();
+            let mut out = Vec::new();
+            while kept.len() > 1 && (kept.len() > KEPT_LISTINGS || total > KEPT_ENTRIES) {
+                let Some(old) = kept.pop_front() else { break };
+                if old.1.strong_count() > 0 {
+                    total = total.saturating_sub(old.2);
+                }
+                out.push(old);
+            }
+            out
+        };
+        for (id, weak, _) in evicted {
+            if let Some(node) = self.nodes.get(&id).map(|n| n.clone()) {
+                node.drop_listing(&weak);
+            }
         }
     }
 
     /// Installs the root node, which is never forgotten.
     pub fn insert_root(&self, ino: u64, reals: Vec<RealEntry>) {
-        let node = Arc::new(Inode {
-            id: ROOT_ID,
+        let node = Arc::new(Inode::new(
+            true,
             ino,
-            kind: Kind::Directory,
-            lookups: AtomicU64::new(1),
-            state: RwLock::new(NodeState {
-                reals: Arc::new(reals),
+            Kind::Directory,
+            NodeState {
+                reals: Reals::from(reals),
                 lower_data: None,
-            }),
-            location: Mutex::new(Location {
-                parent: ROOT_ID,
-                name: OsString::new(),
-                aliases: Vec::new(),
-                broken: Vec::new(),
-            }),
-            listing: Mutex::new(None),
-            listing_gen: AtomicU64::new(0),
-            walks: AtomicU64::new(0),
-            listed_len: AtomicU32::new(0),
-            absent_xattrs: AtomicU8::new(0),
-            impure_marker: RwLock::new(()),
-        });
+            },
+            Location::new(ROOT_ID, OsStr::new("")),
+        ));
         self.nodes.insert(ROOT_ID, node);
     }
 
@@ -438,7 +638,7 @@ impl InodeTable {
         let mut slot = self.nodes.entry(ino);
         if let dashmap::Entry::Occupied(o) = &mut slot {
             let node = o.get().clone();
-            if node.kind != kind || node.id == ROOT_ID {
+            if node.kind != kind || node.id() == ROOT_ID {
                 log::error!(
                     "inode number {ino} reused by a {kind:?} while a {:?} holds it",
                     node.kind
@@ -449,25 +649,13 @@ impl InodeTable {
             node.set_location(parent, name);
             return Ok((node, false));
         }
-        let node = Arc::new(Inode {
-            id: ino,
+        let node = Arc::new(Inode::new(
+            false,
             ino,
             kind,
-            lookups: AtomicU64::new(1),
-            state: RwLock::new(state()),
-            location: Mutex::new(Location {
-                parent,
-                name: name.to_os_string(),
-                aliases: Vec::new(),
-                broken: Vec::new(),
-            }),
-            listing: Mutex::new(None),
-            listing_gen: AtomicU64::new(0),
-            walks: AtomicU64::new(0),
-            listed_len: AtomicU32::new(0),
-            absent_xattrs: AtomicU8::new(0),
-            impure_marker: RwLock::new(()),
-        });
+            state(),
+            Location::new(parent, name),
+        ));
         slot.insert(node.clone());
         Ok((node, true))
     }
@@ -477,14 +665,27 @@ impl InodeTable {
         if id == ROOT_ID {
             return;
         }
-        match self.nodes.entry(id) {
+        let removed = match self.nodes.entry(id) {
             dashmap::Entry::Occupied(o) => {
                 let prev = o.get().lookups.fetch_sub(n, Ordering::AcqRel);
-                if prev <= n {
-                    o.remove();
-                }
+                (prev <= n).then(|| o.remove())
             }
-            dashmap::Entry::Vacant(_) => log::warn!("forget of unknown node {id}"),
+            dashmap::Entry::Vacant(_) => {
+                log::warn!("forget of unknown node {id}");
+                None
+            }
+        };
+        // The node is freed here, outside the shard lock (unless a request still holds it).
+        if removed.is_some()
+            && self.removed.fetch_add(1, Ordering::Relaxed) + 1 >= TRIM_AFTER
+            && self.removed.swap(0, Ordering::Relaxed) >= TRIM_AFTER
+        {
+            drop(removed);
+            // No lock is held here. The table does not shrink by itself: its slots for the
+            // forgotten nodes would stay allocated.
+            self.nodes.shrink_to_fit();
+            let released = sys::malloc_trim();
+            log::debug!("forgot {TRIM_AFTER} nodes; memory given back: {released}");
         }
     }
 

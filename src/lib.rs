@@ -27,6 +27,7 @@ pub mod lifecycle;
 pub mod listing;
 pub mod lookup;
 pub mod mount;
+pub mod name;
 pub mod options;
 pub mod origin;
 pub mod overlay;

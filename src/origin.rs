@@ -24,7 +24,9 @@ impl IndexKey {
     pub fn of(entry: &RealEntry) -> Result<IndexKey> {
         let (handle_type, handle) = match &entry.real {
             crate::inode::Real::Held(fd) => sys::name_to_handle(fd.as_fd(), c"")?,
-            crate::inode::Real::Named { dir, name } => sys::name_to_handle(dir.as_fd(), name)?,
+            crate::inode::Real::Named { dir, name } => {
+                sys::name_to_handle(dir.as_fd(), name.as_cstr())?
+            }
         };
         const OVL_FH_MAGIC: u8 = 0xfb;
         let endian = if cfg!(target_endian = "big") { 1 } else { 0 };

@@ -171,7 +171,7 @@ impl Overlay {
             .inodes
             .get(node)
             .ok()
-            .and_then(|n| n.location.try_lock().map(|l| l.name.clone()));
+            .and_then(|n| n.location.try_lock().map(|l| l.name().to_os_string()));
         match name {
             Some(name) => e.named(&name),
             None => e,
@@ -366,8 +366,8 @@ impl Overlay {
         let (node, created) =
             self.inodes
                 .lookup_or_insert(ino, kind, parent, name, || NodeState {
-                    reals: Arc::new(resolved.reals),
-                    lower_data: resolved.lower_data,
+                    reals: crate::inode::Reals::from(resolved.reals),
+                    lower_data: resolved.lower_data.map(Box::new),
                 })?;
         if !created && kind != Kind::Directory {
             match indexed {
@@ -387,11 +387,11 @@ impl Overlay {
     pub(crate) fn entry_from(&self, node: &Inode, top_stat: Option<libc::stat>) -> Result<Entry> {
         match self.attr_from(node, top_stat) {
             Ok(attr) => Ok(Entry {
-                node: node.id,
+                node: node.id(),
                 attr,
             }),
             Err(e) => {
-                self.inodes.forget(node.id, 1);
+                self.inodes.forget(node.id(), 1);
                 Err(e)
             }
         }
@@ -488,11 +488,11 @@ impl Overlay {
         }
         let mut st = node.state.write();
         if st.reals.first().is_some_and(|c| c.layer >= fresh.layer) {
-            let mut reals = (*st.reals).clone();
+            let mut reals = st.reals.to_vec();
             if let Some(slot) = reals.first_mut() {
                 *slot = fresh;
             }
-            st.reals = Arc::new(reals);
+            st.reals = crate::inode::Reals::from(reals);
         }
     }
 
@@ -570,8 +570,8 @@ impl Overlay {
     pub(crate) fn attr_as_reached(&self, node: &Inode) -> Result<libc::stat> {
         let reached = {
             let l = node.location.lock();
-            l.broken_copy(l.parent, &l.name)
-                .map(|copy| (l.parent, l.name.clone(), copy))
+            l.broken_copy(l.parent, l.name())
+                .map(|copy| (l.parent, l.name().to_os_string(), copy))
         };
         let Some((parent, name, copy)) = reached else {
             return self.attr(node);
@@ -597,11 +597,11 @@ impl Overlay {
             && matches!(top.real, crate::inode::Real::Named { .. })
         {
             let pinned = RealEntry::new(top.layer, top.fd()?.into_owned()?);
-            let mut reals = (*st.reals).clone();
+            let mut reals = st.reals.to_vec();
             if let Some(slot) = reals.first_mut() {
                 *slot = pinned;
             }
-            st.reals = Arc::new(reals);
+            st.reals = crate::inode::Reals::from(reals);
         }
         Ok(())
     }
@@ -665,7 +665,7 @@ impl Overlay {
         let file = top.open_file(pass)?;
         let from_lower = Some(top.layer) != self.layers.upper();
         Ok(Opened {
-            fh: self.add_file(node.id, ino, (file, top.layer), writes, from_lower),
+            fh: self.add_file(node.id(), ino, (file, top.layer), writes, from_lower),
             keep_cache,
             direct_io: flags & libc::O_DIRECT != 0,
             // Not for a copy that broke away from a lower file's other names (`ino` is then
@@ -751,8 +751,8 @@ impl Overlay {
         if merged.stale_impure && !self.read_only {
             self.drop_impure(dir, &reals);
         }
-        let l = Arc::new(Listing::new(merged.entries));
-        dir.keep_listing(generation, l.clone());
+        let l = Arc::new(Listing::new(merged.entries)?);
+        self.inodes.keep_listing(dir, generation, l.clone());
         Ok(l)
     }
 
@@ -761,7 +761,7 @@ impl Overlay {
     /// is skipped while an entry that needs the marker is being added (which holds the
     /// directory's `impure_marker`), and a failure only leaves a marker that costs a few reads.
     fn drop_impure(&self, dir: &Inode, reals: &crate::inode::Reals) {
-        let Some(_marker) = dir.impure_marker.try_write() else {
+        let Some(_marker) = dir.impure_marker().try_write() else {
             return;
         };
         // Entries published since the listing was read hold the marker no more: look again.
@@ -807,7 +807,7 @@ impl Overlay {
             DirEntry {
                 name: OsString::from(".."),
                 kind: Kind::Directory,
-                ino: if dir.id == ROOT_ID {
+                ino: if dir.id() == ROOT_ID {
                     dir.ino
                 } else {
                     parent_ino
@@ -816,7 +816,7 @@ impl Overlay {
                 real_ino: 0,
             },
         ];
-        Ok(self.handles.add_dir(DirHandle::new(dir.id, dots, merged)))
+        Ok(self.handles.add_dir(DirHandle::new(dir.id(), dots, merged)))
     }
 
     /// The listing of an open directory handle.
@@ -1204,7 +1204,7 @@ impl Overlay {
             mode: Some(st.st_mode & 0o7777 & !libc::S_ISGID),
             ..SetAttr::default()
         };
-        self.setattr_steps(node.id, change).map(|_| ())
+        self.setattr_steps(node.id(), change).map(|_| ())
     }
 }
 
@@ -1301,7 +1301,7 @@ fn knows_any_absent(node: &Inode) -> bool {
 fn learn_absent(node: &Inode, top: &RealEntry) -> bool {
     let names = match &top.real {
         crate::inode::Real::Held(fd) => sys::listxattr(fd.as_fd()),
-        crate::inode::Real::Named { dir, name } => sys::listxattr_at(dir.as_fd(), name),
+        crate::inode::Real::Named { dir, name } => sys::listxattr_at(dir.as_fd(), name.as_cstr()),
     };
     let Ok(names) = names else {
         return false;

@@ -49,7 +49,7 @@ impl Overlay {
         data: CopyData,
     ) -> Result<(Arc<Inode>, Reals)> {
         self.writable_with(node, data, true)
-            .map_err(|e| self.named(e.context("copy-up").in_layer(0), node.id))
+            .map_err(|e| self.named(e.context("copy-up").in_layer(0), node.id()))
     }
 
     /// Like [`Overlay::ensure_upper`] for an xattr change: as in the kernel, such a change
@@ -58,7 +58,7 @@ impl Overlay {
     pub(crate) fn ensure_upper_for_xattr(&self, node: &Arc<Inode>) -> Result<Reals> {
         self.writable_with(node, CopyData::Metadata, false)
             .map(|(_, reals)| reals)
-            .map_err(|e| self.named(e.context("copy-up").in_layer(0), node.id))
+            .map_err(|e| self.named(e.context("copy-up").in_layer(0), node.id()))
     }
 
     fn writable_with(
@@ -107,7 +107,7 @@ impl Overlay {
                 )?;
                 st.lower_data = None;
                 self.stats().metacopy_completed(bytes);
-                log::debug!("completed the metadata-only copy of node {}", node.id);
+                log::debug!("completed the metadata-only copy of node {}", node.id());
             }
         }
         if link_up {
@@ -125,15 +125,15 @@ impl Overlay {
         data: CopyData,
     ) -> Result<Option<(Arc<Inode>, Reals)>> {
         let upper = self.upper_layer()?.0;
-        if node.id == ROOT_ID {
+        if node.id() == ROOT_ID {
             // The root's reals always start with the upper root when there is one.
             return Err(EIO);
         }
         let first = node.location();
-        if let Some(copy) = first.broken_copy(first.parent, &first.name) {
+        if let Some(copy) = first.broken_copy(first.parent, first.name()) {
             // Reached through a name whose copy already broke away: that copy it is.
             return self
-                .broken_away(first.parent, &first.name, copy, data)
+                .broken_away(first.parent, first.name(), copy, data)
                 .map(Some);
         }
         // The name to copy up under: where the node was last reached, unless that name no
@@ -141,7 +141,7 @@ impl Overlay {
         // name it was reached by that still does.
         let (parent_id, chosen) = match self.still_names(node, &first, reals.top()?)? {
             Some(pick) => pick,
-            None => (first.parent, first.name.clone()),
+            None => (first.parent, first.name().to_os_string()),
         };
         let parent = self.inodes().get(parent_id)?;
         let preals = self.ensure_upper(&parent, CopyData::All)?;
@@ -149,7 +149,7 @@ impl Overlay {
         let loc = node.location();
         if st.reals.first().is_some_and(|r| r.layer == upper)
             || loc.parent != first.parent
-            || loc.name != first.name
+            || loc.name() != first.name()
         {
             return Ok(None);
         }
@@ -213,12 +213,12 @@ impl Overlay {
         let cname = sys::cstr(plan.name)?;
         // The parent's impure marker is set before the copy is published: no listing may
         // remove it in between.
-        let marker = plan.parent.impure_marker.read();
+        let marker = plan.parent.impure_marker().read();
         let (entry, published) = build::copy_up(&build::CopyCtx {
             work,
             upper_layer: upper,
             src: &plan.src,
-            data_src: data_src.as_ref(),
+            data_src: data_src.as_deref(),
             kind: node.kind,
             upper_dir: plan.preals.top()?.dir_arc()?,
             name: &cname,
@@ -242,13 +242,13 @@ impl Overlay {
         plan.parent.listing_changed();
         if plan.breaks {
             let copy = entry.stat()?.st_ino;
-            node.broke_away(plan.parent.id, plan.name, copy);
+            node.broke_away(plan.parent.id(), plan.name, copy);
             drop(st);
             // The name's number changed with no change to the directory the kernel would
             // notice: its cached listing must go.
-            self.invalidate(plan.parent.id, true);
-            log::debug!("copied up {:?} away from node {}", plan.name, node.id);
-            return self.broken_away(plan.parent.id, plan.name, copy, plan.data);
+            self.invalidate(plan.parent.id(), true);
+            log::debug!("copied up {:?} away from node {}", plan.name, node.id());
+            return self.broken_away(plan.parent.id(), plan.name, copy, plan.data);
         }
         self.layers()
             .remember_copy_up(entry.stat()?.st_ino, node.ino);
@@ -256,19 +256,19 @@ impl Overlay {
         if node.kind == Kind::Directory || plan.indexed {
             new_reals.extend(st.reals.iter().cloned());
         }
-        st.reals = Arc::new(new_reals);
+        st.reals = Reals::from(new_reals);
         st.lower_data = match plan.data {
-            CopyData::Metadata => Some(data_src.unwrap_or_else(|| plan.src.clone())),
+            CopyData::Metadata => Some(data_src.unwrap_or_else(|| Box::new(plan.src.clone()))),
             _ => None,
         };
-        log::debug!("copied up {:?} (node {})", loc.name, node.id);
+        log::debug!("copied up {:?} (node {})", loc.name(), node.id());
         let reals = st.reals.clone();
         drop(st);
         if plan.data == CopyData::Metadata {
             // From now on its attributes must not be cached (see `Overlay::volatile`); the
             // kernel may hold them from before, and a failed request (a `setxattr` that copied
             // up, then failed) would not make it ask again.
-            self.invalidate(node.id, false);
+            self.invalidate(node.id(), false);
         }
         if plan.indexed {
             let linked = published || self.link_some_alias(node, loc, &plan.src_st)?;
@@ -330,8 +330,8 @@ impl Overlay {
         if lst.st_nlink <= 1 {
             return Ok(None);
         }
-        let candidates = std::iter::once((loc.parent, loc.name.clone()))
-            .chain(loc.aliases.iter().rev().cloned());
+        let candidates = std::iter::once((loc.parent, loc.name().to_os_string()))
+            .chain(loc.aliases().iter().rev().cloned());
         for (i, (parent, name)) in candidates.enumerate() {
             if self.names_lower(parent, &name, &lst) {
                 return Ok(if i == 0 { None } else { Some((parent, name)) });

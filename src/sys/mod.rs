@@ -800,6 +800,21 @@ pub fn is_whiteout(st: &libc::stat) -> bool {
     (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == 0
 }
 
+/// Hands the pages the allocator holds free back to the kernel (glibc's `malloc_trim`),
+/// wherever they are in its heaps. Called after the kernel forgot many nodes, whose memory
+/// the allocator would otherwise keep. Returns whether any memory was released.
+#[cfg(target_env = "gnu")]
+pub fn malloc_trim() -> bool {
+    // SAFETY: malloc_trim takes no pointers; it only walks the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) != 0 }
+}
+
+/// Other C libraries have no `malloc_trim`: freed memory stays with the allocator for reuse.
+#[cfg(not(target_env = "gnu"))]
+pub fn malloc_trim() -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
