@@ -21,6 +21,8 @@
 //! matches a missing field, `~=` matches a missing field as the empty string, and a regular
 //! expression that does not compile matches nothing (containerd only logs it).
 
+use std::collections::HashMap;
+
 use regex::Regex;
 
 /// Which comparison a selector makes.
@@ -429,26 +431,36 @@ fn unquote(s: &str) -> Option<String> {
     Some(out)
 }
 
+/// A snapshot's fields as containerd's metastore adapts them to filters: `name`, `kind`,
+/// `parent`, and `labels.KEY` (no labels at all: no `labels` field).
+pub fn snapshot_fields<'a>(
+    name: &'a str,
+    kind: &'a str,
+    parent: &'a str,
+    labels: &'a HashMap<String, String>,
+) -> impl Fn(&[String]) -> Option<&'a str> {
+    move |path: &[String]| match path.split_first() {
+        Some((field, _)) if field == "name" => Some(name),
+        Some((field, _)) if field == "kind" => Some(kind),
+        Some((field, _)) if field == "parent" => Some(parent),
+        Some((field, key)) if field == "labels" && !labels.is_empty() => {
+            labels.get(&key.join(".")).map(String::as_str)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    /// A snapshot's fields as containerd's metastore adapts them.
+    /// A snapshot without a parent, as the tests filter it.
     fn object<'a>(
         name: &'a str,
         kind: &'a str,
         labels: &'a HashMap<String, String>,
     ) -> impl Fn(&[String]) -> Option<&'a str> {
-        move |path: &[String]| match path.first().map(String::as_str) {
-            Some("name") => Some(name),
-            Some("kind") => Some(kind),
-            Some("parent") => Some(""),
-            Some("labels") if !labels.is_empty() => {
-                labels.get(&path[1..].join(".")).map(String::as_str)
-            }
-            _ => None,
-        }
+        snapshot_fields(name, kind, "", labels)
     }
 
     fn matches(filters: &[&str], name: &str, labels: &[(&str, &str)]) -> bool {

@@ -399,16 +399,12 @@ impl Snapshots {
         let table = self.read()?;
         let mut out = Vec::new();
         for (name, record) in store::all(&table)? {
-            let matched =
-                filter.matches(|path: &[String]| match path.first().map(String::as_str) {
-                    Some("kind") => Some(record.kind.word()),
-                    Some("name") => Some(name.as_str()),
-                    Some("parent") => Some(record.parent.as_str()),
-                    Some("labels") if !record.labels.is_empty() => {
-                        record.labels.get(&path[1..].join(".")).map(String::as_str)
-                    }
-                    _ => None,
-                });
+            let matched = filter.matches(filter::snapshot_fields(
+                &name,
+                record.kind.word(),
+                &record.parent,
+                &record.labels,
+            ));
             if matched {
                 out.push(record.info(&name));
             }
@@ -489,7 +485,10 @@ impl Service {
                 }
                 Err(e.into())
             }
-            Err(e) => Err(tonic::Status::internal(format!("the call failed: {e}"))),
+            Err(e) => {
+                log::error!("a snapshotter call failed: {e}");
+                Err(tonic::Status::internal(format!("the call failed: {e}")))
+            }
         }
     }
 }

@@ -102,8 +102,8 @@ pub fn mounts(
     if parents.is_empty() {
         return bind(layout.fs_path(id), kind == Kind::View);
     }
-    if kind != Kind::Active && parents.len() == 1 && mapping.is_empty() {
-        return bind(layout.fs_path(parents[0]), true);
+    if let ([only], false) = (parents, kind == Kind::Active || !mapping.is_empty()) {
+        return bind(layout.fs_path(*only), true);
     }
     // `index=off`, as containerd's overlay snapshotter mounts: the index lives in the
     // snapshot's `work`, which is not part of the layer. An indexed copy-up is also linked
