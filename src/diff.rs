@@ -80,7 +80,7 @@ pub fn diff(opts: &Options) -> std::io::Result<Vec<Change>> {
 /// The entries of directory `node`: name → (kind, layer of the top-most real entry).
 fn entries(ov: &Overlay, node: u64) -> Result<BTreeMap<OsString, (Kind, usize)>> {
     let fh = ov.opendir(node)?;
-    let listed = ov.dir_handle(fh).map(|h| {
+    let listed = ov.dir_entries(fh, 0).map(|h| {
         (2..h.len())
             .filter_map(|i| h.get(i))
             .map(|e| (e.name.to_os_string(), (e.kind, e.layer)))

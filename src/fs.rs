@@ -589,7 +589,7 @@ impl Filesystem for UfsFs {
     ) {
         let _timed = self.ov.stats().timed(Op::Readdir);
         debug!("readdir(ino={ino}, fh={fh}, offset={offset})");
-        let h = match self.ov.dir_handle(fh.0) {
+        let h = match self.ov.dir_entries(fh.0, offset) {
             Ok(h) => h,
             Err(e) => return reply.error(self.errno(e)),
         };
@@ -612,7 +612,7 @@ impl Filesystem for UfsFs {
     ) {
         let _timed = self.ov.stats().timed(Op::Readdirplus);
         debug!("readdirplus(ino={ino}, fh={fh}, offset={offset})");
-        let h = match self.ov.dir_handle(fh.0) {
+        let h = match self.ov.dir_entries(fh.0, offset) {
             Ok(h) => h,
             Err(e) => return reply.error(self.errno(e)),
         };
@@ -621,7 +621,7 @@ impl Filesystem for UfsFs {
             let off = i as u64 + 1;
             if i < 2 {
                 // `.` and `..` are not looked up by the kernel: no node id, no lookup count.
-                let attr = match self.ov.getattr(h.node, None) {
+                let attr = match self.ov.getattr(h.node(), None) {
                     Ok(st) => to_attr(&st),
                     Err(err) => return reply.error(self.errno(err)),
                 };
@@ -639,7 +639,7 @@ impl Filesystem for UfsFs {
                 }
                 continue;
             }
-            let entry = match self.ov.lookup(h.node, e.name) {
+            let entry = match self.ov.lookup(h.node(), e.name) {
                 Ok(entry) => entry,
                 // Gone since the directory was opened (or unreadable): leave it out; a lookup
                 // of the name answers with the error.

@@ -1,4 +1,4 @@
-//! Open handles: directories (a listing fixed when it was opened) and files (the real file,
+//! Open handles: directories (a listing read by the first `readdir`) and files (the real file,
 //! its layer, and the upper copy that reads through a lower file's handle move to). Kernel
 //! counterpart: `struct ovl_file` and `ovl_real_fdget()` (`fs/overlayfs/file.c`), which re-open
 //! the real file after a copy-up, and `ovl_dir_open()`'s cached listing (`readdir.c`).
@@ -12,22 +12,67 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
+use parking_lot::Mutex;
 
 use crate::error::{EBADF, Result};
 use crate::listing::{DirEntry, EntryRef, Listing};
 
-/// An open directory: its listing, fixed when it was opened. Entry `i` is `.` and `..` for 0
-/// and 1, then the merged entries; offsets are these indexes.
+/// An open directory. Its listing is read by the first `readdir` (at offset 0), not by
+/// `opendir`: the kernel keeps listings in its own cache and, while that is valid, opens and
+/// releases the directory without ever reading it through ufs. A `readdir` at offset 0 again
+/// (`rewinddir`) reads the directory's current listing, as `opendir` would have.
 #[derive(Debug)]
 pub struct DirHandle {
     pub node: u64,
     dots: [DirEntry; 2],
-    merged: Arc<Listing>,
+    merged: Mutex<Option<Arc<Listing>>>,
 }
 
 impl DirHandle {
-    pub fn new(node: u64, dots: [DirEntry; 2], merged: Arc<Listing>) -> DirHandle {
-        DirHandle { node, dots, merged }
+    pub fn new(node: u64, dots: [DirEntry; 2]) -> DirHandle {
+        DirHandle {
+            node,
+            dots,
+            merged: Mutex::new(None),
+        }
+    }
+
+    /// The listing read for this handle, reading it with `read` when there is none yet or
+    /// `rewind` asks for the directory's current one.
+    pub fn entries(
+        self: Arc<Self>,
+        rewind: bool,
+        read: impl FnOnce() -> Result<Arc<Listing>>,
+    ) -> Result<DirEntries> {
+        let mut merged = self.merged.lock();
+        let listing = match &*merged {
+            Some(l) if !rewind => l.clone(),
+            _ => {
+                let l = read()?;
+                *merged = Some(l.clone());
+                l
+            }
+        };
+        drop(merged);
+        Ok(DirEntries {
+            handle: self,
+            merged: listing,
+        })
+    }
+}
+
+/// The entries of an open directory as one `readdir` sees them. Entry `i` is `.` and `..` for
+/// 0 and 1, then the merged entries; offsets are these indexes.
+#[derive(Debug)]
+pub struct DirEntries {
+    handle: Arc<DirHandle>,
+    merged: Arc<Listing>,
+}
+
+impl DirEntries {
+    /// The directory's node.
+    pub fn node(&self) -> u64 {
+        self.handle.node
     }
 
     pub fn len(&self) -> usize {
@@ -40,7 +85,7 @@ impl DirHandle {
 
     pub fn get(&self, i: usize) -> Option<EntryRef<'_>> {
         match i {
-            0 | 1 => self.dots.get(i).map(EntryRef::from),
+            0 | 1 => self.handle.dots.get(i).map(EntryRef::from),
             _ => self.merged.get(i - 2),
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::copy_up::build::CopyData;
 use crate::error::{EBADF, EISDIR, ENODATA, ENOTDIR, EROFS, Result};
 use crate::handles::Handles;
-pub use crate::handles::{DirHandle, FileHandle};
+pub use crate::handles::{DirEntries, DirHandle, FileHandle};
 use crate::idmap::IdMap;
 use crate::inode::{Inode, InodeTable, NodeState, ROOT_ID, RealEntry, Top};
 use crate::kind::Kind;
@@ -795,7 +795,6 @@ impl Overlay {
             let parent = dir.location().parent;
             self.inodes.get(parent).map(|p| p.ino).unwrap_or(dir.ino)
         };
-        let merged = self.listing(&dir)?;
         let dots = [
             DirEntry {
                 name: OsString::from("."),
@@ -816,12 +815,33 @@ impl Overlay {
                 real_ino: 0,
             },
         ];
-        Ok(self.handles.add_dir(DirHandle::new(dir.id(), dots, merged)))
+        Ok(self.handles.add_dir(DirHandle::new(dir.id(), dots)))
     }
 
-    /// The listing of an open directory handle.
-    pub fn dir_handle(&self, fh: u64) -> Result<Arc<DirHandle>> {
-        self.handles.dir(fh)
+    /// The entries of open directory handle `fh` for a `readdir` at `offset`: the listing is
+    /// read at the handle's first `readdir`, and again at offset 0 (`rewinddir`).
+    pub fn dir_entries(&self, fh: u64, offset: u64) -> Result<DirEntries> {
+        let h = self.handles.dir(fh)?;
+        let node = h.node;
+        h.entries(offset == 0, || {
+            let dir = self.dir_node(node)?;
+            self.open_dir_listing(&dir)
+        })
+        .map_err(|e| self.named(e.context("readdir"), node))
+    }
+
+    /// The listing an open directory shows: empty once the directory was removed (its upper
+    /// directory has no links left; the whiteouts it held went with it), as on the kernel
+    /// overlay.
+    fn open_dir_listing(&self, dir: &Inode) -> Result<Arc<Listing>> {
+        if let Some(upper) = self.layers.upper() {
+            let reals = dir.reals();
+            let top = reals.top()?;
+            if top.layer == upper && sys::fstat(top.dir_fd()?)?.st_nlink == 0 {
+                return Ok(Arc::new(Listing::new(Vec::new())?));
+            }
+        }
+        self.listing(dir)
     }
 
     pub fn releasedir(&self, fh: u64) {

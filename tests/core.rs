@@ -110,7 +110,7 @@ fn node(ov: &Overlay, path: &str) -> Result<u64, i32> {
 fn names(ov: &Overlay, path: &str) -> Vec<String> {
     let dir = node(ov, path).expect("directory");
     let fh = ov.opendir(dir).expect("opendir");
-    let h = ov.dir_handle(fh).expect("handle");
+    let h = ov.dir_entries(fh, 0).expect("listing");
     let mut out: Vec<String> = (2..h.len())
         .filter_map(|i| h.get(i))
         .map(|e| e.name.to_string_lossy().into_owned())

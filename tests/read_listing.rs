@@ -244,3 +244,61 @@ fn readdir_telldir_seekdir_resume_identically() {
     let again: Vec<(String, u64)> = std::iter::from_fn(|| d.next()).collect();
     assert!(again == listing, "rewinddir gives a different listing");
 }
+
+/// The names a directory stream lists from where it stands to its end.
+fn rest_of(d: &mut DirStream) -> BTreeSet<String> {
+    std::iter::from_fn(|| d.next()).map(|(n, _)| n).collect()
+}
+
+/// A directory's listing is read by the first `readdir`, not by `opendir`; `rewinddir` reads
+/// it again; a merged directory removed while open lists nothing. All as on the kernel overlay
+/// (which reads its merged listing at the first `readdir` and at offset 0).
+#[test]
+fn listing_is_read_at_the_first_readdir_and_again_at_rewind() {
+    if skip("listing_is_read_at_the_first_readdir_and_again_at_rewind") {
+        return;
+    }
+    let (mut stack, _) = big_dir_stack();
+    stack.upper = Some(Layer::default());
+    let t = tempdir();
+    let u = stack.materialize(&t.path().join("u"), ufs_side_flavor(), 5);
+    let k = stack.materialize(&t.path().join("k"), Flavor::Kernel, 5);
+    let _m = UfsMount::mount(&u.options(), &u.mnt);
+    let _k = KernelOverlay::mount(&k.kernel_options(), &k.mnt, &k.base);
+
+    let run = |mnt: &Path| -> Vec<BTreeSet<String>> {
+        let big = mnt.join("big");
+        let mut d = DirStream::open(&big);
+        fs::write(big.join("new1"), b"").unwrap();
+        fs::remove_file(big.join("e000")).unwrap();
+        let first = rest_of(&mut d);
+        fs::remove_file(big.join("e001")).unwrap();
+        fs::create_dir(big.join("new2")).unwrap();
+        // SAFETY: d.0 is an open stream.
+        unsafe { libc::rewinddir(d.0) };
+        let rewound = rest_of(&mut d);
+        // dd05 is merged from two layers: removing it leaves a whiteout in the upper.
+        let mut m = DirStream::open(&big.join("dd05"));
+        fs::remove_file(big.join("dd05/in0")).unwrap();
+        fs::remove_file(big.join("dd05/in1")).unwrap();
+        fs::remove_dir(big.join("dd05")).unwrap();
+        let removed = rest_of(&mut m);
+        vec![first, rewound, removed]
+    };
+    let ul = run(&u.mnt);
+    let kl = run(&k.mnt);
+    assert!(
+        ul[0].contains("new1") && !ul[0].contains("e000"),
+        "a listing read after opendir misses changes made in between"
+    );
+    assert!(
+        ul[1].contains("new2") && !ul[1].contains("e001"),
+        "rewinddir did not read the directory again"
+    );
+    assert!(
+        !ul[2].contains("in0") && !ul[2].contains("in1"),
+        "a removed directory lists {:?}",
+        ul[2]
+    );
+    assert_eq!(ul, kl, "listings differ from the kernel's");
+}
