@@ -434,7 +434,7 @@ impl Overlay {
         }
         let preals = self.ensure_upper(&pnode, CopyData::All)?;
         let udir = preals.top()?.dir_fd()?;
-        self.pin_if_alive(&child)?;
+        let cached = self.pin_if_alive(&child)?;
         if child.reals.top()?.layer == upper {
             let index_key = self.index_key_of(&child)?;
             // Only an upper name can lack a lower one below (a lower name needs the whiteout).
@@ -452,6 +452,7 @@ impl Overlay {
             self.lower_alias_removed(&child)?;
         }
         pnode.listing_changed();
+        self.name_removed(cached);
         Ok(())
     }
 
@@ -754,8 +755,9 @@ impl Overlay {
         if !plan.exchange
             && let Some(d) = &plan.dst
         {
-            self.pin_if_alive(d)?;
+            let cached = self.pin_if_alive(d)?;
             self.lower_alias_removed(d)?;
+            self.name_removed(cached);
         }
         Ok(replaced)
     }

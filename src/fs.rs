@@ -77,6 +77,8 @@ pub fn serve_dirs(
         ttl: opts.timeout,
         want_passthrough: opts.passthrough,
         passthrough: Arc::new(Passthrough::default()),
+        want_writeback: opts.writeback,
+        writeback: false,
         want_acl: !opts.noacl,
         dont_mask: false,
     };
@@ -222,6 +224,12 @@ struct UfsFs {
     want_passthrough: bool,
     /// Shared with the status socket, which reports its use.
     passthrough: Arc<Passthrough>,
+    /// `writeback=1`: ask for the kernel's writeback cache where passthrough is not used.
+    want_writeback: bool,
+    /// The kernel agreed to the writeback cache: it may read through any handle open for
+    /// writing (so real files are opened for reading too) and keeps the file position of
+    /// `O_APPEND` writes itself (so real files are opened without it). See [`Self::io_flags`].
+    writeback: bool,
     /// Not `noacl`: ask the kernel to enforce POSIX ACLs (FUSE's `POSIX_ACL`).
     want_acl: bool,
     /// The kernel agreed to `DONT_MASK`: it sends modes unmasked with the caller's umask, which
@@ -378,6 +386,42 @@ impl UfsFs {
         }
     }
 
+    /// The flags a real file is opened with for a handle opened with `flags`: as asked, but
+    /// with the writeback cache `O_RDWR` for `O_WRONLY` (the kernel reads pages it writes
+    /// partly through any handle open for writing) and no `O_APPEND` (the kernel gives every
+    /// write its offset at the end of the file it caches; the real file's `O_APPEND` would
+    /// put writes at the real end instead).
+    fn io_flags(&self, flags: i32) -> i32 {
+        if !self.writeback {
+            return flags;
+        }
+        let flags = flags & !libc::O_APPEND;
+        if flags & libc::O_ACCMODE == libc::O_WRONLY {
+            (flags & !libc::O_ACCMODE) | libc::O_RDWR
+        } else {
+            flags
+        }
+    }
+
+    /// Runs `open` with [`Self::io_flags`] of `flags`; a file ufs may not read is opened
+    /// write-only after all (a partial-page write to it then fails in the kernel, as on any
+    /// FUSE mount with the writeback cache).
+    fn open_real<T>(
+        &self,
+        flags: i32,
+        open: impl Fn(i32) -> crate::error::Result<T>,
+    ) -> crate::error::Result<T> {
+        let io = self.io_flags(flags);
+        match open(io) {
+            Err(e)
+                if e.errno() == libc::EACCES && io & libc::O_ACCMODE != flags & libc::O_ACCMODE =>
+            {
+                open(io & !libc::O_ACCMODE | libc::O_WRONLY)
+            }
+            r => r,
+        }
+    }
+
     fn new_entry(
         &self,
         creator: Caller,
@@ -435,12 +479,27 @@ impl Filesystem for UfsFs {
             }
         }
         // Passthrough needs a stacking depth of at least 1 (the real files' filesystems are
-        // below this one); the writeback cache, which it excludes, is not used.
-        if self.want_passthrough {
+        // below this one) and the privilege to register backing files; the kernel allows
+        // either it or the writeback cache, which a mount without passthrough asks for.
+        let mut passthrough = false;
+        if self.want_passthrough && crate::passthrough::may_register() {
             match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
-                Ok(()) if config.set_max_stack_depth(1).is_ok() => self.passthrough.offered(),
+                Ok(()) if config.set_max_stack_depth(1).is_ok() => {
+                    self.passthrough.offered();
+                    passthrough = true;
+                }
                 Ok(()) => debug!("kernel refused a stacking depth of 1: no passthrough"),
                 Err(_) => debug!("kernel lacks FUSE passthrough"),
+            }
+        }
+        if !passthrough && self.want_writeback {
+            match config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE) {
+                Ok(()) => {
+                    self.writeback = true;
+                    self.passthrough.writeback_cache_on();
+                    self.ov.set_kernel_caches_writes();
+                }
+                Err(_) => debug!("kernel lacks the FUSE writeback cache"),
             }
         }
         Ok(())
@@ -490,7 +549,7 @@ impl Filesystem for UfsFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _timed = self.ov.stats().timed(Op::Open);
         debug!("open(ino={ino}, flags={:#o})", flags.0);
-        let o = match self.ov.open(ino.0, flags.0) {
+        let o = match self.open_real(flags.0, |f| self.ov.open(ino.0, f)) {
             Ok(o) => o,
             Err(e) => return reply.error(self.errno(e)),
         };
@@ -868,10 +927,11 @@ impl Filesystem for UfsFs {
             "create(parent={parent}, name={name:?}, mode={mode:#o}, umask={umask:#o}, flags={flags:#o})"
         );
         let creator = self.creator(req, umask);
-        let (e, fh) = match self.ov.create(parent.0, name, mode, flags, creator) {
-            Ok(created) => created,
-            Err(e) => return reply.error(self.errno(e)),
-        };
+        let (e, fh) =
+            match self.open_real(flags, |f| self.ov.create(parent.0, name, mode, f, creator)) {
+                Ok(created) => created,
+                Err(e) => return reply.error(self.errno(e)),
+            };
         let attr = to_attr(&e.attr);
         // A new file is in the upper layer: its handle may use passthrough.
         let handle = || self.ov.file(fh).map_err(std::io::Error::from);

@@ -92,6 +92,8 @@ the same option: [k] the kernel overlay (mount -t overlay), [f] fuse-overlayfs, 
   threaded=N             request threads (default: the number of CPUs, at least 2; 0 is 1) [f]
   passthrough=on|off     let the kernel read and write regular files on the real files
                          (FUSE passthrough; default on where the kernel and privileges allow)
+  writeback=0|1          let the kernel cache writes where passthrough is not used (the FUSE
+                         writeback cache; default 0; also on|off) [f]
   redirect_dir=on|off|follow|nofollow, index=on|off, metacopy=on|off, xino=on|auto|off
                          the kernel overlay's features [k] (defaults: redirect_dir=on,
                          index=on, metacopy=on, xino=on)

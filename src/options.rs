@@ -95,6 +95,11 @@ pub struct Options {
     /// `passthrough=on|off`: let the kernel do the I/O of regular files on the real files (FUSE
     /// passthrough) where it and the daemon's privileges allow it. On by default.
     pub passthrough: bool,
+    /// `writeback=1|0` (also `on|off`, as fuse-overlayfs's option): let the kernel cache writes
+    /// and send them in large batches (the FUSE writeback cache) on a mount that does not use
+    /// passthrough; the kernel allows one of the two. Off by default: the kernel then keeps
+    /// files' times itself, where the kernel overlay's differ (docs/DIFFERENCES.md).
+    pub writeback: bool,
     /// `xattr_permissions=1|2` (fuse-overlayfs): owners and modes of files and directories live
     /// in an xattr record ([`crate::stat_override`]); 0 turns them off.
     pub xattr_permissions: u8,
@@ -145,6 +150,7 @@ impl Default for Options {
             noacl: false,
             xattr_permissions: 0,
             passthrough: true,
+            writeback: false,
             xino: true,
             warnings: Vec::new(),
         }
@@ -213,7 +219,6 @@ impl std::error::Error for OptionError {}
 /// Options fuse-overlayfs or the kernel overlay know and ufs accepts without acting on them yet.
 /// They earn a warning rather than an error so that container tools keep working.
 const NO_EFFECT: &[&str] = &[
-    "writeback",
     "ino32_t",
     "nfs_export",
     "uuid",
@@ -301,6 +306,14 @@ fn parse_with(opts: &[&str], cwd: &Path, mounting: bool) -> Result<Options, Opti
                 "passthrough" => {
                     options.passthrough =
                         one_of(key, raw, &[("on", true), ("off", false)], "on or off")?
+                }
+                "writeback" => {
+                    options.writeback = one_of(
+                        key,
+                        raw,
+                        &[("1", true), ("0", false), ("on", true), ("off", false)],
+                        "0, 1, on or off",
+                    )?
                 }
                 // Container tools pass SELinux labels to every mount program whether or not it
                 // can use them; ufs does not label files itself, so these are consumed silently.

@@ -117,6 +117,9 @@ pub struct Overlay {
     /// cached contents too (a directory's listing). Set by the FUSE glue; used where something
     /// the kernel cached changes without a request that would tell it so.
     invalidator: std::sync::OnceLock<Invalidator>,
+    /// The kernel keeps regular files' sizes and times itself and counts links down on its own
+    /// at `unlink` (the FUSE writeback cache): see [`Overlay::set_kernel_caches_writes`].
+    kernel_caches_writes: std::sync::atomic::AtomicBool,
 }
 
 impl Overlay {
@@ -161,6 +164,7 @@ impl Overlay {
             handles: Handles::default(),
             stats: Stats::default(),
             invalidator: std::sync::OnceLock::new(),
+            kernel_caches_writes: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -182,6 +186,27 @@ impl Overlay {
     pub fn set_invalidator(&self, f: Invalidator) {
         if self.invalidator.set(f).is_err() {
             log::warn!("invalidator installed twice");
+        }
+    }
+
+    /// The kernel agreed to the writeback cache. It then trusts its own link count of a file
+    /// that loses a name (it drops one, and asks again only for the `ctime`), but a name of a
+    /// lower file with other links is whited out and the object keeps its count, as on the
+    /// kernel overlay; so a surviving node's attributes are marked stale at such a removal.
+    pub fn set_kernel_caches_writes(&self) {
+        self.kernel_caches_writes
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// After a name of cached node `node` was removed: with the writeback cache, the kernel
+    /// must ask for its link count (see [`Overlay::set_kernel_caches_writes`]).
+    pub(crate) fn name_removed(&self, node: Option<u64>) {
+        if let Some(node) = node
+            && self
+                .kernel_caches_writes
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.invalidate(node, false);
         }
     }
 
@@ -584,13 +609,13 @@ impl Overlay {
 
     /// Pins the live node of the non-directory `resolved` (about to lose the name it is known
     /// by) to its object with an fd, so that it keeps answering while the kernel holds it.
-    pub(crate) fn pin_if_alive(&self, resolved: &lookup::Resolved) -> Result<()> {
+    pub(crate) fn pin_if_alive(&self, resolved: &lookup::Resolved) -> Result<Option<u64>> {
         if resolved.kind == Kind::Directory {
-            return Ok(());
+            return Ok(None);
         }
         let ino = self.ino_of(resolved.reals.top()?, &resolved.stat)?;
         let Ok(node) = self.inodes.get(ino) else {
-            return Ok(());
+            return Ok(None);
         };
         let mut st = node.state.write();
         if let Some(top) = st.reals.first()
@@ -603,7 +628,7 @@ impl Overlay {
             }
             st.reals = crate::inode::Reals::from(reals);
         }
-        Ok(())
+        Ok(Some(ino))
     }
 
     pub fn readlink(&self, node: u64) -> Result<Vec<u8>> {

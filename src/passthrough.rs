@@ -24,7 +24,7 @@
 //!   later open is an ordinary one; a failure after a success falls back to `FOPEN_DIRECT_IO`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -81,6 +81,8 @@ pub struct Want {
 /// The mount's passthrough state: whether it is on, and each open node's backing.
 pub struct Passthrough {
     state: AtomicU8,
+    /// The kernel agreed to the writeback cache instead (`FUSE_WRITEBACK_CACHE`).
+    writeback_cache: AtomicBool,
     nodes: DashMap<u64, NodeIo>,
     /// The node of each handle counted in `nodes`, and whether the handle counts as a writer.
     handles: DashMap<u64, (u64, bool)>,
@@ -90,6 +92,7 @@ impl Default for Passthrough {
     fn default() -> Self {
         Passthrough {
             state: AtomicU8::new(OFF),
+            writeback_cache: AtomicBool::new(false),
             nodes: DashMap::new(),
             handles: DashMap::new(),
         }
@@ -100,6 +103,12 @@ impl Passthrough {
     /// The kernel agreed to passthrough (`FUSE_PASSTHROUGH` in `init`).
     pub fn offered(&self) {
         self.state.store(OFFERED, Ordering::Release);
+    }
+
+    /// The kernel agreed to the writeback cache (`FUSE_WRITEBACK_CACHE` in `init`), which
+    /// excludes passthrough.
+    pub fn writeback_cache_on(&self) {
+        self.writeback_cache.store(true, Ordering::Release);
     }
 
     /// Whether passthrough may still be used.
@@ -266,6 +275,7 @@ impl Passthrough {
             state,
             backing_ids,
             handles,
+            writeback_cache: self.writeback_cache.load(Ordering::Acquire),
         }
     }
 }
@@ -280,4 +290,25 @@ pub struct Usage {
     pub backing_ids: usize,
     /// Open handles doing their I/O in the kernel.
     pub handles: usize,
+    /// The mount uses the kernel's writeback cache (so no passthrough).
+    pub writeback_cache: bool,
+}
+
+/// Whether this process may register backing files: `CAP_SYS_ADMIN` in its effective set, in
+/// the initial user namespace (the kernel's rule for `FUSE_DEV_IOC_BACKING_OPEN`). Read from
+/// `/proc/self`; anything unreadable counts as no.
+pub fn may_register() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    /// The initial user namespace's inode number (`PROC_USER_INIT_INO`).
+    const INIT_USER_NS: &str = "user:[4026531837]";
+    let in_init_ns =
+        std::fs::read_link("/proc/self/ns/user").is_ok_and(|l| l.as_os_str() == INIT_USER_NS);
+    let has_cap = std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+    });
+    in_init_ns && has_cap
 }

@@ -165,6 +165,9 @@ pub fn option_words(opts: &Options, read_only: bool, threads: usize) -> Vec<Stri
     w.push(format!("metacopy={}", on(opts.metacopy)));
     w.push(format!("xino={}", on(opts.xino)));
     w.push(format!("passthrough={}", on(opts.passthrough)));
+    if opts.writeback {
+        w.push("writeback=1".into());
+    }
     if !opts.fsync {
         w.push("fsync=0".into());
     }
@@ -264,6 +267,7 @@ pub fn report(src: &Source) -> Value {
             "backing_ids": pt.backing_ids,
             "handles": pt.handles,
         },
+        "writeback_cache": pt.writeback_cache,
     })
 }
 
@@ -382,10 +386,15 @@ pub fn to_text(r: &Value) -> String {
     ));
     let p = &r["passthrough"];
     line(format!(
-        "passthrough: {}, {} backing ids, {} handles",
+        "passthrough: {}, {} backing ids, {} handles; writeback cache: {}",
         text(&p["state"]),
         num(p, &["backing_ids"]),
-        num(p, &["handles"])
+        num(p, &["handles"]),
+        if r["writeback_cache"].as_bool() == Some(true) {
+            "on"
+        } else {
+            "off"
+        }
     ));
     out
 }
@@ -697,6 +706,7 @@ mod tests {
             "open": { "files": 1, "dirs": 0 },
             "cached_inodes": 9,
             "passthrough": { "state": "off", "backing_ids": 0, "handles": 0 },
+            "writeback_cache": true,
         });
         let t = to_text(&r);
         for needle in [
@@ -706,7 +716,7 @@ mod tests {
             "copy-ups: 1 full, 2 metadata-only (0 completed later), 4096 bytes copied",
             "errors: ENOENT 2",
             "cached inodes: 9",
-            "passthrough: off, 0 backing ids, 0 handles",
+            "passthrough: off, 0 backing ids, 0 handles; writeback cache: on",
         ] {
             assert!(t.contains(needle), "{needle:?} missing from:\n{t}");
         }
