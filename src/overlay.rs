@@ -848,25 +848,12 @@ impl Overlay {
     pub fn dir_entries(&self, fh: u64, offset: u64) -> Result<DirEntries> {
         let h = self.handles.dir(fh)?;
         let node = h.node;
+        // (A directory removed while open is never read: the kernel ends its listing itself.)
         h.entries(offset == 0, || {
             let dir = self.dir_node(node)?;
-            self.open_dir_listing(&dir)
+            self.listing(&dir)
         })
         .map_err(|e| self.named(e.context("readdir"), node))
-    }
-
-    /// The listing an open directory shows: empty once the directory was removed (its upper
-    /// directory has no links left; the whiteouts it held went with it), as on the kernel
-    /// overlay.
-    fn open_dir_listing(&self, dir: &Inode) -> Result<Arc<Listing>> {
-        if let Some(upper) = self.layers.upper() {
-            let reals = dir.reals();
-            let top = reals.top()?;
-            if top.layer == upper && sys::fstat(top.dir_fd()?)?.st_nlink == 0 {
-                return Ok(Arc::new(Listing::new(Vec::new())?));
-            }
-        }
-        self.listing(dir)
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -251,8 +251,9 @@ fn rest_of(d: &mut DirStream) -> BTreeSet<String> {
 }
 
 /// A directory's listing is read by the first `readdir`, not by `opendir`; `rewinddir` reads
-/// it again; a merged directory removed while open lists nothing. All as on the kernel overlay
-/// (which reads its merged listing at the first `readdir` and at offset 0).
+/// it again; a merged directory removed or replaced by a rename while open lists nothing (the
+/// kernel ends the listing of a dead directory itself). All as on the kernel overlay, which reads
+/// its merged listing at the first `readdir` and at offset 0.
 #[test]
 fn listing_is_read_at_the_first_readdir_and_again_at_rewind() {
     if skip("listing_is_read_at_the_first_readdir_and_again_at_rewind") {
@@ -283,7 +284,16 @@ fn listing_is_read_at_the_first_readdir_and_again_at_rewind() {
         fs::remove_file(big.join("dd05/in1")).unwrap();
         fs::remove_dir(big.join("dd05")).unwrap();
         let removed = rest_of(&mut m);
-        vec![first, rewound, removed]
+        // dd06, also merged, emptied and replaced by a rename while open.
+        let mut r = DirStream::open(&big.join("dd06"));
+        fs::remove_file(big.join("dd06/in0")).unwrap();
+        fs::remove_file(big.join("dd06/in1")).unwrap();
+        fs::create_dir(big.join("fresh")).unwrap();
+        fs::write(big.join("fresh/inside"), b"").unwrap();
+        fs::remove_file(big.join("fresh/inside")).unwrap();
+        fs::rename(big.join("fresh"), big.join("dd06")).unwrap();
+        let replaced = rest_of(&mut r);
+        vec![first, rewound, removed, replaced]
     };
     let ul = run(&u.mnt);
     let kl = run(&k.mnt);
@@ -299,6 +309,11 @@ fn listing_is_read_at_the_first_readdir_and_again_at_rewind() {
         !ul[2].contains("in0") && !ul[2].contains("in1"),
         "a removed directory lists {:?}",
         ul[2]
+    );
+    assert!(
+        !ul[3].contains("in0") && !ul[3].contains("in1"),
+        "a directory replaced by a rename lists {:?}",
+        ul[3]
     );
     assert_eq!(ul, kl, "listings differ from the kernel's");
 }
