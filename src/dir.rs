@@ -360,36 +360,44 @@ impl Overlay {
         Ok(file)
     }
 
-    /// Puts a whiteout at `name` in the upper directory `udir`, where nothing stands yet.
-    fn make_whiteout(&self, udir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    /// Puts a whiteout at `name` in the upper directory `udir`, where nothing stands yet: one
+    /// made in the work directory ([`Workdir::whiteout`], a link to the shared one), renamed
+    /// into place.
+    fn make_whiteout(&self, work: &Workdir, udir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
         let cname = sys::cstr(name)?;
-        match sys::mknodat(udir, &cname, libc::S_IFCHR, 0) {
-            Err(e) if e.errno() == libc::EPERM => whiteout::make_wh_file(udir, name),
-            other => other,
-        }
+        let tmp = match work.whiteout() {
+            Ok(tmp) => tmp,
+            Err(e) if e.errno() == libc::EPERM => return whiteout::make_wh_file(udir, name),
+            Err(e) => return Err(e),
+        };
+        sys::renameat2(work.dir(), &tmp, udir, &cname, libc::RENAME_NOREPLACE).inspect_err(|_| {
+            work.discard(&tmp);
+        })
     }
 
     /// Replaces the upper entry `name` in `udir` (a file or a directory) by a whiteout in one
     /// step, and removes the old entry.
     fn whiteout_over(&self, work: &Workdir, udir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
         let cname = sys::cstr(name)?;
-        let tmp = work.temp_name();
-        match sys::mknodat(work.dir(), &tmp, libc::S_IFCHR, 0) {
-            Ok(()) => {
+        let old = match work.whiteout() {
+            Ok(tmp) => {
                 if let Err(e) =
                     sys::renameat2(work.dir(), &tmp, udir, &cname, libc::RENAME_EXCHANGE)
                 {
                     work.discard(&tmp);
                     return Err(e);
                 }
+                tmp
             }
             Err(e) if e.errno() == libc::EPERM => {
+                let tmp = work.temp_name();
                 sys::renameat2(udir, &cname, work.dir(), &tmp, libc::RENAME_NOREPLACE)?;
                 whiteout::make_wh_file(udir, name)?;
+                tmp
             }
             Err(e) => return Err(e),
-        }
-        remove_tree(work.dir(), &tmp)
+        };
+        remove_tree(work.dir(), &old)
     }
 
     /// Removes the upper entry `name` of `udir` (a directory whose merged view is empty, so it
@@ -448,7 +456,7 @@ impl Overlay {
                 self.drop_unnamed_index(&key)?;
             }
         } else {
-            self.make_whiteout(udir, name)?;
+            self.make_whiteout(work, udir, name)?;
             self.lower_alias_removed(&child)?;
         }
         pnode.listing_changed();
@@ -482,7 +490,7 @@ impl Overlay {
             }
             self.upper_name_removed(&child.stat);
         } else {
-            self.make_whiteout(udir, name)?;
+            self.make_whiteout(work, udir, name)?;
         }
         pnode.listing_changed();
         Ok(())
@@ -788,7 +796,7 @@ impl Overlay {
                 Ok(()) => {}
                 Err(e) if e.errno() == libc::EINVAL || e.errno() == libc::EPERM => {
                     sys::renameat2(odir, &cname, ndir, &cnewname, real_flags)?;
-                    self.make_whiteout(odir, n.name)?;
+                    self.make_whiteout(work, odir, n.name)?;
                 }
                 Err(e) => return Err(e),
             }

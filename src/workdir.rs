@@ -7,7 +7,9 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 
 use crate::error::Result;
 use crate::records::XattrNamespace;
@@ -25,6 +27,13 @@ pub struct Workdir {
     /// Make copies durable before publishing them.
     pub fsync: bool,
     pub xattr_ns: XattrNamespace,
+    /// The whiteout in the work directory that new whiteouts are hard links to (the kernel's
+    /// `ofs->whiteout`), once one was needed; a temporary name, so the next mount's sweep
+    /// removes it.
+    shared_whiteout: Mutex<Option<CString>>,
+    /// Cleared when linking to the shared whiteout failed other than for its link count: every
+    /// whiteout is then an inode of its own (the kernel's `no_shared_whiteout`).
+    share_whiteouts: AtomicBool,
 }
 
 impl Workdir {
@@ -81,6 +90,8 @@ impl Workdir {
             counter: AtomicU64::new(0),
             fsync,
             xattr_ns,
+            shared_whiteout: Mutex::new(None),
+            share_whiteouts: AtomicBool::new(true),
         })
     }
 
@@ -113,6 +124,33 @@ impl Workdir {
         CString::new(format!("#ufs.{}.{n}", std::process::id())).unwrap_or_default()
     }
 
+    /// A new whiteout (a 0/0 character device) at a fresh temporary name in the work
+    /// directory, for the caller to rename into place (or [`Self::discard`]). As the kernel's
+    /// `ovl_whiteout()` does, it is a hard link to one whiteout kept in the work directory:
+    /// a link costs the upper file system far less than a new inode (on ext4 here about
+    /// 15 µs against 250-300 µs), and a whiteout is any 0/0 character device, however many
+    /// names it has. When that whiteout has all the links the file system allows (`EMLINK`),
+    /// it is handed out itself and the next call makes another; when linking fails for
+    /// another reason, sharing stops for the mount. `EPERM` means the file system (or a user
+    /// namespace) refuses whiteout devices: the caller then uses `.wh.` files.
+    pub fn whiteout(&self) -> Result<CString> {
+        let mut shared = self.shared_whiteout.lock();
+        share_whiteout(
+            &mut shared,
+            &self.share_whiteouts,
+            || {
+                let name = self.temp_name();
+                sys::mknodat(self.dir(), &name, libc::S_IFCHR, 0)?;
+                Ok(name)
+            },
+            |from| {
+                let name = self.temp_name();
+                sys::linkat(self.dir(), from, self.dir(), &name)?;
+                Ok(name)
+            },
+        )
+    }
+
     /// Removes the temporary entry `name`, logging (not returning) a failure: it is called on
     /// error paths, and a leftover is removed at the next mount anyway.
     pub fn discard(&self, name: &CString) {
@@ -120,6 +158,41 @@ impl Workdir {
             log::warn!("cannot remove {name:?} from the work directory: {e}");
         }
     }
+}
+
+/// [`Workdir::whiteout`]'s steps, apart from the system calls: `make` creates a whiteout at
+/// a fresh name, `link` a fresh name for the whiteout it is given. `shared` is the whiteout
+/// new ones link to, `sharing` whether they still do.
+fn share_whiteout(
+    shared: &mut Option<CString>,
+    sharing: &AtomicBool,
+    make: impl Fn() -> Result<CString>,
+    link: impl Fn(&CString) -> Result<CString>,
+) -> Result<CString> {
+    if !sharing.load(Ordering::Relaxed) {
+        return make();
+    }
+    // Twice at most: once more when the shared whiteout was removed behind ufs's back.
+    for _ in 0..2 {
+        let source = match shared.as_ref() {
+            Some(name) => name.clone(),
+            None => shared.insert(make()?).clone(),
+        };
+        match link(&source) {
+            Ok(name) => return Ok(name),
+            Err(e) if e.errno() == libc::ENOENT => *shared = None,
+            Err(e) => {
+                if e.errno() != libc::EMLINK {
+                    log::warn!("cannot link a whiteout ({e}): every whiteout is made anew");
+                    sharing.store(false, Ordering::Relaxed);
+                }
+                // Handed out: the next whiteout starts a new shared one.
+                *shared = None;
+                return Ok(source);
+            }
+        }
+    }
+    make()
 }
 
 /// Removes the default and access ACLs a directory ufs made in WORKDIR inherited from it, and
@@ -172,6 +245,75 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in file system for [`share_whiteout`]: whiteouts are numbered as made, each
+    /// link answers the next of `answers` (`None`: success).
+    struct FakeFs {
+        made: std::cell::Cell<u32>,
+        answers: std::cell::RefCell<Vec<Option<i32>>>,
+        links: std::cell::RefCell<Vec<CString>>,
+    }
+
+    impl FakeFs {
+        fn new(answers: &[Option<i32>]) -> FakeFs {
+            FakeFs {
+                made: std::cell::Cell::new(0),
+                answers: std::cell::RefCell::new(answers.iter().rev().copied().collect()),
+                links: std::cell::RefCell::new(Vec::new()),
+            }
+        }
+
+        fn get(&self, shared: &mut Option<CString>, sharing: &AtomicBool) -> CString {
+            let make = || {
+                self.made.set(self.made.get() + 1);
+                Ok(CString::new(format!("wh{}", self.made.get())).unwrap())
+            };
+            let link = |from: &CString| {
+                self.links.borrow_mut().push(from.clone());
+                match self.answers.borrow_mut().pop().flatten() {
+                    None => Ok(c"link".to_owned()),
+                    Some(errno) => Err(crate::error::Error::from_errno(errno)),
+                }
+            };
+            share_whiteout(shared, sharing, make, link).unwrap()
+        }
+    }
+
+    #[test]
+    fn whiteouts_link_to_one_until_it_is_full_or_linking_fails() {
+        let sharing = AtomicBool::new(true);
+        let mut shared = None;
+        // One whiteout made, then links to it.
+        let fs = FakeFs::new(&[None, None, Some(libc::EMLINK), None]);
+        assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"link");
+        assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"link");
+        assert_eq!(fs.made.get(), 1);
+        // Full: the shared one itself is handed out, and the next starts another.
+        assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"wh1");
+        assert_eq!(shared, None);
+        assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"link");
+        assert_eq!(fs.made.get(), 2);
+        assert_eq!(shared.as_deref(), Some(c"wh2"));
+        assert!(sharing.load(Ordering::Relaxed));
+
+        // Removed behind ufs's back: made again and linked.
+        let fs = FakeFs::new(&[Some(libc::ENOENT), None]);
+        let mut shared = Some(c"gone".to_owned());
+        assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"link");
+        assert_eq!(*fs.links.borrow(), [c"gone".to_owned(), c"wh1".to_owned()]);
+
+        // Any other failure: the shared one is handed out and sharing ends.
+        let fs = FakeFs::new(&[Some(libc::EPERM)]);
+        let mut shared = None;
+        assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"wh1");
+        assert!(!sharing.load(Ordering::Relaxed));
+        assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"wh2");
+        assert_eq!(
+            fs.links.borrow().len(),
+            1,
+            "no link tried once sharing ended"
+        );
+    }
 
     #[test]
     fn temp_names_are_recognised() {

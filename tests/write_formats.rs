@@ -129,6 +129,83 @@ fn whiteout_and_opaque_format() {
     );
 }
 
+/// Whiteouts are names of one inode, as the kernel overlay's are (`ovl_whiteout()` links each
+/// new whiteout to one it keeps in the work directory: a link costs the upper file system far
+/// less than a new inode): the same deletions on both leave whiteouts of one inode with the
+/// same link count, and the kernel reads ufs's.
+#[test]
+fn whiteouts_are_links_to_one_inode_as_on_the_kernel() {
+    if skip("whiteouts_are_links_to_one_inode_as_on_the_kernel") {
+        return;
+    }
+    let t = tempdir();
+    let deletions = |m: &Path| {
+        fs::remove_file(m.join("a")).unwrap(); // a lower file
+        fs::remove_dir_all(m.join("dir")).unwrap(); // a lower directory and its entry
+        fs::write(m.join("c"), "changed").unwrap(); // copied up, then replaced by a whiteout
+        fs::remove_file(m.join("c")).unwrap();
+        fs::rename(m.join("b"), m.join("b2")).unwrap(); // renamed away
+    };
+    let names = ["a", "dir", "dir/x", "c", "b"];
+    // Per whiteout: which of them is the first with its inode, and its link count.
+    let whiteouts = |d: &Dirs| -> Vec<(usize, u64)> {
+        let st: Vec<_> = names
+            .iter()
+            .filter(|n| **n != "dir/x")
+            .map(|n| {
+                let st = lmeta(&d.upper.join(n));
+                assert!(
+                    st.file_type().is_char_device() && dev_numbers(st.rdev()) == (0, 0),
+                    "upper {n} must be a 0/0 whiteout"
+                );
+                st
+            })
+            .collect();
+        st.iter()
+            .map(|s| {
+                let first = st.iter().position(|o| o.ino() == s.ino()).unwrap_or(0);
+                (first, s.nlink())
+            })
+            .collect()
+    };
+    let setup = |name: &str| {
+        let d = Dirs::new(&t.path().join(name), 1);
+        let l = d.lower(0);
+        for f in ["a", "b", "c", "dir/x"] {
+            put(l, f, f);
+        }
+        d
+    };
+
+    let dk = setup("kernel");
+    {
+        let _k = dk.mount_kernel();
+        deletions(&dk.mnt);
+    }
+    let du = setup("ufs");
+    {
+        let _u = du.mount_ufs();
+        deletions(&du.mnt);
+    }
+    let (k, u) = (whiteouts(&dk), whiteouts(&du));
+    // On the kernel (5.8 and later): a, dir and c one inode with a fourth name in the work
+    // directory, the renamed b's its own (`RENAME_WHITEOUT`): [(0, 4), (0, 4), (0, 4), (3, 1)].
+    assert_eq!(
+        u, k,
+        "whiteouts (first with the inode, nlink) of a, dir, c, b: ufs vs kernel"
+    );
+
+    let _k = du.mount_kernel_fresh_work("kernel");
+    let seen = list_names(&du.mnt);
+    for n in ["a", "dir", "c", "b"] {
+        assert!(
+            !seen.contains(&n.to_string()),
+            "the kernel must read ufs's whiteout of {n}; it sees {seen:?}"
+        );
+    }
+    assert!(seen.contains(&"b2".to_string()), "kernel sees {seen:?}");
+}
+
 /// Collects `.wh.*` names and `user.overlay.*` xattrs under `dir`.
 fn find_markers(root: &Path, dir: &Path, bad: &mut Vec<String>) {
     for e in fs::read_dir(dir).unwrap().flatten() {
