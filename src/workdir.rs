@@ -24,6 +24,8 @@ pub struct Workdir {
     /// copied-up lower file that had several names, named by its origin file handle.
     pub index: Option<Arc<OwnedFd>>,
     counter: AtomicU64,
+    /// This process's id, for [`Self::temp_name`] (asked once: `getpid` is a system call).
+    pid: u32,
     /// Make copies durable before publishing them.
     pub fsync: bool,
     pub xattr_ns: XattrNamespace,
@@ -88,6 +90,7 @@ impl Workdir {
             fd,
             index,
             counter: AtomicU64::new(0),
+            pid: std::process::id(),
             fsync,
             xattr_ns,
             shared_whiteout: Mutex::new(None),
@@ -121,7 +124,7 @@ impl Workdir {
     /// A fresh name for a temporary entry: `#ufs.PID.N` (see [`is_temp_name`]).
     pub fn temp_name(&self) -> CString {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        CString::new(format!("#ufs.{}.{n}", std::process::id())).unwrap_or_default()
+        CString::new(format!("#ufs.{}.{n}", self.pid)).unwrap_or_default()
     }
 
     /// A new whiteout (a 0/0 character device) at a fresh temporary name in the work

@@ -357,35 +357,50 @@ pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>> {
     }
 }
 
-/// The value of xattr `xname` on the entry `name` of directory `dir`, not following a symlink.
+/// The value of xattr `xname` on the entry `name` of directory `dir`, not following a symlink:
+/// with `getxattrat` where the kernel has it (Linux 6.13), otherwise through the
+/// `/proc/self/fd/N/NAME` path (a path walk through procfs: about 4.5 µs a call here, against
+/// 1.6 µs).
 pub fn getxattr_at(dir: BorrowedFd<'_>, name: &CStr, xname: &CStr) -> Result<Vec<u8>> {
+    getxattr_entry(dir, name, xname, xattrat::available())
+}
+
+/// [`getxattr_at`], with `getxattrat` or through procfs.
+fn getxattr_entry(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    xname: &CStr,
+    by_xattrat: bool,
+) -> Result<Vec<u8>> {
     one_name(name)?;
-    let mut path = proc_path(dir).into_bytes();
-    path.push(b'/');
-    path.extend_from_slice(name.to_bytes());
-    let path = CString::new(path).map_err(|_| crate::error::EINVAL)?;
+    let path = if by_xattrat {
+        None
+    } else {
+        Some(entry_path(dir, name)?)
+    };
+    let get = |buf: &mut [u8]| match &path {
+        None => xattrat::get(dir, name, xname, buf),
+        Some(path) => {
+            let ptr = if buf.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                buf.as_mut_ptr().cast()
+            };
+            // SAFETY: `ptr` is writable for `buf.len()` bytes, or NULL with a size of 0 (which
+            // asks only for the size); `path` and `xname` are NUL-terminated. `lgetxattr`
+            // does not follow `name` if it is a symlink.
+            cvt_size(unsafe { libc::lgetxattr(path.as_ptr(), xname.as_ptr(), ptr, buf.len()) })
+        }
+    };
     let mut buf = vec![0u8; 256];
     loop {
-        // SAFETY: `buf` is writable for `buf.len()` bytes; `path` and `xname` are
-        // NUL-terminated. `lgetxattr` does not follow `name` if it is a symlink.
-        let r = cvt_size(unsafe {
-            libc::lgetxattr(
-                path.as_ptr(),
-                xname.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        });
-        match r {
+        match get(&mut buf) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);
             }
             Err(e) if e.errno() == libc::ERANGE => {
-                // SAFETY: a NULL buffer of size 0 asks only for the size.
-                let size = cvt_size(unsafe {
-                    libc::lgetxattr(path.as_ptr(), xname.as_ptr(), std::ptr::null_mut(), 0)
-                })?;
+                let size = get(&mut [])?;
                 buf = vec![0u8; size.max(1)];
             }
             Err(e) => return Err(e),
@@ -393,26 +408,18 @@ pub fn getxattr_at(dir: BorrowedFd<'_>, name: &CStr, xname: &CStr) -> Result<Vec
     }
 }
 
-/// The xattr names of the object behind `fd`.
-pub fn listxattr(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
-    list_names(&proc_path(fd), false)
-}
-
-/// The xattr names of the entry `name` of directory `dir` (not following it if it is a
-/// symlink), in one syscall when they fit in 1 KiB.
-pub fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<OsString>> {
-    one_name(name)?;
+/// `/proc/self/fd/N/NAME`: the entry `name` of the directory behind `dir`.
+fn entry_path(dir: BorrowedFd<'_>, name: &CStr) -> Result<CString> {
     let mut path = proc_path(dir).into_bytes();
     path.push(b'/');
     path.extend_from_slice(name.to_bytes());
-    let path = CString::new(path).map_err(|_| crate::error::EINVAL)?;
-    list_names(&path, true)
+    CString::new(path).map_err(|_| crate::error::EINVAL)
 }
 
-/// `listxattr` (`llistxattr` with `no_follow`) of `path`: first into a 1 KiB buffer (most
-/// objects have a few short names, so one call), then at the size the call reports.
-fn list_names(path: &CStr, no_follow: bool) -> Result<Vec<OsString>> {
-    let list = |buf: &mut [u8]| {
+/// The xattr names of the object behind `fd`.
+pub fn listxattr(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
+    let path = proc_path(fd);
+    list_names(|buf| {
         let ptr = if buf.is_empty() {
             std::ptr::null_mut()
         } else {
@@ -420,14 +427,39 @@ fn list_names(path: &CStr, no_follow: bool) -> Result<Vec<OsString>> {
         };
         // SAFETY: `ptr` is writable for `buf.len()` bytes, or NULL with a size of 0 (which asks
         // only for the size); `path` is NUL-terminated.
-        cvt_size(unsafe {
-            if no_follow {
-                libc::llistxattr(path.as_ptr(), ptr, buf.len())
-            } else {
-                libc::listxattr(path.as_ptr(), ptr, buf.len())
-            }
-        })
-    };
+        cvt_size(unsafe { libc::listxattr(path.as_ptr(), ptr, buf.len()) })
+    })
+}
+
+/// The xattr names of the entry `name` of directory `dir` (not following it if it is a
+/// symlink), in one syscall when they fit in 1 KiB; with `listxattrat` where the kernel has it.
+pub fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<OsString>> {
+    listxattr_entry(dir, name, xattrat::available())
+}
+
+/// [`listxattr_at`], with `listxattrat` or through procfs.
+fn listxattr_entry(dir: BorrowedFd<'_>, name: &CStr, by_xattrat: bool) -> Result<Vec<OsString>> {
+    one_name(name)?;
+    if by_xattrat {
+        return list_names(|buf| xattrat::list(dir, name, buf));
+    }
+    let path = entry_path(dir, name)?;
+    list_names(|buf| {
+        let ptr = if buf.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            buf.as_mut_ptr().cast()
+        };
+        // SAFETY: `ptr` is writable for `buf.len()` bytes, or NULL with a size of 0 (which asks
+        // only for the size); `path` is NUL-terminated.
+        cvt_size(unsafe { libc::llistxattr(path.as_ptr(), ptr, buf.len()) })
+    })
+}
+
+/// Reads a list of xattr names with `list` (which fills the buffer it is given and returns the
+/// length, or with an empty buffer only the length): first into a 1 KiB buffer (most objects
+/// have a few short names, so one call), then at the size it reports.
+fn list_names(list: impl Fn(&mut [u8]) -> Result<usize>) -> Result<Vec<OsString>> {
     let mut buf = vec![0u8; 1024];
     loop {
         match list(&mut buf) {
@@ -445,6 +477,134 @@ fn list_names(path: &CStr, no_follow: bool) -> Result<Vec<OsString>> {
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// `getxattrat` and `listxattrat` (Linux 6.13): xattrs of a directory entry by name, without
+/// a path through procfs. Where the kernel lacks them (`ENOSYS`) or a seccomp filter refuses
+/// them (`EPERM`, as container runtimes answer calls they do not know), [`available`] says no
+/// and callers use the `/proc/self/fd` paths.
+mod xattrat {
+    use std::ffi::CStr;
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    use std::sync::OnceLock;
+
+    use super::cvt_size;
+    use crate::error::Result;
+
+    /// The system call numbers, the same on every architecture with the common table.
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "loongarch64",
+        target_arch = "powerpc64",
+        target_arch = "s390x"
+    ))]
+    const NUMBERS: Option<(libc::c_long, libc::c_long)> = Some((464, 465));
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "loongarch64",
+        target_arch = "powerpc64",
+        target_arch = "s390x"
+    )))]
+    const NUMBERS: Option<(libc::c_long, libc::c_long)> = None;
+
+    /// The kernel's `struct xattr_args`.
+    #[repr(C)]
+    struct XattrArgs {
+        value: u64,
+        size: u32,
+        flags: u32,
+    }
+
+    /// Whether the calls work here: probed once, on `/` (any answer but `ENOSYS`, `EPERM` or
+    /// `EINVAL` says they do).
+    pub fn available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            let Some((get, _)) = NUMBERS else {
+                return false;
+            };
+            let mut args = XattrArgs {
+                value: 0,
+                size: 0,
+                flags: 0,
+            };
+            // SAFETY: the path and the name are NUL-terminated, `args` is a live
+            // `struct xattr_args` whose NULL buffer of size 0 asks only for the size.
+            let r = unsafe {
+                libc::syscall(
+                    get,
+                    libc::AT_FDCWD,
+                    c"/".as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    c"user.ufs-probe".as_ptr(),
+                    &raw mut args,
+                    std::mem::size_of::<XattrArgs>(),
+                )
+            };
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            r >= 0 || ![libc::ENOSYS, libc::EPERM, libc::EINVAL].contains(&errno)
+        })
+    }
+
+    /// `getxattrat(dir, name, AT_SYMLINK_NOFOLLOW, xname)` into `buf` (empty: only the size).
+    pub fn get(dir: BorrowedFd<'_>, name: &CStr, xname: &CStr, buf: &mut [u8]) -> Result<usize> {
+        let Some((get, _)) = NUMBERS else {
+            return Err(crate::error::ENOSYS);
+        };
+        let mut args = XattrArgs {
+            value: if buf.is_empty() {
+                0
+            } else {
+                buf.as_mut_ptr() as u64
+            },
+            size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
+            flags: 0,
+        };
+        // SAFETY: `name` and `xname` are NUL-terminated and `dir` is live for the call; `args`
+        // points at `buf`, writable for `args.size` bytes (at most its length), or is NULL
+        // with a size of 0.
+        let r = unsafe {
+            libc::syscall(
+                get,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                xname.as_ptr(),
+                &raw mut args,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        cvt_size(r as libc::ssize_t)
+    }
+
+    /// `listxattrat(dir, name, AT_SYMLINK_NOFOLLOW)` into `buf` (empty: only the size).
+    pub fn list(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> Result<usize> {
+        let Some((_, list)) = NUMBERS else {
+            return Err(crate::error::ENOSYS);
+        };
+        let ptr: *mut libc::c_char = if buf.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            buf.as_mut_ptr().cast()
+        };
+        // SAFETY: `name` is NUL-terminated and `dir` is live for the call; `ptr` is writable
+        // for `buf.len()` bytes, or NULL with a size of 0 (which asks only for the size).
+        let r = unsafe {
+            libc::syscall(
+                list,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                ptr,
+                buf.len(),
+            )
+        };
+        cvt_size(r as libc::ssize_t)
     }
 }
 
@@ -841,6 +1001,7 @@ pub fn malloc_trim() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn parses_getdents_records() {
@@ -861,5 +1022,57 @@ mod tests {
         assert_eq!(out[0].name, "abc");
         assert_eq!(out[0].ino, 7);
         assert_eq!(out[0].d_type, libc::DT_REG);
+    }
+
+    /// Both ways of reading an entry's xattrs (`*xattrat` and procfs paths) give the same
+    /// answers: values short and long (past the first 256-byte buffer), the names, and a
+    /// symlink's own (none) rather than its target's.
+    #[test]
+    fn xattrs_of_an_entry_by_either_way() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        std::fs::write(&f, "").unwrap();
+        std::os::unix::fs::symlink("f", t.path().join("l")).unwrap();
+        let long = vec![b'x'; 1000];
+        let fd = open_path_cwd(&f);
+        if let Err(e) = setxattr(fd.as_fd(), c"user.short", b"v", 0) {
+            eprintln!("SKIP xattrs_of_an_entry_by_either_way: no user xattrs here ({e})");
+            return;
+        }
+        setxattr(fd.as_fd(), c"user.long", &long, 0).unwrap();
+        let dir = open_path_cwd(t.path());
+        let ways = if xattrat::available() {
+            vec![true, false]
+        } else {
+            eprintln!("getxattrat/listxattrat not available: only the procfs way is checked");
+            vec![false]
+        };
+        for by in ways {
+            let d = dir.as_fd();
+            assert_eq!(getxattr_entry(d, c"f", c"user.short", by).unwrap(), b"v");
+            assert_eq!(getxattr_entry(d, c"f", c"user.long", by).unwrap(), long);
+            let e = getxattr_entry(d, c"l", c"user.short", by).unwrap_err();
+            assert_eq!(e.errno(), libc::ENODATA, "the symlink's own, not f's");
+            let mut names = listxattr_entry(d, c"f", by).unwrap();
+            names.sort();
+            assert_eq!(names, ["user.long", "user.short"]);
+            assert!(listxattr_entry(d, c"l", by).unwrap().is_empty());
+            assert_eq!(
+                getxattr_entry(d, c"..", c"user.short", by)
+                    .unwrap_err()
+                    .errno(),
+                libc::EINVAL
+            );
+        }
+    }
+
+    fn open_path_cwd(p: &std::path::Path) -> OwnedFd {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(p)
+            .unwrap();
+        OwnedFd::from(f)
     }
 }
