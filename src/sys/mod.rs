@@ -381,11 +381,7 @@ fn getxattr_entry(
     let get = |buf: &mut [u8]| match &path {
         None => xattrat::get(dir, name, xname, buf),
         Some(path) => {
-            let ptr = if buf.is_empty() {
-                std::ptr::null_mut()
-            } else {
-                buf.as_mut_ptr().cast()
-            };
+            let ptr = out_ptr(buf);
             // SAFETY: `ptr` is writable for `buf.len()` bytes, or NULL with a size of 0 (which
             // asks only for the size); `path` and `xname` are NUL-terminated. `lgetxattr`
             // does not follow `name` if it is a symlink.
@@ -418,17 +414,7 @@ fn entry_path(dir: BorrowedFd<'_>, name: &CStr) -> Result<CString> {
 
 /// The xattr names of the object behind `fd`.
 pub fn listxattr(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
-    let path = proc_path(fd);
-    list_names(|buf| {
-        let ptr = if buf.is_empty() {
-            std::ptr::null_mut()
-        } else {
-            buf.as_mut_ptr().cast()
-        };
-        // SAFETY: `ptr` is writable for `buf.len()` bytes, or NULL with a size of 0 (which asks
-        // only for the size); `path` is NUL-terminated.
-        cvt_size(unsafe { libc::listxattr(path.as_ptr(), ptr, buf.len()) })
-    })
+    list_path(&proc_path(fd), false)
 }
 
 /// The xattr names of the entry `name` of directory `dir` (not following it if it is a
@@ -441,19 +427,36 @@ pub fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<OsString>> {
 fn listxattr_entry(dir: BorrowedFd<'_>, name: &CStr, by_xattrat: bool) -> Result<Vec<OsString>> {
     one_name(name)?;
     if by_xattrat {
-        return list_names(|buf| xattrat::list(dir, name, buf));
+        list_names(|buf| xattrat::list(dir, name, buf))
+    } else {
+        list_path(&entry_path(dir, name)?, true)
     }
-    let path = entry_path(dir, name)?;
+}
+
+/// The xattr names of `path` (`llistxattr` with `no_follow`, else `listxattr`).
+fn list_path(path: &CStr, no_follow: bool) -> Result<Vec<OsString>> {
     list_names(|buf| {
-        let ptr = if buf.is_empty() {
-            std::ptr::null_mut()
-        } else {
-            buf.as_mut_ptr().cast()
-        };
+        let ptr = out_ptr(buf);
         // SAFETY: `ptr` is writable for `buf.len()` bytes, or NULL with a size of 0 (which asks
         // only for the size); `path` is NUL-terminated.
-        cvt_size(unsafe { libc::llistxattr(path.as_ptr(), ptr, buf.len()) })
+        cvt_size(unsafe {
+            if no_follow {
+                libc::llistxattr(path.as_ptr(), ptr.cast(), buf.len())
+            } else {
+                libc::listxattr(path.as_ptr(), ptr.cast(), buf.len())
+            }
+        })
     })
+}
+
+/// The buffer for a call that fills `buf`: its start, or NULL when it is empty (with a size of
+/// 0, xattr calls then only report the size they need).
+fn out_ptr(buf: &mut [u8]) -> *mut libc::c_void {
+    if buf.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr().cast()
+    }
 }
 
 /// Reads a list of xattr names with `list` (which fills the buffer it is given and returns the
@@ -557,11 +560,7 @@ mod xattrat {
             return Err(crate::error::ENOSYS);
         };
         let mut args = XattrArgs {
-            value: if buf.is_empty() {
-                0
-            } else {
-                buf.as_mut_ptr() as u64
-            },
+            value: super::out_ptr(buf) as u64,
             size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
             flags: 0,
         };
@@ -587,11 +586,7 @@ mod xattrat {
         let Some((_, list)) = NUMBERS else {
             return Err(crate::error::ENOSYS);
         };
-        let ptr: *mut libc::c_char = if buf.is_empty() {
-            std::ptr::null_mut()
-        } else {
-            buf.as_mut_ptr().cast()
-        };
+        let ptr = super::out_ptr(buf);
         // SAFETY: `name` is NUL-terminated and `dir` is live for the call; `ptr` is writable
         // for `buf.len()` bytes, or NULL with a size of 0 (which asks only for the size).
         let r = unsafe {
