@@ -5,7 +5,9 @@
 //! `O_NOFOLLOW | O_CLOEXEC`: ufs itself never resolves a symlink inside a layer. Objects are held
 //! as `O_PATH` fds; calls that need a "real" fd or a path (xattrs, `chmod`, reopening for I/O) go
 //! through the `/proc/self/fd/N` magic link, which names the object the fd holds without
-//! following a symlink stored in the layer.
+//! following a symlink stored in the layer. The xattrs of a directory entry named by its
+//! directory's fd are read with `getxattrat`/`listxattrat` where the kernel has them (6.13),
+//! which skips the path walk through procfs.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
