@@ -901,7 +901,9 @@ fn remap_labels_give_a_user_namespace_the_image_owners() {
             "mapped",
             "sh",
             "-c",
-            &format!("cat /proc/self/uid_map; {script}"),
+            // The marker, made after the listing, tells this container's upper from the plain
+            // one's, which containerd's garbage collector may not have removed yet.
+            &format!("cat /proc/self/uid_map; {script} && touch /mapped-marker"),
         ])
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -924,21 +926,20 @@ fn remap_labels_give_a_user_namespace_the_image_owners() {
         .ctr_ok(&["snapshots", "--snapshotter", "ufs", "info", "mapped"])
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(info.contains("containerd.io/snapshot/uidmapping"), "{info}");
-    // The container's upper: the one snapshot directory holding data/made-1.
+    // The container's upper: the one snapshot directory holding its marker.
     let uppers: Vec<std::path::PathBuf> = std::fs::read_dir(c.ufs_snapshots())
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path().join("fs/data/made-1"))
-                .collect()
-        })
+        .map(|d| d.flatten().map(|e| e.path().join("fs")).collect())
         .unwrap_or_default();
-    let made: Vec<&std::path::PathBuf> = uppers
+    let marked: Vec<&std::path::PathBuf> = uppers
         .iter()
-        .filter(|p| p.symlink_metadata().is_ok())
+        .filter(|p| p.join("mapped-marker").symlink_metadata().is_ok())
         .collect();
-    assert_eq!(made.len(), 1, "uppers with data/made-1: {made:?}");
+    assert_eq!(marked.len(), 1, "uppers with the marker: {marked:?}");
     use std::os::unix::fs::MetadataExt;
-    let md = made[0].symlink_metadata().unwrap_or_else(|e| panic!("{e}"));
+    let md = marked[0]
+        .join("data/made-1")
+        .symlink_metadata()
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         (md.uid(), md.gid()),
         (0, 0),
