@@ -498,24 +498,18 @@ mod xattrat {
     use crate::error::Result;
 
     /// The system call numbers, the same on every architecture with the common table.
-    #[cfg(any(
+    const NUMBERS: Option<(libc::c_long, libc::c_long)> = if cfg!(any(
         target_arch = "x86_64",
         target_arch = "aarch64",
         target_arch = "riscv64",
         target_arch = "loongarch64",
         target_arch = "powerpc64",
         target_arch = "s390x"
-    ))]
-    const NUMBERS: Option<(libc::c_long, libc::c_long)> = Some((464, 465));
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        target_arch = "aarch64",
-        target_arch = "riscv64",
-        target_arch = "loongarch64",
-        target_arch = "powerpc64",
-        target_arch = "s390x"
-    )))]
-    const NUMBERS: Option<(libc::c_long, libc::c_long)> = None;
+    )) {
+        Some((464, 465))
+    } else {
+        None
+    };
 
     /// The kernel's `struct xattr_args`.
     #[repr(C)]
