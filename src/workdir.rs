@@ -30,9 +30,10 @@ pub struct Workdir {
     pub fsync: bool,
     pub xattr_ns: XattrNamespace,
     /// The whiteout in the work directory that new whiteouts are hard links to (the kernel's
-    /// `ofs->whiteout`), once one was needed; a temporary name, so the next mount's sweep
-    /// removes it.
-    shared_whiteout: Mutex<Option<CString>>,
+    /// `ofs->whiteout`), once one was needed: held by an `O_PATH` fd, as the kernel holds its
+    /// dentry, so that whatever later stands at its name is never linked into the upper. Its
+    /// name is a temporary one, so the next mount's sweep removes it.
+    shared_whiteout: Mutex<Option<OwnedFd>>,
     /// Cleared when linking to the shared whiteout failed other than for its link count: every
     /// whiteout is then an inode of its own (the kernel's `no_shared_whiteout`).
     share_whiteouts: AtomicBool,
@@ -133,25 +134,36 @@ impl Workdir {
     /// a link costs the upper file system far less than a new inode (on ext4 here about
     /// 15 µs against 250-300 µs), and a whiteout is any 0/0 character device, however many
     /// names it has. When that whiteout has all the links the file system allows (`EMLINK`),
-    /// it is handed out itself and the next call makes another; when linking fails for
-    /// another reason, sharing stops for the mount. `EPERM` means the file system (or a user
+    /// or has lost every name, another one is made to link to; when linking fails for another
+    /// reason, sharing stops for the mount. `EPERM` means the file system (or a user
     /// namespace) refuses whiteout devices: the caller then uses `.wh.` files.
     pub fn whiteout(&self) -> Result<CString> {
         let mut shared = self.shared_whiteout.lock();
         share_whiteout(
             &mut shared,
             &self.share_whiteouts,
+            || self.new_whiteout(),
             || {
-                let name = self.temp_name();
-                sys::mknodat(self.dir(), &name, libc::S_IFCHR, 0)?;
-                Ok(name)
+                let fd = sys::open_path(self.dir(), &self.new_whiteout()?)?;
+                // Made just now; anything else standing there is not linked to.
+                if !sys::is_whiteout(&sys::fstat(fd.as_fd())?) {
+                    return Err(crate::error::EIO);
+                }
+                Ok(fd)
             },
-            |from| {
+            |fd| {
                 let name = self.temp_name();
-                sys::linkat(self.dir(), from, self.dir(), &name)?;
+                sys::link_fd(fd.as_fd(), self.dir(), &name)?;
                 Ok(name)
             },
         )
+    }
+
+    /// A whiteout of its own (a new inode) at a fresh temporary name.
+    fn new_whiteout(&self) -> Result<CString> {
+        let name = self.temp_name();
+        sys::mknodat(self.dir(), &name, libc::S_IFCHR, 0)?;
+        Ok(name)
     }
 
     /// Removes the temporary entry `name`, logging (not returning) a failure: it is called on
@@ -163,35 +175,36 @@ impl Workdir {
     }
 }
 
-/// [`Workdir::whiteout`]'s steps, apart from the system calls: `make` creates a whiteout at
-/// a fresh name, `link` a fresh name for the whiteout it is given. `shared` is the whiteout
-/// new ones link to, `sharing` whether they still do.
-fn share_whiteout(
-    shared: &mut Option<CString>,
+/// [`Workdir::whiteout`]'s steps, apart from the system calls: `make` creates a whiteout of
+/// its own at a fresh name, `make_shared` one to link to, `link` a fresh name for the shared
+/// one. `shared` is the whiteout new ones link to, `sharing` whether they still do.
+fn share_whiteout<S>(
+    shared: &mut Option<S>,
     sharing: &AtomicBool,
     make: impl Fn() -> Result<CString>,
-    link: impl Fn(&CString) -> Result<CString>,
+    make_shared: impl Fn() -> Result<S>,
+    link: impl Fn(&S) -> Result<CString>,
 ) -> Result<CString> {
     if !sharing.load(Ordering::Relaxed) {
         return make();
     }
-    // Twice at most: once more when the shared whiteout was removed behind ufs's back.
+    // Twice at most: the shared whiteout may be full or gone once.
     for _ in 0..2 {
-        let source = match shared.as_ref() {
-            Some(name) => name.clone(),
-            None => shared.insert(make()?).clone(),
+        let source = match shared.take() {
+            Some(s) => s,
+            None => make_shared()?,
         };
         match link(&source) {
-            Ok(name) => return Ok(name),
-            Err(e) if e.errno() == libc::ENOENT => *shared = None,
+            Ok(name) => {
+                *shared = Some(source);
+                return Ok(name);
+            }
+            // All its links used, or every name of it removed behind ufs's back: another one.
+            Err(e) if e.errno() == libc::EMLINK || e.errno() == libc::ENOENT => {}
             Err(e) => {
-                if e.errno() != libc::EMLINK {
-                    log::warn!("cannot link a whiteout ({e}): every whiteout is made anew");
-                    sharing.store(false, Ordering::Relaxed);
-                }
-                // Handed out: the next whiteout starts a new shared one.
-                *shared = None;
-                return Ok(source);
+                log::warn!("cannot link a whiteout ({e}): every whiteout is made anew");
+                sharing.store(false, Ordering::Relaxed);
+                return make();
             }
         }
     }
@@ -249,8 +262,8 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// A stand-in file system for [`share_whiteout`]: whiteouts are numbered as made, each
-    /// link answers the next of `answers` (`None`: success).
+    /// A stand-in file system for [`share_whiteout`]: whiteouts are numbered as made (of
+    /// their own or to be shared), each link answers the next of `answers` (`None`: success).
     struct FakeFs {
         made: std::cell::Cell<u32>,
         answers: std::cell::RefCell<Vec<Option<i32>>>,
@@ -278,7 +291,7 @@ mod tests {
                     Some(errno) => Err(crate::error::Error::from_errno(errno)),
                 }
             };
-            share_whiteout(shared, sharing, make, link).unwrap()
+            share_whiteout(shared, sharing, make, make, link).unwrap()
         }
     }
 
@@ -291,12 +304,11 @@ mod tests {
         assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"link");
         assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"link");
         assert_eq!(fs.made.get(), 1);
-        // Full: the shared one itself is handed out, and the next starts another.
-        assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"wh1");
-        assert_eq!(shared, None);
+        // Full: another one is made, and linked to from then on.
         assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"link");
         assert_eq!(fs.made.get(), 2);
         assert_eq!(shared.as_deref(), Some(c"wh2"));
+        assert_eq!(fs.links.borrow().last(), Some(&c"wh2".to_owned()));
         assert!(sharing.load(Ordering::Relaxed));
 
         // Removed behind ufs's back: made again and linked.
@@ -305,12 +317,12 @@ mod tests {
         assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"link");
         assert_eq!(*fs.links.borrow(), [c"gone".to_owned(), c"wh1".to_owned()]);
 
-        // Any other failure: the shared one is handed out and sharing ends.
+        // Any other failure: a whiteout of its own, and sharing ends.
         let fs = FakeFs::new(&[Some(libc::EPERM)]);
         let mut shared = None;
-        assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"wh1");
-        assert!(!sharing.load(Ordering::Relaxed));
         assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"wh2");
+        assert!(!sharing.load(Ordering::Relaxed));
+        assert_eq!(fs.get(&mut shared, &sharing).as_bytes(), b"wh3");
         assert_eq!(
             fs.links.borrow().len(),
             1,

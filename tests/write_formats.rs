@@ -206,6 +206,50 @@ fn whiteouts_are_links_to_one_inode_as_on_the_kernel() {
     assert!(seen.contains(&"b2".to_string()), "kernel sees {seen:?}");
 }
 
+/// The whiteout new whiteouts link to is the one ufs made, not whatever stands at its name
+/// later: a file put in its place in the work directory is never linked into the upper, where
+/// it would show a deleted name again with that file's data.
+#[test]
+fn whiteouts_link_to_the_whiteout_ufs_made_not_to_its_name() {
+    if skip("whiteouts_link_to_the_whiteout_ufs_made_not_to_its_name") {
+        return;
+    }
+    let t = tempdir();
+    let d = Dirs::new(t.path(), 1);
+    for f in ["a", "b"] {
+        put(d.lower(0), f, f);
+    }
+    let _u = d.mount_ufs();
+    fs::remove_file(d.mnt.join("a")).unwrap();
+    let work = d.work.join("work");
+    let shared: Vec<String> = d
+        .work_leftovers()
+        .into_iter()
+        .filter(|n| lmeta(&work.join(n)).file_type().is_char_device())
+        .collect();
+    assert_eq!(
+        shared.len(),
+        1,
+        "one shared whiteout in the work directory: {shared:?}"
+    );
+    let at = work.join(&shared[0]);
+    fs::remove_file(&at).unwrap();
+    fs::write(&at, "not a whiteout").unwrap();
+
+    fs::remove_file(d.mnt.join("b")).unwrap();
+    let st = lmeta(&d.upper.join("b"));
+    assert!(
+        st.file_type().is_char_device() && dev_numbers(st.rdev()) == (0, 0),
+        "upper b must be a 0/0 whiteout, is {:?}",
+        st.file_type()
+    );
+    assert!(
+        !list_names(&d.mnt).contains(&"b".to_string()),
+        "b must stay deleted: {:?}",
+        list_names(&d.mnt)
+    );
+}
+
 /// Collects `.wh.*` names and `user.overlay.*` xattrs under `dir`.
 fn find_markers(root: &Path, dir: &Path, bad: &mut Vec<String>) {
     for e in fs::read_dir(dir).unwrap().flatten() {

@@ -683,29 +683,6 @@ pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> 
     Ok(())
 }
 
-/// `linkat(olddir, old, newdir, new, 0)`: a new name for the object `old` names, not
-/// following it if it is a symlink.
-pub fn linkat(
-    olddir: BorrowedFd<'_>,
-    old: &CStr,
-    newdir: BorrowedFd<'_>,
-    new: &CStr,
-) -> Result<()> {
-    one_name(old)?;
-    one_name(new)?;
-    // SAFETY: both names are NUL-terminated and both fds are live for the call.
-    cvt(unsafe {
-        libc::linkat(
-            olddir.as_raw_fd(),
-            old.as_ptr(),
-            newdir.as_raw_fd(),
-            new.as_ptr(),
-            0,
-        )
-    })?;
-    Ok(())
-}
-
 /// Makes a new name `name` in `dir` for the object behind the `O_PATH` fd `fd`.
 pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     one_name(name)?;
