@@ -182,15 +182,12 @@ pub fn serve_dirs(
     result
 }
 
-/// What the status report and socket need, once the mount is live: `None` (with a warning)
-/// when the mount's line cannot be read from mountinfo.
 /// Request threads when `threaded=` is not given: two per CPU, at least four. A `close` sends
 /// its `RELEASE` in the background, so a caller's next request usually arrives while a thread is
-/// still answering the last one; with one thread per CPU it then waits for a thread that has to
-/// be woken on the other CPU. Measured on 2 CPUs (`benches/README.md`, "Request threads"): a C
-/// loop of `open`+`close` over 4,000 lower files took a median 53 µs per pair with 2 threads,
-/// 33 µs with 4 and 40 µs with 8, while one synchronous request (`lgetxattr`) cost the same
-/// with 2 and 4.
+/// still answering the last one, and more threads than CPUs pay off there. Measured on 2 CPUs
+/// (`benches/README.md`, "Request threads"): a C loop of `open`+`close` over 4,000 lower files
+/// took a median 53 µs per pair with 2 threads, 33 µs with 4 and 40 µs with 8, while one
+/// synchronous request (`lgetxattr`) cost the same with 2 and 4.
 fn default_threads() -> usize {
     threads_for(std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
@@ -199,6 +196,8 @@ fn threads_for(cpus: usize) -> usize {
     cpus.saturating_mul(2).max(4)
 }
 
+/// What the status report and socket need, once the mount is live: `None` (with a warning)
+/// when the mount's line cannot be read from mountinfo.
 fn status_source(
     opts: &Options,
     ov: &Arc<Overlay>,
