@@ -89,7 +89,7 @@ the same option: [k] the kernel overlay (mount -t overlay), [f] fuse-overlayfs, 
   timeout=SECS           how long the kernel caches names and attributes (default 86400) [f]
   fsync=0|1, volatile    fsync=0 [f] or volatile [k]: do not make copied-up data durable
                          (faster, unsafe on a crash; default fsync=1)
-  threaded=N             request threads (default: two per CPU, at least 4; 0 is 1) [f]
+  threaded=N             request threads (default: CPUs + 2, at least 4; 0 is 1) [f]
   passthrough=on|off     let the kernel read and write regular files on the real files
                          (FUSE passthrough; default on where the kernel and privileges allow)
   writeback=0|1          let the kernel cache writes where passthrough is not used (the FUSE

@@ -65,7 +65,7 @@ pub struct Options {
     pub timeout: Duration,
     /// `fsync=0` or `volatile` turn this off: copy-up then skips making data durable.
     pub fsync: bool,
-    /// `threaded=N`: number of request threads (default: two per CPU, at least 4).
+    /// `threaded=N`: number of request threads (default: CPUs + 2, at least 4).
     pub threads: Option<usize>,
     /// fuse-overlayfs compatible id mapping options, parsed and kept for the core.
     pub uid_mappings: Vec<IdMapping>,
